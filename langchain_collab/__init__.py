@@ -1,0 +1,1 @@
+"""LangChain adapter (arrives with the LangChain issue)."""

@@ -1,0 +1,1 @@
+"""LlamaIndex adapter (arrives with the LlamaIndex issue)."""
