@@ -1,0 +1,106 @@
+"""The ``collab`` command line.
+
+    collab run "PROMPT" [--local-model SPEC] [--max-tokens N] [--json]
+    collab prepare [--local-model SPEC]      fetch/convert the local model ahead of time
+    collab blas fetch|status                 OpenBLAS for MLX on a Linux CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import blas
+from .errors import CollabError
+
+
+def _add_generation_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--local-model", default=None,
+                   help="HF repo id, mlx-lm folder or .gguf file (default: bundled SmolLM2-135M-Instruct)")
+    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", action="append", default=[], help="stop sequence (repeatable)")
+    p.add_argument("--system", default=None, help="system message")
+    p.add_argument("--raw", action="store_true", help="do not apply the chat template")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="collab", description="Token-level collaborative decoding.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="generate an answer")
+    run.add_argument("prompt")
+    _add_generation_args(run)
+    run.add_argument("--json", action="store_true", help="print one JSON object (text, tokens, stats)")
+
+    prep = sub.add_parser("prepare", help="fetch and convert the local model once")
+    prep.add_argument("--local-model", default=None)
+
+    b = sub.add_parser("blas", help="OpenBLAS for MLX on a Linux CPU")
+    b.add_argument("action", choices=["fetch", "status"])
+    return parser
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.text import Text
+
+    from .engine import Engine, GenerationConfig
+
+    cfg = GenerationConfig(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
+                           seed=args.seed, stop=tuple(args.stop), chat=False if args.raw else None,
+                           system=args.system)
+    engine = Engine(args.local_model, config=cfg)
+    if args.json:
+        gen = engine.generate(args.prompt)
+        print(json.dumps(gen.as_dict(), ensure_ascii=False))
+        return 0
+    out = Console(highlight=False)
+    err = Console(stderr=True, highlight=False)
+    last = None
+    for ev in engine.stream(args.prompt):
+        out.print(Text(ev.text, style="bold magenta" if ev.source == "cloud" else ""), end="")
+        last = ev
+    out.print()
+    if last is not None and last.stats is not None:
+        err.print(Text(f"[{engine.local_model.name}] {last.stats.summary_line()}", style="dim"))
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from .loading import load_local_model
+
+    lm = load_local_model(args.local_model)
+    print(f"{lm.name}: ready ({lm.form}) at {lm.path or lm.spec}")
+    return 0
+
+
+def cmd_blas(args: argparse.Namespace) -> int:
+    if args.action == "fetch":
+        try:
+            print(blas.fetch())
+        except (RuntimeError, OSError) as exc:
+            print(f"collab: could not fetch OpenBLAS ({exc}); MLX will use its reference BLAS", file=sys.stderr)
+            return 1
+        return 0
+    st = blas.status()
+    print(f"OpenBLAS: {st['loaded']}" if st["loaded"] else f"reference BLAS ({st['why']})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return {"run": cmd_run, "prepare": cmd_prepare, "blas": cmd_blas}[args.command](args)
+    except CollabError as exc:
+        print(f"collab: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

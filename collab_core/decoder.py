@@ -1,0 +1,249 @@
+"""Local decoding on MLX, one token at a time, on mlx-lm's KV cache.
+
+``StepDecoder`` holds one sequence in a KV cache. Each call that appends tokens returns a ``Step``:
+the distribution over the *next* token, with the sampled token, the confidence summary and optionally
+the last hidden state, all built lazily and handed to ``mx.async_eval`` so the caller can queue the
+next forward pass before reading the current one (the same pipelining as ``mlx_lm.generate_step``).
+
+It can roll back ``k`` tokens (``trim_prompt_cache``) and append replacement tokens; the state after a
+rollback equals a fresh run on the same sequence. A new prompt that shares a prefix with the cached
+sequence reuses the cache for that prefix.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .loading import LocalModel
+from .scoring import Confidence, summary_graph, unpack_summary
+
+
+class Step:
+    """The local model's distribution over the next token (lazy until first read)."""
+
+    __slots__ = ("logprobs", "token", "_packed", "_top", "hidden", "_conf", "_token_id")
+
+    def __init__(self, logprobs, token, packed, top, hidden):
+        self.logprobs = logprobs  # (vocab,) float32 log-probabilities
+        self.token = token  # sampled token, an MLX scalar (lazy)
+        self._packed, self._top = packed, top
+        self.hidden = hidden  # (hidden_size,) or None
+        self._conf: Confidence | None = None
+        self._token_id: int | None = None
+
+    @property
+    def token_id(self) -> int:
+        if self._token_id is None:
+            self._token_id = int(self.token.item())
+        return self._token_id
+
+    @property
+    def confidence(self) -> Confidence:
+        if self._conf is None:
+            self._conf = unpack_summary(self._packed.tolist(), self._top.tolist())
+        return self._conf
+
+
+def greedy(logprobs):
+    import mlx.core as mx
+
+    return mx.argmax(logprobs, axis=-1)
+
+
+class StepDecoder:
+    """Prefill once, then decode one token at a time on a KV cache, with rollback."""
+
+    def __init__(self, lm: LocalModel, *, sampler: Callable | None = None, top_k: int = 5,
+                 want_hidden: bool = False, prefill_step_size: int = 2048, history: int = 64):
+        from mlx_lm.generate import generation_stream
+        from mlx_lm.models.cache import make_prompt_cache
+
+        self.lm = lm
+        self.model = lm.model
+        self.sampler = sampler or greedy
+        self.top_k = top_k
+        self.want_hidden = want_hidden
+        self.prefill_step_size = prefill_step_size
+        self._stream = generation_stream
+        self._make_cache = lambda: make_prompt_cache(self.model)
+        self.cache = self._make_cache()
+        self._tokens: list = []  # every token in the cache: ints, or lazy MLX scalars until read
+        self._lazy = False
+        self._steps: deque[Step] = deque(maxlen=history)  # Step after each of the last tokens
+        self._calls = 0
+
+    # -- forward -----------------------------------------------------------------------------------
+    def _head(self):
+        inner = self.model
+        if getattr(getattr(inner, "args", None), "tie_word_embeddings", False) or not hasattr(inner, "lm_head"):
+            return inner.model.embed_tokens.as_linear
+        return inner.lm_head
+
+    def _forward(self, ids) -> Step:
+        import mlx.core as mx
+
+        with mx.stream(self._stream):
+            if self.want_hidden:
+                h = self.model.model(ids[None], cache=self.cache)[:, -1, :]
+                logits = self._head()(h)
+                hidden = h[0]
+            else:
+                logits = self.model(ids[None], cache=self.cache)[:, -1, :]
+                hidden = None
+            logprobs = (logits - mx.logsumexp(logits, keepdims=True)).squeeze(0).astype(mx.float32)
+            token = self.sampler(logprobs[None]).squeeze()
+            packed, top = summary_graph(logprobs, self.top_k)
+        outs = [token, packed, top] + ([hidden] if hidden is not None else [])
+        mx.async_eval(*outs)
+        self._calls += 1
+        if self._calls % 256 == 0:
+            mx.clear_cache()
+        return Step(logprobs, token, packed, top, hidden)
+
+    def _append(self, ids: Sequence[int]) -> Step:
+        """Feed tokens (prefill-style, chunked); return the Step after the last one."""
+        import mlx.core as mx
+
+        ids = list(ids)
+        if not ids:
+            raise ValueError("nothing to feed")
+        arr = mx.array(ids, dtype=mx.uint32)
+        done = 0
+        with mx.stream(self._stream):
+            while len(ids) - done > 1:
+                n = min(self.prefill_step_size, len(ids) - done - 1)
+                self.model(arr[done:done + n][None], cache=self.cache)
+                mx.eval([c.state for c in self.cache])
+                done += n
+        step = self._forward(arr[done:])
+        self._tokens.extend(ids)
+        if len(ids) > 1:  # no distribution is kept for the positions inside a multi-token feed
+            self._steps.clear()
+        self._steps.append(step)
+        return step
+
+    # -- public API --------------------------------------------------------------------------------
+    def prefill(self, ids: Sequence[int]) -> Step:
+        """Start a sequence; reuses the cached prefix it shares with the current sequence."""
+        from mlx_lm.models.cache import can_trim_prompt_cache, trim_prompt_cache
+
+        ids = list(ids)
+        if not ids:
+            raise ValueError("empty prompt")
+        common = 0
+        for a, b in zip(self.tokens, ids):
+            if a != b:
+                break
+            common += 1
+        common = min(common, len(ids) - 1)  # at least one token must be fed to get logits
+        drop = len(self.tokens) - common
+        if common > 0 and (drop == 0 or can_trim_prompt_cache(self.cache)):
+            if drop:
+                trim_prompt_cache(self.cache, drop)
+            del self._tokens[common:]
+            self._steps.clear()
+            return self._append(ids[common:])
+        self.reset()
+        return self._append(ids)
+
+    def step(self, token) -> Step:
+        """Append one token (an int, or a lazy MLX scalar from the previous Step)."""
+        import mlx.core as mx
+
+        if isinstance(token, int):
+            arr = mx.array([token], dtype=mx.uint32)
+        else:
+            arr = token.reshape(1).astype(mx.uint32)
+            self._lazy = True
+        self._tokens.append(token)
+        step = self._forward(arr)
+        self._steps.append(step)
+        return step
+
+    @property
+    def tokens(self) -> list[int]:
+        """Every token in the cache, as ints (lazily appended tokens are read here)."""
+        toks = self._tokens
+        if self._lazy:
+            for i, t in enumerate(toks):
+                if not isinstance(t, int):
+                    toks[i] = int(t.item())
+            self._lazy = False
+        return toks
+
+    def feed(self, ids: Sequence[int]) -> Step:
+        """Append several tokens (e.g. a span written by the cloud model)."""
+        ids = list(ids)
+        if len(ids) == 1:
+            return self.step(ids[0])
+        step = self._append(ids)
+        return step
+
+    def rollback(self, k: int) -> Step:
+        """Drop the last ``k`` tokens; return the Step (next-token distribution) at the new end."""
+        from mlx_lm.models.cache import can_trim_prompt_cache, trim_prompt_cache
+
+        if k < 0 or k >= len(self.tokens):
+            raise ValueError(f"cannot roll back {k} of {len(self.tokens)} tokens")
+        if k == 0 and self._steps:
+            return self._steps[-1]
+        if not can_trim_prompt_cache(self.cache):
+            keep = self.tokens[: len(self.tokens) - k]
+            self.reset()
+            return self._append(keep)
+        if len(self._steps) > k:
+            trim_prompt_cache(self.cache, k)
+            del self._tokens[len(self._tokens) - k:]
+            for _ in range(k):
+                self._steps.pop()
+            return self._steps[-1]
+        # Not enough history kept: drop one more token and re-feed it to recompute the distribution.
+        trim_prompt_cache(self.cache, k + 1)
+        toks = self.tokens
+        last = toks[len(toks) - k - 1]
+        del toks[len(toks) - k - 1:]
+        self._steps.clear()
+        return self.step(last)
+
+    def reset(self) -> None:
+        self.cache = self._make_cache()
+        self._tokens = []
+        self._steps.clear()
+
+    @property
+    def context_window(self) -> int:
+        return self.lm.context_window
+
+
+def encode_prompt(lm: LocalModel, prompt: str | Sequence[dict] | Sequence[int], *,
+                  chat: bool | None = None, system: str | None = None) -> list[int]:
+    """Token ids for a prompt: a string, a chat message list, or ids already.
+
+    A string goes through the chat template (with the generation prompt) when the model has one,
+    unless ``chat=False``; a message list always does.
+    """
+    from .errors import EmptyPromptError
+
+    tok = lm.tokenizer
+    if isinstance(prompt, (list, tuple)) and prompt and isinstance(prompt[0], int):
+        return list(prompt)
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise EmptyPromptError("the prompt is empty")
+        use_chat = lm.has_chat_template if chat is None else chat
+        if not use_chat:
+            return list(tok.encode(prompt))
+        messages: list[dict[str, Any]] = [{"role": "user", "content": prompt}]
+    else:
+        messages = [dict(m) for m in prompt]
+        if not any(str(m.get("content") or "").strip() for m in messages):
+            raise EmptyPromptError("the message list has no content")
+    if system:
+        messages = [{"role": "system", "content": system}] + [m for m in messages if m.get("role") != "system"]
+    if not lm.has_chat_template:
+        text = "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
+        return list(tok.encode(text))
+    text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return list(tok.encode(text, add_special_tokens=False))

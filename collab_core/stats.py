@@ -1,0 +1,61 @@
+"""Per-generation statistics: token counts by source, cloud usage and cost, and the time split."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    total_tokens: int = 0  # generated tokens, local + cloud
+    cloud_tokens: int = 0  # generated tokens that came from the cloud model
+    cloud_calls: int = 0
+    cloud_failures: int = 0  # calls that failed or missed the deadline (the local token was used)
+    cloud_cache_hits: int = 0
+    cloud_input_tokens: int = 0  # as billed by the provider
+    cloud_output_tokens: int = 0
+    cost_usd: float = 0.0
+    rollbacks: int = 0  # drafted local tokens discarded because the cloud disagreed
+    time_total_s: float = 0.0
+    time_prefill_s: float = 0.0
+    time_local_s: float = 0.0  # local decoding
+    time_cloud_wait_s: float = 0.0  # time spent blocked on the cloud
+    time_cloud_hidden_s: float = 0.0  # cloud time overlapped with local drafting
+    time_to_first_token_s: float | None = None
+
+    @property
+    def local_tokens(self) -> int:
+        return self.total_tokens - self.cloud_tokens
+
+    @property
+    def routed_share(self) -> float:
+        return self.cloud_tokens / self.total_tokens if self.total_tokens else 0.0
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        t = self.time_total_s - self.time_prefill_s
+        return self.total_tokens / t if t > 0 else 0.0
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d.update(local_tokens=self.local_tokens, routed_share=round(self.routed_share, 6),
+                 decode_tokens_per_s=round(self.decode_tokens_per_s, 3))
+        for k, v in d.items():
+            if isinstance(v, float):
+                d[k] = round(v, 6)
+        return d
+
+    def summary_line(self) -> str:
+        line = (f"{self.total_tokens} tokens, {self.cloud_tokens} from cloud ({self.routed_share:.1%}) "
+                f"in {self.cloud_calls} calls")
+        if self.cloud_failures:
+            line += f", {self.cloud_failures} failed"
+        if self.cost_usd:
+            line += f", ${self.cost_usd:.6f}"
+        ttft = f"{self.time_to_first_token_s:.2f}s" if self.time_to_first_token_s is not None else "-"
+        line += (f" | {self.time_total_s:.2f}s total, first token {ttft}, "
+                 f"{self.decode_tokens_per_s:.1f} tok/s")
+        if self.cloud_calls:
+            line += f", cloud wait {self.time_cloud_wait_s:.2f}s"
+        return line

@@ -1,0 +1,88 @@
+"""Streaming text: incremental detokenization and stop sequences matched across token boundaries."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+
+class StopMatcher:
+    """Matches stop strings on the decoded text, whatever the token boundaries.
+
+    Text is fed in segments as it streams. ``feed`` returns the part that is safe to emit: text that
+    could still be the start of a stop string is held back until it is decided. When a stop string
+    appears, everything before it is released and ``stopped`` becomes true; the stop string itself
+    and anything after it are dropped.
+    """
+
+    def __init__(self, stops: Iterable[str] | None = None):
+        self.stops = [s for s in (stops or ()) if s]
+        self._pending = ""
+        self.stopped = False
+        self.matched: str | None = None
+
+    def feed(self, segment: str) -> str:
+        if self.stopped:
+            return ""
+        if not self.stops:
+            return segment
+        text = self._pending + segment
+        hits = [(text.find(s), s) for s in self.stops]
+        hits = [(i, s) for i, s in hits if i >= 0]
+        if hits:
+            i, s = min(hits)
+            self.stopped, self.matched, self._pending = True, s, ""
+            return text[:i]
+        hold = 0
+        for s in self.stops:
+            for n in range(min(len(s) - 1, len(text)), 0, -1):
+                if text.endswith(s[:n]):
+                    hold = max(hold, n)
+                    break
+        self._pending = text[len(text) - hold:] if hold else ""
+        return text[: len(text) - hold]
+
+    def flush(self) -> str:
+        """At the end of generation: release text held back for a stop string that never came."""
+        out, self._pending = ("" if self.stopped else self._pending), ""
+        return out
+
+
+class TextStream:
+    """Incremental detokenizer (mlx-lm's, so spaces are never lost) plus stop-string matching.
+
+    ``add(token)`` returns the newly emittable text. ``tokens`` holds every generated token, ``text``
+    everything emitted so far. ``reset_to(tokens)`` rebuilds the state after a rollback (only text that
+    was never emitted may be rolled back; the engine guarantees that).
+    """
+
+    def __init__(self, tokenizer, stops: Sequence[str] | None = None):
+        self._tokenizer = tokenizer
+        self._stops = list(stops or ())
+        self.reset_to([])
+
+    def reset_to(self, tokens: Sequence[int]) -> None:
+        self._detok = self._tokenizer.detokenizer
+        self._stop = StopMatcher(self._stops)
+        self.tokens: list[int] = []
+        self.text = ""
+        for t in tokens:
+            self.add(t)
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.stopped
+
+    def add(self, token: int) -> str:
+        self.tokens.append(token)
+        self._detok.add_token(token)
+        out = self._stop.feed(self._detok.last_segment)
+        self.text += out
+        return out
+
+    def finish(self) -> str:
+        """Flush the detokenizer and any held-back text; returns the final piece."""
+        self._detok.finalize()
+        out = self._stop.feed(self._detok.last_segment) if not self._stop.stopped else ""
+        out += self._stop.flush()
+        self.text += out
+        return out
