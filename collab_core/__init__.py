@@ -15,18 +15,18 @@ from . import blas as _blas
 
 _blas.enable()
 
-from .decoder import Step, StepDecoder, encode_prompt  # noqa: E402
-from .engine import Engine, Generation, GenerationConfig, TokenEvent  # noqa: E402
-from .errors import (  # noqa: E402
+from .decoder import Step, StepDecoder, encode_prompt
+from .engine import Engine, Generation, GenerationConfig, TokenEvent
+from .errors import (
     CollabError,
     ContextOverflowError,
     EmptyPromptError,
     ModelLoadError,
     UnsupportedModelError,
 )
-from .loading import LocalModel, load_local_model  # noqa: E402
-from .scoring import Confidence  # noqa: E402
-from .stats import GenerationStats  # noqa: E402
+from .loading import LocalModel, load_local_model
+from .scoring import Confidence
+from .stats import GenerationStats
 
 __version__ = "0.1.0"
 

@@ -23,7 +23,7 @@ from .scoring import Confidence, summary_graph, unpack_summary
 class Step:
     """The local model's distribution over the next token (lazy until first read)."""
 
-    __slots__ = ("logprobs", "token", "_packed", "_top", "hidden", "_conf", "_token_id")
+    __slots__ = ("_conf", "_packed", "_token_id", "_top", "hidden", "logprobs", "token")
 
     def __init__(self, logprobs, token, packed, top, hidden):
         self.logprobs = logprobs  # (vocab,) float32 log-probabilities

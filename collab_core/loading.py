@@ -27,7 +27,7 @@ from .weights import SMOLLM2_135M, cache_dir
 
 DEFAULT_SPEC = "default"
 #: Quantized models whose dense float32 copy would exceed this are kept quantized (float32 scales) on CPU.
-DENSE_CPU_LIMIT_BYTES = int(os.environ.get("COLLAB_DENSE_CPU_LIMIT_BYTES", 8 << 30))
+DENSE_CPU_LIMIT_BYTES = int(os.environ.get("COLLAB_DENSE_CPU_LIMIT_BYTES", str(8 << 30)))
 
 
 @dataclass
@@ -117,7 +117,7 @@ def prepare_gguf(gguf_path: str | os.PathLike, form: str = "auto", sha256: str |
 def optimize_for_device(model: Any) -> str:
     """Put weights in the fastest form for the current device; returns a short description."""
     import mlx.core as mx
-    import mlx.nn as nn
+    from mlx import nn
 
     if not device_is_cpu():
         return "as-loaded"

@@ -1,0 +1,123 @@
+"""The step decoder on a tiny random model: equality with mlx-lm, rollback, prefix reuse, signals."""
+
+import math
+
+import mlx_lm
+import numpy as np
+import pytest
+
+from collab_core.decoder import StepDecoder, encode_prompt
+
+PROMPT = "What is the capital of France?"
+
+
+def _greedy_tokens(dec, ids, n):
+    step = dec.prefill(ids)
+    out = []
+    for _ in range(n):
+        out.append(step.token_id)
+        step = dec.step(step.token_id)
+    return out
+
+
+def test_greedy_matches_mlx_lm_generate(tiny_lm):
+    ids = encode_prompt(tiny_lm, PROMPT)
+    ref = [r.token for r in mlx_lm.stream_generate(tiny_lm.model, tiny_lm.tokenizer, ids, max_tokens=40)]
+    eos = tiny_lm.eos_token_ids
+    n = next((i for i, t in enumerate(ref) if t in eos), len(ref))
+    assert n >= 10, "the tiny model should produce a non-trivial sequence"
+    ours = _greedy_tokens(StepDecoder(tiny_lm), ids, n)
+    assert ours == ref[:n]
+    text = mlx_lm.generate(tiny_lm.model, tiny_lm.tokenizer, ids, max_tokens=n)
+    assert tiny_lm.tokenizer.decode(ours) == text
+
+
+def test_lazy_pipelined_steps_equal_eager_steps(tiny_lm):
+    ids = encode_prompt(tiny_lm, PROMPT)
+    dec = StepDecoder(tiny_lm)
+    step = dec.prefill(ids)
+    lazy = []
+    for _ in range(12):
+        nxt = dec.step(step.token)  # queued before this step is read
+        lazy.append(step.token_id)
+        step = nxt
+    assert lazy == _greedy_tokens(StepDecoder(tiny_lm), ids, 12)
+    assert dec.tokens == ids + lazy
+
+
+@pytest.mark.parametrize("history", [64, 2])
+def test_rollback_then_replacement_equals_fresh_run(tiny_lm, history):
+    ids = encode_prompt(tiny_lm, PROMPT)
+    dec = StepDecoder(tiny_lm, history=history)
+    gen = _greedy_tokens(dec, ids, 10)
+    dec.rollback(4)
+    assert dec.tokens == ids + gen[:6]
+    replacement = [17, 42, 99]
+    after = dec.feed(replacement)
+    fresh = StepDecoder(tiny_lm).prefill(ids + gen[:6] + replacement)
+    np.testing.assert_allclose(np.array(after.logprobs), np.array(fresh.logprobs), atol=1e-4)
+    # one more token on top, through the single-token path
+    a2 = dec.step(5)
+    f2 = StepDecoder(tiny_lm).prefill(ids + gen[:6] + replacement + [5])
+    np.testing.assert_allclose(np.array(a2.logprobs), np.array(f2.logprobs), atol=1e-4)
+
+
+def test_rollback_returns_the_distribution_at_the_new_end(tiny_lm):
+    ids = encode_prompt(tiny_lm, PROMPT)
+    dec = StepDecoder(tiny_lm)
+    gen = _greedy_tokens(dec, ids, 6)
+    back = dec.rollback(3)
+    fresh = StepDecoder(tiny_lm).prefill(ids + gen[:3])
+    np.testing.assert_allclose(np.array(back.logprobs), np.array(fresh.logprobs), atol=1e-4)
+    assert back.token_id == gen[3]
+    with pytest.raises(ValueError):
+        dec.rollback(len(dec.tokens))
+
+
+def test_prefill_reuses_a_shared_prefix(tiny_lm):
+    first = encode_prompt(tiny_lm, PROMPT)
+    dec = StepDecoder(tiny_lm)
+    gen = _greedy_tokens(dec, first, 5)
+    cache_before = dec.cache
+    second = first + gen[:3] + encode_prompt(tiny_lm, "And of Germany?", chat=False)
+    step = dec.prefill(second)
+    assert dec.cache is cache_before  # trimmed and extended, not rebuilt
+    fresh = StepDecoder(tiny_lm).prefill(second)
+    np.testing.assert_allclose(np.array(step.logprobs), np.array(fresh.logprobs), atol=1e-4)
+    assert dec.tokens == second
+
+
+def test_confidence_summary_matches_the_distribution(tiny_lm):
+    dec = StepDecoder(tiny_lm, top_k=4)
+    step = dec.prefill(encode_prompt(tiny_lm, PROMPT))
+    lp = np.array(step.logprobs, dtype=np.float64)
+    p = np.exp(lp)
+    c = step.confidence
+    order = np.argsort(-lp)
+    assert list(c.top_ids) == order[:4].tolist()
+    assert math.isclose(c.max_prob, p.max(), rel_tol=1e-5)
+    assert math.isclose(c.margin, p[order[0]] - p[order[1]], rel_tol=1e-4, abs_tol=1e-7)
+    assert math.isclose(c.entropy, float(-(p * lp).sum()), rel_tol=1e-4)
+    assert step.token_id == int(order[0])
+
+
+def test_hidden_state_is_exposed_and_logits_unchanged(tiny_lm):
+    ids = encode_prompt(tiny_lm, PROMPT)
+    plain = StepDecoder(tiny_lm).prefill(ids)
+    dec = StepDecoder(tiny_lm, want_hidden=True)
+    step = dec.prefill(ids)
+    assert step.hidden.shape == (tiny_lm.config["hidden_size"],)
+    np.testing.assert_allclose(np.array(step.logprobs), np.array(plain.logprobs), atol=1e-5)
+    nxt = dec.step(step.token_id)
+    assert nxt.hidden is not None and not np.allclose(np.array(nxt.hidden), np.array(step.hidden))
+
+
+def test_encode_prompt_uses_chat_template(tiny_lm):
+    ids = encode_prompt(tiny_lm, "hi")
+    text = tiny_lm.tokenizer.decode(ids)
+    assert text.startswith("<|im_start|>user\nhi<|im_end|>") and text.endswith("<|im_start|>assistant\n")
+    msgs = [{"role": "user", "content": "hi"}]
+    assert encode_prompt(tiny_lm, msgs) == ids
+    assert tiny_lm.tokenizer.decode(encode_prompt(tiny_lm, "hi", chat=False)) == "hi"
+    sys_ids = encode_prompt(tiny_lm, "hi", system="Be brief.")
+    assert tiny_lm.tokenizer.decode(sys_ids).startswith("<|im_start|>system\nBe brief.<|im_end|>")
