@@ -1,6 +1,7 @@
 """The ``collab`` command line.
 
     collab run "PROMPT" [--local-model SPEC] [--max-tokens N] [--json]
+               [--cloud-model MODEL [--api-base URL] [--api-key KEY] [--threshold T | --budget B]]
     collab prepare [--local-model SPEC]      fetch/convert the local model ahead of time
     collab blas fetch|status                 OpenBLAS for MLX on a Linux CPU
 """
@@ -25,6 +26,23 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stop", action="append", default=[], help="stop sequence (repeatable)")
     p.add_argument("--system", default=None, help="system message")
     p.add_argument("--raw", action="store_true", help="do not apply the chat template")
+    c = p.add_argument_group("cloud routing")
+    c.add_argument("--cloud-model", default=None,
+                   help="LiteLLM model string, e.g. gpt-4o-mini, anthropic/claude-sonnet-4-5, deepseek/deepseek-chat, "
+                        "hosted_vllm/NAME, text-completion-openai/NAME (omit: local only)")
+    c.add_argument("--api-base", default=None, help="base URL of the cloud API (e.g. http://127.0.0.1:8080/v1)")
+    c.add_argument("--api-key", default=None,
+                   help="API key (default: the provider's usual variable, e.g. OPENAI_API_KEY)")
+    c.add_argument("--threshold", type=float, default=None, help="route when score >= THRESHOLD (default 0.5)")
+    c.add_argument("--budget", type=float, default=None, help="hold the routed share of tokens at or under BUDGET")
+    c.add_argument("--router", default=None, help="router spec: never | threshold:T | budget:B")
+    c.add_argument("--strategy", default="auto", help="completion | prefill | prefix | continue | instruct")
+    c.add_argument("--span-tokens", type=int, default=4, help="cloud tokens per routed span")
+    c.add_argument("--pipeline", choices=["async", "sync"], default="async")
+    c.add_argument("--timeout", type=float, default=10.0, help="seconds per cloud call")
+    c.add_argument("--deadline", type=float, default=None, help="seconds per request after which the cloud is not waited for")
+    c.add_argument("--max-cloud-calls", type=int, default=None)
+    c.add_argument("--local-only", action="store_true", help="never call the cloud")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,16 +62,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.text import Text
-
+def engine_from_args(args: argparse.Namespace):
+    from .cloud import CloudConfig
     from .engine import Engine, GenerationConfig
 
     cfg = GenerationConfig(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
                            seed=args.seed, stop=tuple(args.stop), chat=False if args.raw else None,
-                           system=args.system)
-    engine = Engine(args.local_model, config=cfg)
+                           system=args.system, local_only=args.local_only, max_cloud_calls=args.max_cloud_calls,
+                           deadline_s=args.deadline)
+    cloud = None
+    if args.cloud_model:
+        cloud = CloudConfig(model=args.cloud_model, api_base=args.api_base, api_key=args.api_key,
+                            strategy=args.strategy, span_tokens=args.span_tokens, timeout_s=args.timeout)
+    return Engine(args.local_model, cloud=cloud, router=args.router, threshold=args.threshold,
+                  budget=args.budget, pipeline=args.pipeline, config=cfg)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.text import Text
+
+    engine = engine_from_args(args)
     if args.json:
         gen = engine.generate(args.prompt)
         print(json.dumps(gen.as_dict(), ensure_ascii=False))
@@ -66,7 +95,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         last = ev
     out.print()
     if last is not None and last.stats is not None:
-        err.print(Text(f"[{engine.local_model.name}] {last.stats.summary_line()}", style="dim"))
+        err.print(Text(f"[{engine.model_name}] {last.stats.summary_line()}", style="dim"))
+        for line in last.stats.cloud_errors[:3]:
+            err.print(Text(f"  cloud: {line}", style="yellow"))
     return 0
 
 

@@ -217,9 +217,9 @@ class StepDecoder:
         return self.lm.context_window
 
 
-def encode_prompt(lm: LocalModel, prompt: str | Sequence[dict] | Sequence[int], *,
-                  chat: bool | None = None, system: str | None = None) -> list[int]:
-    """Token ids for a prompt: a string, a chat message list, or ids already.
+def render_prompt(lm: LocalModel, prompt: str | Sequence[dict] | Sequence[int], *,
+                  chat: bool | None = None, system: str | None = None) -> tuple[str, list[int]]:
+    """The prompt as text and as token ids: a string, a chat message list, or ids already.
 
     A string goes through the chat template (with the generation prompt) when the model has one,
     unless ``chat=False``; a message list always does.
@@ -228,13 +228,13 @@ def encode_prompt(lm: LocalModel, prompt: str | Sequence[dict] | Sequence[int], 
 
     tok = lm.tokenizer
     if isinstance(prompt, (list, tuple)) and prompt and isinstance(prompt[0], int):
-        return list(prompt)
+        return tok.decode(list(prompt)), list(prompt)
     if isinstance(prompt, str):
         if not prompt.strip():
             raise EmptyPromptError("the prompt is empty")
         use_chat = lm.has_chat_template if chat is None else chat
         if not use_chat:
-            return list(tok.encode(prompt))
+            return prompt, list(tok.encode(prompt))
         messages: list[dict[str, Any]] = [{"role": "user", "content": prompt}]
     else:
         messages = [dict(m) for m in prompt]
@@ -244,6 +244,12 @@ def encode_prompt(lm: LocalModel, prompt: str | Sequence[dict] | Sequence[int], 
         messages = [{"role": "system", "content": system}] + [m for m in messages if m.get("role") != "system"]
     if not lm.has_chat_template:
         text = "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
-        return list(tok.encode(text))
+        return text, list(tok.encode(text))
     text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return list(tok.encode(text, add_special_tokens=False))
+    return text, list(tok.encode(text, add_special_tokens=False))
+
+
+def encode_prompt(lm: LocalModel, prompt: str | Sequence[dict] | Sequence[int], *,
+                  chat: bool | None = None, system: str | None = None) -> list[int]:
+    """Token ids for a prompt (see ``render_prompt``)."""
+    return render_prompt(lm, prompt, chat=chat, system=system)[1]

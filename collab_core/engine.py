@@ -1,24 +1,41 @@
-"""The engine: drives the step decoder over a prompt and yields one ``TokenEvent`` per token.
+"""The engine: token-level collaborative generation.
 
-This is the one generation loop of the library; the LangChain and LlamaIndex adapters and the CLI
-all stream from ``Engine.stream`` / ``Engine.astream``.
+The local model decodes; at each position a router scores the local model's confidence and decides
+whether the cloud model writes the next short span instead. This is the one generation loop of the
+library -- the CLI and the LangChain / LlamaIndex adapters all stream from ``Engine.stream`` /
+``Engine.astream``.
+
+Pipelines:
+
+* ``sync``  -- at a routed position, wait for the cloud span, splice it in, go on;
+* ``async`` -- send the request and keep drafting locally while it is in flight; when the span arrives
+  the draft is kept where it agrees and rolled back (KV trim) where it does not.
+
+The cloud never ends a generation: a failed, late or garbled call falls back to the local token and is
+counted in the stats.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures as cf
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .decoder import StepDecoder, encode_prompt, greedy
-from .errors import ContextOverflowError
+from .cache import SpanCache, span_key
+from .cloud import CloudClient, CloudConfig, CloudSpan, SpanRequest, messages_for
+from .decoder import Step, StepDecoder, greedy, render_prompt
+from .errors import CloudConfigError, CloudError, ContextOverflowError
 from .loading import LocalModel, load_local_model
+from .router import Router, TokenSignal, make_router
 from .scoring import Confidence
 from .stats import GenerationStats
-from .text import TextStream
+from .text import TextStream, splice
+
+PIPELINES = ("sync", "async")
 
 
 @dataclass
@@ -53,6 +70,12 @@ class Generation:
     model_name: str = ""
     extra: dict = field(default_factory=dict)
 
+    @classmethod
+    def from_events(cls, events: list[TokenEvent], model_name: str) -> Generation:
+        last = events[-1]
+        return cls(text="".join(e.text for e in events), events=events, finish_reason=last.finish_reason or "stop",
+                   stats=last.stats or GenerationStats(), model_name=model_name)
+
     def as_dict(self) -> dict:
         return {
             "text": self.text,
@@ -72,30 +95,57 @@ class GenerationConfig:
     stop: Sequence[str] = ()
     chat: bool | None = None  # None: use the chat template when the model has one
     system: str | None = None
+    local_only: bool = False  # never call the cloud for this request
+    max_cloud_calls: int | None = None  # cap per request
+    deadline_s: float | None = None  # per request: no cloud waiting past this many seconds from the start
 
     def replace(self, **overrides: Any) -> GenerationConfig:
+        unknown = set(overrides) - set(self.__dict__)
+        if unknown:
+            raise TypeError(f"unknown generation option(s): {', '.join(sorted(unknown))}")
         vals = {**self.__dict__, **{k: v for k, v in overrides.items() if v is not None}}
         return GenerationConfig(**vals)
 
 
 def make_sampler(cfg: GenerationConfig):
     if cfg.temperature <= 0:
-        return None  # greedy
+        return greedy
     from mlx_lm.sample_utils import make_sampler as mlx_make_sampler
 
     return mlx_make_sampler(temp=cfg.temperature, top_p=cfg.top_p)
 
 
 class Engine:
-    """Token-level collaborative generation: local decoding (routing arrives with the router)."""
+    """Token-level routing between a local MLX model and a cloud model reached through LiteLLM.
 
-    def __init__(self, local_model: LocalModel | str | None = None, *, config: GenerationConfig | None = None,
+    ``cloud`` is a LiteLLM model string or a ``CloudConfig`` (``None``: local only). ``router`` is a
+    ``Router`` or a spec (``threshold:0.5``, ``budget:0.07``, ``never``); ``threshold``/``budget`` are
+    shortcuts. Unknown cloud models and missing keys raise ``CloudConfigError`` here, before any work.
+    """
+
+    def __init__(self, local_model: LocalModel | str | None = None, *, cloud: CloudConfig | str | None = None,
+                 api_base: str | None = None, api_key: str | None = None, router: Router | str | None = None,
+                 threshold: float | None = None, budget: float | None = None, pipeline: str = "async",
+                 max_draft: int = 8, cache: SpanCache | bool = True, config: GenerationConfig | None = None,
                  want_hidden: bool = False):
+        if pipeline not in PIPELINES:
+            raise ValueError(f"pipeline must be one of {PIPELINES}, not {pipeline!r}")
         self._local_spec = local_model
         self._lm = local_model if isinstance(local_model, LocalModel) else None
         self.config = config or GenerationConfig()
+        if isinstance(cloud, str):
+            cloud = CloudConfig(model=cloud, api_base=api_base, api_key=api_key)
+        self.cloud: CloudClient | None = CloudClient(cloud) if cloud is not None else None
+        if self.cloud is not None:
+            self.cloud.validate()
+        self.router = make_router(router, threshold=threshold, budget=budget)
+        self.pipeline = pipeline
+        self.max_draft = max_draft if pipeline == "async" else 0
+        self.cache = cache if isinstance(cache, SpanCache) else (SpanCache() if cache else None)
         self.want_hidden = want_hidden
         self._decoder: StepDecoder | None = None
+        self._bound = False
+        self._executor: cf.ThreadPoolExecutor | None = None
         self._lock = threading.Lock()  # one sequence at a time on this engine's KV cache
 
     @property
@@ -104,29 +154,40 @@ class Engine:
             self._lm = load_local_model(self._local_spec)
         return self._lm
 
+    @property
+    def model_name(self) -> str:
+        name = self.local_model.name
+        return f"{name}+{self.cloud.config.model}" if self.cloud is not None else name
+
     def encode(self, prompt, cfg: GenerationConfig | None = None) -> list[int]:
         cfg = cfg or self.config
-        return encode_prompt(self.local_model, prompt, chat=cfg.chat, system=cfg.system)
+        return render_prompt(self.local_model, prompt, chat=cfg.chat, system=cfg.system)[1]
 
     def _decoder_for(self, cfg: GenerationConfig) -> StepDecoder:
-        if self._decoder is None:
-            self._decoder = StepDecoder(self.local_model, want_hidden=self.want_hidden)
-        self._decoder.sampler = make_sampler(cfg) or greedy
+        lm = self.local_model
+        if not self._bound:
+            self.router.bind(lm)
+            self._bound = True
+        hidden = self.want_hidden or self.router.needs_hidden
+        if self._decoder is None or self._decoder.want_hidden != hidden:
+            self._decoder = StepDecoder(lm, want_hidden=hidden)
+        self._decoder.sampler = make_sampler(cfg)
         return self._decoder
+
+    def _submit(self, fn, *args) -> cf.Future:
+        if self._executor is None:
+            self._executor = cf.ThreadPoolExecutor(max_workers=2, thread_name_prefix="collab-cloud")
+        return self._executor.submit(fn, *args)
 
     # -- sync ----------------------------------------------------------------------------------------
     def stream(self, prompt, **overrides: Any) -> Iterator[TokenEvent]:
         """Yield one ``TokenEvent`` per generated token; the last one carries finish_reason and stats."""
         cfg = self.config.replace(**overrides)
         with self._lock:
-            yield from self._run(prompt, cfg)
+            yield from _Run(self, prompt, cfg).events()
 
     def generate(self, prompt, **overrides: Any) -> Generation:
-        events = list(self.stream(prompt, **overrides))
-        last = events[-1]
-        return Generation(text="".join(e.text for e in events), events=events,
-                          finish_reason=last.finish_reason or "stop", stats=last.stats or GenerationStats(),
-                          model_name=self.local_model.name)
+        return Generation.from_events(list(self.stream(prompt, **overrides)), self.model_name)
 
     # -- async: decoding runs in a worker thread, the event loop is never blocked ------------------
     async def astream(self, prompt, **overrides: Any) -> AsyncIterator[TokenEvent]:
@@ -141,7 +202,7 @@ class Engine:
                     if cancelled.is_set():
                         break
                     loop.call_soon_threadsafe(queue.put_nowait, ev)
-            except BaseException as exc:  # re-raised in the consumer
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
                 loop.call_soon_threadsafe(queue.put_nowait, exc)
             finally:
                 loop.call_soon_threadsafe(queue.put_nowait, done)
@@ -160,64 +221,309 @@ class Engine:
             cancelled.set()
 
     async def agenerate(self, prompt, **overrides: Any) -> Generation:
-        events = [ev async for ev in self.astream(prompt, **overrides)]
-        last = events[-1]
-        return Generation(text="".join(e.text for e in events), events=events,
-                          finish_reason=last.finish_reason or "stop", stats=last.stats or GenerationStats(),
-                          model_name=self.local_model.name)
+        return Generation.from_events([ev async for ev in self.astream(prompt, **overrides)], self.model_name)
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+
+@dataclass
+class _Inflight:
+    future: cf.Future | None  # None when answered from the cache
+    span: CloudSpan | None
+    key: str | None
+    answer_len: int  # answer tokens when the request was made
+    submitted: float
+
+
+class _Run:
+    """The state of one generation. ``events()`` is the loop."""
+
+    MAX_CONSECUTIVE_FAILURES = 3
+
+    def __init__(self, engine: Engine, prompt, cfg: GenerationConfig):
+        self.e = engine
+        self.cfg = cfg
+        self.prompt = prompt
+        self.t0 = time.perf_counter()
+        self.lm = engine.local_model
+        self.prompt_text, self.ids = render_prompt(self.lm, prompt, chat=cfg.chat, system=cfg.system)
+        window = self.lm.context_window
+        if len(self.ids) >= window:
+            raise ContextOverflowError(f"prompt has {len(self.ids)} tokens; the local model's context is {window}")
+        self.max_tokens = min(cfg.max_tokens, window - len(self.ids))
+        self.dec = engine._decoder_for(cfg)
+        self.router = engine.router
+        self.cloud = None if cfg.local_only else engine.cloud
+        self.stats = GenerationStats(prompt_tokens=len(self.ids))
+        self.text = TextStream(self.lm.tokenizer, cfg.stop)
+        self.eos = self.lm.eos_token_ids
+        self.answer: list[int] = []  # committed tokens
+        self.sources: list[str] = []
+        self.draft: list[tuple[int, Confidence, float | None]] = []
+        self.inflight: _Inflight | None = None
+        self.deadline = self.t0 + cfg.deadline_s if cfg.deadline_s else None
+        self.failures_in_row = 0
+        self.cloud_off_reason: str | None = None
+        self.pending: TokenEvent | None = None
+        self.finish = "length"
+        self._accounted = (0, 0, 0)
+        self.messages = messages_for(prompt, cfg.system) if self.cloud is not None and not (
+            isinstance(prompt, (list, tuple)) and prompt and isinstance(prompt[0], int)) else []
+
+    # -- helpers -------------------------------------------------------------------------------------
+    def _cloud_usable(self) -> bool:
+        if self.cloud is None or self.cloud_off_reason:
+            return False
+        if self.cfg.max_cloud_calls is not None and self.stats.cloud_calls + self.stats.cloud_cache_hits >= \
+                self.cfg.max_cloud_calls:
+            return False
+        return self.deadline is None or time.perf_counter() < self.deadline
+
+    def _emit(self, tid: int, source: str, conf: Confidence | None, score: float | None) -> Iterator[TokenEvent]:
+        piece = self.text.add(tid)
+        self.answer.append(tid)
+        self.sources.append(source)
+        if self.stats.time_to_first_token_s is None:
+            self.stats.time_to_first_token_s = time.perf_counter() - self.t0
+        if self.pending is not None:
+            yield self.pending
+        self.pending = TokenEvent(token=tid, text=piece, source=source, confidence=conf, score=score)
+
+    def _account(self) -> None:
+        total, cloud = len(self.answer), self.sources.count("cloud")
+        calls = self.stats.cloud_calls + self.stats.cloud_cache_hits
+        t0, c0, k0 = self._accounted
+        self.router.account(total - t0, cloud - c0, calls - k0)
+        self._accounted = (total, cloud, calls)
+
+    def _sync_cache(self, target: list[int], end: Step) -> Step:
+        """Make the KV cache hold exactly prompt + ``target``; return the Step at its end."""
+        full = self.ids + target
+        cur = self.dec.tokens
+        c = 0
+        while c < min(len(cur), len(full)) and cur[c] == full[c]:
+            c += 1
+        if c == len(cur) == len(full):
+            return end
+        if c < len(cur):
+            end = self.dec.rollback(len(cur) - c)
+        if c < len(full):
+            end = self.dec.feed(full[c:])
+        return end
+
+    # -- the cloud leg -------------------------------------------------------------------------------
+    def _request(self, word_start: bool | None) -> SpanRequest:
+        partial = self.lm.tokenizer.decode(self.answer) if self.answer else ""
+        return SpanRequest(messages=self.messages, prompt_text=self.prompt_text, partial=partial,
+                           word_start=word_start)
+
+    def _call(self, req: SpanRequest) -> CloudSpan:
+        return self.cloud.continue_span(req, deadline=self.deadline)
+
+    def _start_cloud(self, word_start: bool | None) -> None:
+        req = self._request(word_start)
+        cc = self.cloud.config
+        key = span_key(cc.model, cc.api_base, self.cloud.strategy, cc.span_tokens, cc.temperature,
+                       req.prompt_text if self.cloud.strategy == "completion" else req.messages, req.partial,
+                       req.word_start if self.cloud.strategy in ("instruct", "prefill") else None)
+        cached = self.e.cache.get(key) if self.e.cache is not None else None
+        if cached is not None:
+            self.stats.cloud_cache_hits += 1
+            self.inflight = _Inflight(None, cached, None, len(self.answer), time.perf_counter())
+            return
+        self.stats.cloud_calls += 1
+        fut = self.e._submit(self._call, req)
+        self.inflight = _Inflight(fut, None, key, len(self.answer), time.perf_counter())
+
+    def _wait(self) -> CloudSpan | None:
+        """Block for the in-flight span; None on failure (counted)."""
+        inf = self.inflight
+        if inf.span is not None:
+            return inf.span
+        t = time.perf_counter()
+        timeout = None if self.deadline is None else max(0.0, self.deadline - t)
+        try:
+            span = inf.future.result(timeout=timeout)
+        except cf.TimeoutError:
+            self._failed("deadline", "the request deadline passed while waiting for the cloud")
+            span = None
+        except CloudError as exc:
+            self._failed(exc.kind, str(exc), retryable=exc.retryable)
+            span = None
+        except Exception as exc:  # noqa: BLE001 - any other failure of the call: local token is used
+            self._failed(type(exc).__name__, str(exc))
+            span = None
+        waited = time.perf_counter() - t
+        self.stats.time_cloud_wait_s += waited
+        if span is not None:
+            self.stats.time_cloud_hidden_s += max(0.0, span.latency_s - waited)
+            self.stats.cloud_input_tokens += span.input_tokens
+            self.stats.cloud_output_tokens += span.output_tokens
+            self.stats.cost_usd += span.cost_usd
+            self.failures_in_row = 0
+            if self.e.cache is not None and inf.key is not None and (span.text or span.ends_answer):
+                self.e.cache.put(inf.key, span)
+        return span
+
+    def _failed(self, kind: str, message: str, retryable: bool = True) -> None:
+        self.stats.cloud_failures += 1
+        self.stats.cloud_errors.append(f"{kind}: {message}"[:300])
+        self.failures_in_row += 1
+        if not retryable and kind in ("AuthenticationError", "PermissionDeniedError", "NotFoundError"):
+            self.cloud_off_reason = kind
+        elif kind == "deadline":
+            self.cloud_off_reason = "deadline"
+        elif self.failures_in_row >= self.MAX_CONSECUTIVE_FAILURES:
+            self.cloud_off_reason = f"{self.failures_in_row} failures in a row"
+
+    def _resolve(self, step: Step) -> tuple[Step, Iterator[TokenEvent]]:
+        """Settle the in-flight request against the draft; returns the new end Step and events to emit."""
+        span = self._wait()
+        inf, self.inflight = self.inflight, None
+        draft, self.draft = self.draft, []
+        events: list[TokenEvent] = []
+
+        def local_draft():
+            for tid, conf, score in draft:
+                if len(self.answer) >= self.max_tokens or self.text.stopped:
+                    break
+                events.extend(self._emit(tid, "local", conf, score))
+
+        if span is None or (not span.text and not span.ends_answer):
+            if span is not None:
+                self._failed("EmptySpan", "the cloud returned no text")
+            local_draft()
+            return self._sync_cache(list(self.answer), step), iter(events)
+        assert inf.answer_len == len(self.answer)
+        if not span.text:  # the cloud model ended the answer here
+            self.finish = "stop"
+            self.stats.rollbacks += len(draft)
+            return self._sync_cache(list(self.answer), step), iter([])
+        n_back, new_ids = splice(self.lm.tokenizer, self.answer, span.text)
+        base = self.answer[: len(self.answer) - n_back]
+        room = self.max_tokens - len(base)
+        new_ids = [t for t in new_ids if t not in self.eos][:room]
+        target = base + new_ids
+        drafted = self.answer + [t for t, _, _ in draft]
+        keep_draft: list[tuple[int, Confidence, float | None]] = []
+        if not span.ends_answer and drafted[: len(target)] == target:
+            keep_draft = draft[max(0, len(target) - len(self.answer)):]  # the draft goes on after the span
+        else:
+            agree = 0
+            while agree < min(len(drafted), len(target)) and drafted[agree] == target[agree]:
+                agree += 1
+            self.stats.rollbacks += max(0, len(drafted) - agree)
+        step = self._sync_cache(target + [t for t, _, _ in keep_draft], step)
+        # The loop goes on from the end of the cache. Emit: the word fragment replaced, the cloud's
+        # tokens, then the draft beyond them where it agreed.
+        if n_back:
+            self.text.rewind(n_back)
+            del self.answer[len(self.answer) - n_back:]
+            del self.sources[len(self.sources) - n_back:]
+        for tid in new_ids:
+            events.extend(self._emit(tid, "cloud", None, None))
+            if self.text.stopped:
+                break
+        for tid, conf, score in keep_draft:
+            if len(self.answer) >= self.max_tokens or self.text.stopped:
+                break
+            events.extend(self._emit(tid, "local", conf, score))
+        if span.ends_answer:
+            self.finish = "stop"
+        return step, iter(events)
 
     # -- the loop ------------------------------------------------------------------------------------
-    def _run(self, prompt, cfg: GenerationConfig) -> Iterator[TokenEvent]:
+    def events(self) -> Iterator[TokenEvent]:
         import mlx.core as mx
 
-        t0 = time.perf_counter()
-        lm = self.local_model
-        ids = self.encode(prompt, cfg)
-        window = lm.context_window
-        if len(ids) >= window:
-            raise ContextOverflowError(f"prompt has {len(ids)} tokens; the local model's context is {window}")
-        max_tokens = min(cfg.max_tokens, window - len(ids))
+        cfg, dec = self.cfg, self.dec
         if cfg.seed is not None:
             mx.random.seed(cfg.seed)
-        dec = self._decoder_for(cfg)
-        stats = GenerationStats(prompt_tokens=len(ids))
-        text = TextStream(lm.tokenizer, cfg.stop)
-        eos = lm.eos_token_ids
-
-        step = dec.prefill(ids)
-        pending: TokenEvent | None = None  # hold one event back so the last one can carry the stats
-        finish = "length"
-        n = 0
-        while n < max_tokens:
+        self.t0 = time.perf_counter()
+        step = dec.prefill(self.ids)
+        first = True
+        draft_closed = False  # the draft hit EOS or the token limit: wait for the cloud
+        while True:
+            if self.finish == "stop" or self.text.stopped:
+                break
+            if self.inflight is not None:
+                inf = self.inflight
+                ready = inf.span is not None or inf.future.done()
+                if ready or draft_closed or len(self.draft) >= self.e.max_draft or \
+                        len(self.answer) + len(self.draft) >= self.max_tokens:
+                    step, evs = self._resolve(step)
+                    yield from evs
+                    self._account()
+                    draft_closed = False
+                    continue
+            elif len(self.answer) >= self.max_tokens:
+                break
+            n_total = len(self.answer) + len(self.draft)
             # Queue the next forward pass before reading this one (pipelined, as in mlx-lm).
-            nxt = dec.step(step.token) if n + 1 < max_tokens else None
+            spec = dec.step(step.token) if n_total + 1 < self.max_tokens else None
             tid = step.token_id
-            if n == 0:
-                stats.time_prefill_s = time.perf_counter() - t0
-            if tid in eos:  # the cache keeps the EOS: a next turn's template usually repeats it
-                finish = "stop"
+            conf = step.confidence
+            if first:
+                self.stats.time_prefill_s = time.perf_counter() - self.t0
+                first = False
+            if self.inflight is not None:  # drafting while the cloud works; nothing is emitted yet
+                if tid in self.eos:
+                    draft_closed = True
+                else:
+                    self.draft.append((tid, conf, None))
+                if spec is None:
+                    draft_closed = True
+                else:
+                    step = spec
+                continue
+            if tid in self.eos:  # the cache keeps the EOS: a next turn's template usually repeats it
+                self.finish = "stop"
                 break
-            piece = text.add(tid)
-            n += 1
-            if pending is not None:
-                yield pending
-            pending = TokenEvent(token=tid, text=piece, confidence=step.confidence)
-            if stats.time_to_first_token_s is None:
-                stats.time_to_first_token_s = time.perf_counter() - t0
-            if text.stopped:
-                finish = "stop"
+            score = None
+            if self._cloud_usable():
+                sig = TokenSignal(conf, len(self.answer), tid, step.hidden)
+                score = self.router.score(sig)
+                self.router.observe(score)
+                if self.router.should_route(score, sig):
+                    piece = self.lm.tokenizer.decode([tid])
+                    self._start_cloud(word_start=piece[:1].isspace())
+                    self.draft.append((tid, conf, score))
+                    if spec is not None:
+                        step = spec
+                    else:
+                        draft_closed = True
+                    continue
+            yield from self._emit(tid, "local", conf, score)
+            if len(self.answer) % 16 == 0:
+                self._account()
+            if spec is None:
                 break
-            if nxt is None:
-                break
-            step = nxt
-        tail = text.finish()
-        stats.total_tokens = n
-        stats.time_total_s = time.perf_counter() - t0
-        stats.time_local_s = stats.time_total_s
-        if pending is None:
-            pending = TokenEvent(token=-1, text=tail)
+            step = spec
+        self._finish()
+        yield self.pending
+
+    def _finish(self) -> None:
+        if self.inflight is not None and self.inflight.future is not None:
+            self.inflight.future.cancel()
+        tail = self.text.finish()
+        self._account()
+        s = self.stats
+        s.total_tokens = len(self.answer)
+        s.cloud_tokens = self.sources.count("cloud")
+        s.time_total_s = time.perf_counter() - self.t0
+        s.time_local_s = max(0.0, s.time_total_s - s.time_cloud_wait_s)
+        s.cloud_disabled_reason = self.cloud_off_reason
+        if self.text.stopped:
+            self.finish = "stop"
+        if self.pending is None:
+            self.pending = TokenEvent(token=-1, text=tail)
         else:
-            pending.text += tail
-        pending.finish_reason = finish
-        pending.stats = stats
-        yield pending
+            self.pending.text += tail
+        self.pending.finish_reason = self.finish
+        self.pending.stats = s
+
+
+__all__ = ["PIPELINES", "CloudConfigError", "Engine", "Generation", "GenerationConfig", "TokenEvent"]

@@ -21,3 +21,20 @@ class EmptyPromptError(CollabError, ValueError):
 
 class ContextOverflowError(CollabError, ValueError):
     """The prompt plus ``max_tokens`` does not fit the local model's context window."""
+
+
+class CloudConfigError(CollabError, ValueError):
+    """The cloud model cannot be used as configured: unknown model string, missing API key, bad option.
+
+    Raised up front, before any local decoding starts.
+    """
+
+
+class CloudError(CollabError):
+    """One cloud call failed (after retries). The engine catches it, uses the local token and counts it."""
+
+    def __init__(self, message: str, *, attempts: int = 1, retryable: bool = False, kind: str = "CloudError"):
+        super().__init__(message)
+        self.attempts = attempts
+        self.retryable = retryable
+        self.kind = kind

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 
 @dataclass
@@ -23,6 +23,8 @@ class GenerationStats:
     time_cloud_wait_s: float = 0.0  # time spent blocked on the cloud
     time_cloud_hidden_s: float = 0.0  # cloud time overlapped with local drafting
     time_to_first_token_s: float | None = None
+    cloud_errors: list[str] = field(default_factory=list)  # one line per failed call (no secrets)
+    cloud_disabled_reason: str | None = None  # why the cloud was not used for the rest of the request
 
     @property
     def local_tokens(self) -> int:

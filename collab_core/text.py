@@ -65,8 +65,20 @@ class TextStream:
         self._stop = StopMatcher(self._stops)
         self.tokens: list[int] = []
         self.text = ""
+        self._shown = ""  # text the caller already has beyond ``text`` (after a rewind)
         for t in tokens:
             self.add(t)
+
+    def rewind(self, n: int) -> None:
+        """Drop the last ``n`` tokens (to be replaced by tokens spelling the same text and more).
+
+        Text already released is never released twice: new tokens release only what goes beyond it.
+        """
+        if n <= 0:
+            return
+        shown = self.text + self._shown
+        self.reset_to(self.tokens[: len(self.tokens) - n])
+        self._shown = shown[len(self.text):]
 
     @property
     def stopped(self) -> bool:
@@ -77,7 +89,16 @@ class TextStream:
         self._detok.add_token(token)
         out = self._stop.feed(self._detok.last_segment)
         self.text += out
-        return out
+        return self._unshown(out)
+
+    def _unshown(self, out: str) -> str:
+        if not self._shown:
+            return out
+        k = 0
+        while k < min(len(out), len(self._shown)) and out[k] == self._shown[k]:
+            k += 1
+        self._shown = self._shown[k:] if k == len(out) else ""
+        return out[k:]
 
     def finish(self) -> str:
         """Flush the detokenizer and any held-back text; returns the final piece."""
@@ -85,4 +106,28 @@ class TextStream:
         out = self._stop.feed(self._detok.last_segment) if not self._stop.stopped else ""
         out += self._stop.flush()
         self.text += out
-        return out
+        return self._unshown(out)
+
+
+def splice(tokenizer, answer: Sequence[int], continuation: str, max_back: int = 8) -> tuple[int, list[int]]:
+    """Tokens for ``answer`` followed by the text ``continuation``, with the local tokenizer.
+
+    Returns ``(n_back, new_ids)``: drop the last ``n_back`` answer tokens, then append ``new_ids``.
+    The continuation is re-tokenized together with the answer's last word fragment (from the last token
+    that starts a word), so a word split across the boundary ("Par" + "is") becomes the tokens the local
+    model would have used ("Paris"); no spaces are added or removed.
+    """
+    k = 0
+    while k < min(max_back, len(answer)):
+        k += 1
+        piece = tokenizer.decode([answer[-k]])
+        if piece[:1].isspace() or not piece.strip():
+            break
+    head = list(answer[: len(answer) - k])
+    frag_ids = list(answer[len(answer) - k:])
+    frag_text = tokenizer.decode(head + frag_ids)[len(tokenizer.decode(head)):] if k else ""
+    joint = list(tokenizer.encode(frag_text + continuation, add_special_tokens=False))
+    common = 0
+    while common < min(len(joint), len(frag_ids)) and joint[common] == frag_ids[common]:
+        common += 1
+    return len(frag_ids) - common, joint[common:]

@@ -1,0 +1,73 @@
+"""The cooperative span cache: identical (model, context, span) requests are answered without a call.
+
+In memory (LRU) and optionally on disk (SQLite), shared across requests and engines. LiteLLM's own
+``litellm.Cache`` crashed on its first hit in 1.106.x without the proxy extras installed, and keys on the
+whole request, so this small cache is used instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+from collections import OrderedDict
+from dataclasses import asdict
+from pathlib import Path
+
+from .cloud import CloudSpan
+
+
+def span_key(*parts) -> str:
+    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class SpanCache:
+    """LRU of cloud spans, with an optional SQLite file behind it."""
+
+    def __init__(self, max_items: int = 4096, path: str | Path | None = None):
+        self.max_items = max_items
+        self._mem: OrderedDict[str, CloudSpan] = OrderedDict()
+        self._lock = threading.Lock()
+        self._db = None
+        self.hits = 0
+        self.misses = 0
+        if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(path), check_same_thread=False)
+            self._db.execute("CREATE TABLE IF NOT EXISTS spans (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            self._db.commit()
+
+    def get(self, key: str) -> CloudSpan | None:
+        with self._lock:
+            span = self._mem.get(key)
+            if span is not None:
+                self._mem.move_to_end(key)
+            elif self._db is not None:
+                row = self._db.execute("SELECT value FROM spans WHERE key = ?", (key,)).fetchone()
+                if row is not None:
+                    span = CloudSpan(**json.loads(row[0]))
+                    self._remember(key, span)
+            if span is None:
+                self.misses += 1
+                return None
+            self.hits += 1
+        return CloudSpan(**{**asdict(span), "cached": True, "latency_s": 0.0, "cost_usd": 0.0,
+                            "input_tokens": 0, "output_tokens": 0})
+
+    def put(self, key: str, span: CloudSpan) -> None:
+        with self._lock:
+            self._remember(key, span)
+            if self._db is not None:
+                self._db.execute("INSERT OR REPLACE INTO spans VALUES (?, ?)", (key, json.dumps(asdict(span))))
+                self._db.commit()
+
+    def _remember(self, key: str, span: CloudSpan) -> None:
+        self._mem[key] = span
+        self._mem.move_to_end(key)
+        while len(self._mem) > self.max_items:
+            self._mem.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._mem)

@@ -1,0 +1,340 @@
+"""The cloud leg: a short continuation span from any LiteLLM model string.
+
+The cloud model is asked to continue the *partial answer* for a few tokens. How that is asked depends on
+what the provider can do (``Strategy``):
+
+* ``completion`` -- a raw text completion (``/completions``) of the prompt rendered with the local model's
+  chat template plus the partial answer: ``text-completion-openai/...``, ``hosted_vllm/...``,
+  ``together_ai/...``, ``fireworks_ai/...``, any OpenAI-compatible server (e.g. ``mlx_lm.server``);
+* ``prefill`` -- chat with the partial answer as a final assistant message (Anthropic models whose LiteLLM
+  model info says ``supports_assistant_prefill``; Anthropic strips its trailing whitespace);
+* ``prefix`` -- the same with ``"prefix": True`` on that message (DeepSeek, Mistral);
+* ``continue`` -- vLLM's chat ``continue_final_message`` (``hosted_vllm/...`` chat servers);
+* ``instruct`` -- chat-only models (OpenAI chat, Gemini, Claude 4.6+): an instruction to write only the
+  next few words of the partial answer; an echoed prefix is stripped.
+
+Retries are tenacity's (exponential backoff with jitter, retryable errors only); LiteLLM's and the
+OpenAI SDK's own retries are switched off so they do not multiply.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import CloudConfigError, CloudError
+
+STRATEGIES = ("completion", "prefill", "prefix", "continue", "instruct")
+_COMPLETION_PROVIDERS = {"text-completion-openai", "hosted_vllm", "together_ai", "fireworks_ai",
+                         "text-completion-codestral", "openai_like"}
+_PREFIX_PROVIDERS = {"deepseek", "mistral", "codestral"}
+_LOOPBACK = re.compile(r"^https?://(127\.\d+\.\d+\.\d+|localhost|\[::1\])(:\d+)?(/|$)")
+
+INSTRUCTION = (
+    "You continue a partially written assistant answer. Reply with only the next few words of that answer, "
+    "starting exactly where the partial answer stops. Do not repeat the partial answer, do not explain, "
+    "do not add quotes."
+)
+
+
+def _litellm():
+    """Import LiteLLM kept offline (no cost-map or beta-header fetches) and quiet."""
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    os.environ.setdefault("LITELLM_LOCAL_ANTHROPIC_BETA_HEADERS", "True")
+    import litellm
+
+    litellm.suppress_debug_info = True
+    litellm.telemetry = False
+    return litellm
+
+
+@dataclass
+class CloudConfig:
+    """Where and how the cloud model is called."""
+
+    model: str
+    api_base: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    strategy: str = "auto"
+    span_tokens: int = 4  # cloud tokens per call (cut back to a word boundary)
+    timeout_s: float = 10.0  # per call
+    max_retries: int = 2  # tenacity retries per call (not counting the first try)
+    temperature: float = 0.0
+    extra: dict = field(default_factory=dict)  # passed through to litellm (e.g. extra_headers)
+
+    def __post_init__(self):
+        if self.strategy != "auto" and self.strategy not in STRATEGIES:
+            raise CloudConfigError(f"unknown strategy {self.strategy!r}; one of {', '.join(STRATEGIES)}")
+        if self.span_tokens < 1:
+            raise CloudConfigError("span_tokens must be >= 1")
+
+
+@dataclass
+class SpanRequest:
+    """What the cloud needs to continue: the conversation and the answer so far."""
+
+    messages: list[dict]  # the conversation (system/user/assistant turns), without the partial answer
+    prompt_text: str  # the prompt rendered with the local chat template (for text completion)
+    partial: str  # the answer so far (text already emitted)
+    word_start: bool | None = None  # does the local model think a new word starts here? (spacing hint)
+
+
+@dataclass
+class CloudSpan:
+    text: str  # the continuation, to append to the partial answer
+    finish_reason: str | None  # "stop" when the cloud model ended its answer inside the span
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    latency_s: float = 0.0
+    strategy: str = ""
+    cached: bool = False
+    attempts: int = 1
+
+    @property
+    def ends_answer(self) -> bool:
+        # An instruction-following model stops after "a few words" by design; that is not the end.
+        return self.finish_reason == "stop" and self.strategy != "instruct"
+
+
+def choose_strategy(model: str, api_base: str | None = None) -> str:
+    litellm = _litellm()
+    try:
+        _, provider, _, _ = litellm.get_llm_provider(model, api_base=api_base)
+    except Exception as exc:
+        raise CloudConfigError(
+            f"unknown cloud model {model!r}: LiteLLM cannot tell its provider "
+            "(use a provider prefix, e.g. 'openai/gpt-4o-mini', 'anthropic/claude-sonnet-4-5', "
+            "'hosted_vllm/NAME' or 'text-completion-openai/NAME' with --api-base)"
+        ) from exc
+    if provider in _COMPLETION_PROVIDERS:
+        return "completion"
+    if provider == "anthropic":
+        info = _model_info(model)
+        return "prefill" if info.get("supports_assistant_prefill") else "instruct"
+    if provider in _PREFIX_PROVIDERS:
+        return "prefix"
+    return "instruct"
+
+
+def _model_info(model: str) -> dict:
+    litellm = _litellm()
+    bare = model.split("/", 1)[1] if "/" in model else model
+    return litellm.model_cost.get(model) or litellm.model_cost.get(bare) or {}
+
+
+def is_retryable(exc: BaseException) -> bool:
+    litellm = _litellm()
+    import openai
+
+    non_retryable = (litellm.AuthenticationError, litellm.BadRequestError, litellm.NotFoundError,
+                     litellm.PermissionDeniedError, litellm.UnprocessableEntityError)
+    if isinstance(exc, non_retryable):
+        return False
+    retryable = (litellm.RateLimitError, litellm.InternalServerError, litellm.ServiceUnavailableError,
+                 litellm.BadGatewayError, litellm.APIConnectionError, litellm.Timeout,
+                 openai.APIConnectionError, openai.APITimeoutError, openai.InternalServerError,
+                 openai.RateLimitError)
+    return isinstance(exc, retryable)
+
+
+def cut_to_word_boundary(text: str) -> str:
+    """Drop a trailing partial word (the span was cut by max_tokens), keeping at least one word."""
+    if not text or text[-1].isspace():
+        return text
+    m = re.search(r"\s\S*$", text)
+    if m is None or not text[: m.start()].strip():
+        return text
+    return text[: m.start()]
+
+
+def strip_echo(text: str, partial: str) -> str:
+    """Remove a repeated partial answer (or its tail) that a chat model echoed back."""
+    t = text
+    for cand in (partial, partial.strip()):
+        if cand and t.startswith(cand):
+            return t[len(cand):]
+    tail = partial.strip()[-40:]
+    if len(tail) >= 8 and tail in t[: len(tail) + 8]:
+        return t[t.index(tail) + len(tail):]
+    return t
+
+
+class CloudClient:
+    """Calls the cloud model for a continuation span (sync; callers run it in a worker thread)."""
+
+    def __init__(self, config: CloudConfig):
+        self.config = config
+        self.strategy = (choose_strategy(config.model, config.api_base)
+                         if config.strategy == "auto" else config.strategy)
+        self._lock = threading.Lock()
+
+    # -- validation, up front --------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Raise ``CloudConfigError`` for an unknown model string or a missing key, before any work."""
+        litellm = _litellm()
+        cfg = self.config
+        choose_strategy(cfg.model, cfg.api_base)  # raises on an unknown provider
+        if cfg.api_key or (cfg.api_base and _LOOPBACK.match(cfg.api_base)):
+            return
+        env = litellm.validate_environment(model=cfg.model, api_base=cfg.api_base)
+        missing = env.get("missing_keys") or []
+        if missing:
+            raise CloudConfigError(
+                f"cloud model {cfg.model!r} needs an API key: set {' or '.join(missing)} or pass api_key"
+            )
+
+    def _api_key(self) -> str | None:
+        cfg = self.config
+        if cfg.api_key:
+            return cfg.api_key
+        if cfg.api_base and _LOOPBACK.match(cfg.api_base):
+            return os.environ.get("OPENAI_API_KEY") or "sk-loopback-no-key"  # the SDK insists on one
+        return None
+
+    # -- request shaping -------------------------------------------------------------------------------
+    def build(self, req: SpanRequest) -> tuple[str, dict]:
+        """(call kind, keyword arguments for litellm) -- the stable prefix always comes first."""
+        cfg = self.config
+        kw: dict[str, Any] = {
+            "model": cfg.model,
+            "max_tokens": cfg.span_tokens,
+            "temperature": cfg.temperature,
+            "timeout": cfg.timeout_s,
+            "num_retries": 0,
+            "max_retries": 0,
+            **cfg.extra,
+        }
+        if cfg.api_base:
+            kw["api_base"] = cfg.api_base
+        key = self._api_key()
+        if key:
+            kw["api_key"] = key
+        s = self.strategy
+        if s == "completion":
+            kw["prompt"] = req.prompt_text + req.partial
+            return "text_completion", kw
+        msgs = [dict(m) for m in req.messages]
+        if s == "instruct":
+            partial = req.partial if req.partial.strip() else "(nothing yet: write its first few words)"
+            kw["messages"] = [{"role": "system", "content": INSTRUCTION}] + msgs + [{
+                "role": "user",
+                "content": f"Partial answer to continue:\n<partial>{partial}</partial>\nNext few words only:",
+            }]
+            return "completion", kw
+        if req.partial:
+            if s == "prefill":
+                msgs.append({"role": "assistant", "content": req.partial.rstrip()})
+            elif s == "prefix":
+                msgs.append({"role": "assistant", "content": req.partial, "prefix": True})
+            elif s == "continue":
+                msgs.append({"role": "assistant", "content": req.partial})
+                kw["extra_body"] = {**kw.get("extra_body", {}), "continue_final_message": True,
+                                    "add_generation_prompt": False}
+        kw["messages"] = msgs
+        return "completion", kw
+
+    def parse(self, resp: Any, req: SpanRequest) -> tuple[str, str | None]:
+        choice = resp.choices[0]
+        if self.strategy == "completion":
+            text = choice.text
+        else:
+            text = choice.message.content
+        if text is None or not isinstance(text, str):
+            raise CloudError("the cloud response has no text")
+        finish = choice.finish_reason
+        if self.strategy == "instruct":
+            text = strip_echo(text.strip("\n"), req.partial)
+            text = re.sub(r"</?partial>", "", text)
+        if self.strategy in ("instruct", "prefill"):
+            text = self._fix_spacing(text, req)
+        if finish == "length" or self.strategy == "instruct":
+            text = cut_to_word_boundary(text)
+        return text, finish
+
+    @staticmethod
+    def _fix_spacing(text: str, req: SpanRequest) -> str:
+        """Chat models drop the leading space of a continuation; Anthropic strips the prefill's trailing
+        whitespace. Decide the boundary from the partial answer and the local model's own next token."""
+        partial = req.partial
+        if not partial:
+            return text.lstrip()
+        if partial[-1].isspace():
+            return text.lstrip(" ")
+        stripped = text.lstrip(" ")
+        if req.word_start is True and stripped[:1].isalnum():
+            return " " + stripped
+        if req.word_start is False:
+            return stripped
+        return text
+
+    # -- the call --------------------------------------------------------------------------------------
+    def continue_span(self, req: SpanRequest, deadline: float | None = None) -> CloudSpan:
+        """One span, with retries; raises ``CloudError`` (never a provider exception) on failure."""
+        from tenacity import (RetryError, Retrying, retry_if_exception, stop_after_attempt, stop_before_delay,
+                              wait_random_exponential)
+
+        litellm = _litellm()
+        kind, kw = self.build(req)
+        call = litellm.text_completion if kind == "text_completion" else litellm.completion
+        stop = stop_after_attempt(self.config.max_retries + 1)
+        if deadline is not None:
+            stop = stop | stop_before_delay(max(0.0, deadline - time.monotonic()))
+        t0 = time.perf_counter()
+        attempts = 0
+        try:
+            for attempt in Retrying(stop=stop, wait=wait_random_exponential(multiplier=0.25, max=4.0),
+                                    retry=retry_if_exception(is_retryable), reraise=True):
+                with attempt:
+                    attempts += 1
+                    if deadline is not None:
+                        kw["timeout"] = max(0.05, min(self.config.timeout_s, deadline - time.monotonic()))
+                    resp = call(**kw)
+        except RetryError as exc:  # pragma: no cover - reraise=True makes this unusual
+            raise CloudError(f"cloud call gave up: {exc}", attempts=attempts) from exc
+        except Exception as exc:
+            raise CloudError(f"{type(exc).__name__}: {_short(exc)}", attempts=attempts,
+                             retryable=is_retryable(exc), kind=type(exc).__name__) from exc
+        try:
+            text, finish = self.parse(resp, req)
+        except CloudError:
+            raise
+        except Exception as exc:
+            raise CloudError(f"malformed cloud response: {_short(exc)}", attempts=attempts,
+                             kind="MalformedResponse") from exc
+        usage = getattr(resp, "usage", None)
+        return CloudSpan(
+            text=text, finish_reason=finish,
+            input_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+            output_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+            cost_usd=self._cost(resp), latency_s=time.perf_counter() - t0, strategy=self.strategy,
+            attempts=attempts,
+        )
+
+    def _cost(self, resp: Any) -> float:
+        litellm = _litellm()
+        try:
+            return float(litellm.completion_cost(completion_response=resp, model=self.config.model) or 0.0)
+        except Exception:  # no price known for this model (e.g. a loopback server)
+            return 0.0
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    msg = str(exc).replace("\n", " ")
+    return msg if len(msg) <= limit else msg[:limit] + "..."
+
+
+def messages_for(prompt: str | Sequence[dict], system: str | None = None) -> list[dict]:
+    """The conversation as chat messages (what chat strategies send)."""
+    if isinstance(prompt, str):
+        msgs = [{"role": "user", "content": prompt}]
+    else:
+        msgs = [{"role": m["role"], "content": m.get("content") or ""} for m in prompt]
+    if system:
+        msgs = [{"role": "system", "content": system}] + [m for m in msgs if m["role"] != "system"]
+    return msgs

@@ -1,0 +1,266 @@
+"""Routers: small, swappable policies that decide which tokens go to the cloud.
+
+Every router turns a ``TokenSignal`` (the local model's confidence at a position, the proposed token, the
+position, and -- for routers that ask -- the last hidden state) into a score (higher = more in need of
+the cloud) and decides on it.
+
+* ``ThresholdRouter`` -- route when the score reaches a fixed threshold;
+* ``BudgetRouter`` -- hold the routed share of tokens at or under a target (e.g. 7%) by calibrating its
+  threshold as a quantile of recent scores (from a calibration set and/or online), with a hard guard;
+* ``NeverRouter`` (local only), ``ScheduledRouter`` (fixed positions; tests and debugging);
+* any object with the same interface plugs in (a learned router reads ``TokenSignal.hidden``).
+
+The default score is *uncertainty x importance*: uncertainty from max probability, entropy or top-2
+margin; importance is the probability-weighted share of the top-k candidates that are content tokens
+(whitespace and punctuation matter less than words and digits).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .scoring import Confidence
+
+
+@dataclass
+class TokenSignal:
+    confidence: Confidence
+    position: int  # index of this token in the answer
+    token_id: int  # the local model's proposal
+    hidden: Any = None  # last hidden state (MLX array) when the router needs it
+
+
+class ImportanceWeights:
+    """Per-vocabulary weights: 1.0 for tokens with letters or digits, ``low`` for whitespace/punctuation."""
+
+    def __init__(self, tokenizer, low: float = 0.25):
+        vocab_size = len(tokenizer.get_vocab()) if hasattr(tokenizer, "get_vocab") else tokenizer.vocab_size
+        ids = list(range(vocab_size))
+        pieces = tokenizer.convert_ids_to_tokens(ids) if hasattr(tokenizer, "convert_ids_to_tokens") else None
+        weights = np.full(vocab_size, low, dtype=np.float32)
+        special = set(getattr(tokenizer, "all_special_ids", []) or [])
+        for i in ids:
+            text = tokenizer.decode([i]) if pieces is None or pieces[i] is None else _piece_text(pieces[i])
+            if i not in special and any(ch.isalnum() for ch in text):
+                weights[i] = 1.0
+        self.weights = weights
+        self.low = low
+
+    def __call__(self, conf: Confidence) -> float:
+        if not conf.top_ids:
+            return 1.0
+        w = self.weights
+        num = sum(p * (w[i] if i < len(w) else 1.0) for i, p in zip(conf.top_ids, conf.top_probs))
+        den = sum(conf.top_probs)
+        return float(num / den) if den > 0 else 1.0
+
+
+def _piece_text(piece: str) -> str:
+    # byte-level BPE pieces spell bytes with printable stand-ins; letters/digits survive as themselves
+    return piece.replace("Ġ", " ").replace("Ċ", "\n").replace("▁", " ")
+
+
+_IMPORTANCE_CACHE: dict[int, ImportanceWeights] = {}
+
+
+def importance_for(lm) -> ImportanceWeights:
+    key = id(lm.tokenizer)
+    if key not in _IMPORTANCE_CACHE:
+        _IMPORTANCE_CACHE[key] = ImportanceWeights(lm.tokenizer)
+    return _IMPORTANCE_CACHE[key]
+
+
+class Router:
+    """Base class. Subclasses implement ``score``; ``should_route`` compares it to ``threshold``."""
+
+    name = "router"
+    needs_hidden = False
+    threshold = math.inf
+
+    def bind(self, lm) -> None:
+        """Called once with the local model before the first decision."""
+
+    def score(self, sig: TokenSignal) -> float:
+        raise NotImplementedError
+
+    def should_route(self, score: float, sig: TokenSignal) -> bool:
+        return score >= self.threshold
+
+    def observe(self, score: float) -> None:
+        """Every scored position (for online calibration)."""
+
+    def account(self, tokens: int, cloud_tokens: int, calls: int) -> None:
+        """Tokens committed to answers since the last call, and how many came from the cloud."""
+
+    def describe(self) -> str:
+        return self.name
+
+
+class ConfidenceScorer:
+    """uncertainty (from max_prob | entropy | margin) x importance."""
+
+    def __init__(self, signal: str = "max_prob", importance: bool = True):
+        if signal not in ("max_prob", "entropy", "margin"):
+            raise ValueError(f"signal must be max_prob, entropy or margin, not {signal!r}")
+        self.signal = signal
+        self.importance = importance
+        self._weights: ImportanceWeights | None = None
+        self._log_vocab = 1.0
+
+    def bind(self, lm) -> None:
+        if self.importance:
+            self._weights = importance_for(lm)
+        self._log_vocab = math.log(max(2, lm.config.get("vocab_size") or 32000))
+
+    def uncertainty(self, c: Confidence) -> float:
+        if self.signal == "max_prob":
+            return 1.0 - c.max_prob
+        if self.signal == "entropy":
+            return min(1.0, c.entropy / self._log_vocab)
+        return 1.0 - c.margin
+
+    def __call__(self, sig: TokenSignal) -> float:
+        u = self.uncertainty(sig.confidence)
+        return u * self._weights(sig.confidence) if self._weights is not None else u
+
+
+class NeverRouter(Router):
+    name = "never"
+
+    def score(self, sig: TokenSignal) -> float:
+        return 0.0
+
+    def should_route(self, score: float, sig: TokenSignal) -> bool:
+        return False
+
+
+class ScheduledRouter(Router):
+    """Routes at fixed answer positions (deterministic; for tests, debugging and demos)."""
+
+    name = "scheduled"
+
+    def __init__(self, positions: Iterable[int]):
+        self.positions = set(positions)
+
+    def score(self, sig: TokenSignal) -> float:
+        return 1.0 if sig.position in self.positions else 0.0
+
+    def should_route(self, score: float, sig: TokenSignal) -> bool:
+        return sig.position in self.positions
+
+
+class ThresholdRouter(Router):
+    name = "threshold"
+
+    def __init__(self, threshold: float = 0.5, signal: str = "max_prob", importance: bool = True,
+                 scorer=None):
+        self.threshold = threshold
+        self.scorer = scorer or ConfidenceScorer(signal, importance)
+        self.needs_hidden = getattr(self.scorer, "needs_hidden", False)
+
+    def bind(self, lm) -> None:
+        self.scorer.bind(lm)
+
+    def score(self, sig: TokenSignal) -> float:
+        return self.scorer(sig)
+
+    def describe(self) -> str:
+        return f"threshold:{self.threshold:g}"
+
+
+class BudgetRouter(Router):
+    """Keeps the routed share of tokens at or under ``budget``.
+
+    The threshold is the ``1 - budget / span`` quantile of recent scores (``span`` = cloud tokens per call,
+    tracked online), seeded by ``calibrate(scores)`` or learned online from the first ``min_observations``
+    positions. A hard guard never lets the cloud tokens exceed ``budget`` x tokens by more than one span.
+    """
+
+    name = "budget"
+
+    def __init__(self, budget: float = 0.07, signal: str = "max_prob", importance: bool = True, scorer=None,
+                 window: int = 4096, min_observations: int = 64, initial_threshold: float = 0.6,
+                 span_estimate: float = 2.0):
+        if not 0.0 < budget <= 1.0:
+            raise ValueError("budget must be in (0, 1]")
+        self.budget = budget
+        self.scorer = scorer or ConfidenceScorer(signal, importance)
+        self.needs_hidden = getattr(self.scorer, "needs_hidden", False)
+        self.scores: deque[float] = deque(maxlen=window)
+        self.min_observations = min_observations
+        self.threshold = initial_threshold
+        self.span_estimate = span_estimate
+        self.total_tokens = 0
+        self.cloud_tokens = 0
+        self.calls = 0
+        self._since_update = 0
+        self.calibrated = False
+
+    def bind(self, lm) -> None:
+        self.scorer.bind(lm)
+
+    def score(self, sig: TokenSignal) -> float:
+        return self.scorer(sig)
+
+    def calibrate(self, scores: Iterable[float]) -> float:
+        self.scores.extend(float(s) for s in scores)
+        self.calibrated = True
+        self._update_threshold()
+        return self.threshold
+
+    def _update_threshold(self) -> None:
+        if not self.scores:
+            return
+        q = 1.0 - min(1.0, self.budget / max(1.0, self.span_estimate))
+        self.threshold = float(np.quantile(np.fromiter(self.scores, dtype=np.float64), q))
+        self._since_update = 0
+
+    def observe(self, score: float) -> None:
+        self.scores.append(score)
+        self._since_update += 1
+        if (self.calibrated or len(self.scores) >= self.min_observations) and self._since_update >= 16:
+            self._update_threshold()
+
+    def should_route(self, score: float, sig: TokenSignal) -> bool:
+        if score < self.threshold or score <= 0.0:
+            return False
+        return self.cloud_tokens - self.span_estimate <= self.budget * self.total_tokens
+
+    def account(self, tokens: int, cloud_tokens: int, calls: int) -> None:
+        self.total_tokens += tokens
+        self.cloud_tokens += cloud_tokens
+        if calls and cloud_tokens:
+            self.calls += calls
+            self.span_estimate = 0.8 * self.span_estimate + 0.2 * (cloud_tokens / calls)
+
+    @property
+    def routed_share(self) -> float:
+        return self.cloud_tokens / self.total_tokens if self.total_tokens else 0.0
+
+    def describe(self) -> str:
+        return f"budget:{self.budget:g} (threshold {self.threshold:.3f})"
+
+
+def make_router(spec: str | Router | None, *, threshold: float | None = None, budget: float | None = None) -> Router:
+    """A router from an object, a spec string (``never``, ``threshold:0.5``, ``budget:0.07``) or the
+    ``threshold``/``budget`` shortcuts."""
+    if isinstance(spec, Router):
+        return spec
+    if spec is None:
+        if budget is not None:
+            return BudgetRouter(budget)
+        return ThresholdRouter(0.5 if threshold is None else threshold)
+    name, _, arg = str(spec).partition(":")
+    if name == "never":
+        return NeverRouter()
+    if name == "threshold":
+        return ThresholdRouter(float(arg) if arg else (threshold if threshold is not None else 0.5))
+    if name == "budget":
+        return BudgetRouter(float(arg) if arg else (budget if budget is not None else 0.07))
+    raise ValueError(f"unknown router {spec!r}: use never, threshold:T or budget:B")

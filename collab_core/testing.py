@@ -1,0 +1,126 @@
+"""A fake OpenAI-compatible cloud on loopback, with injected latency and faults.
+
+For tests and benchmarks: a real HTTP peer on 127.0.0.1 (so LiteLLM, httpx and the OpenAI SDK run for
+real), answering ``/v1/completions`` and ``/v1/chat/completions``. What it answers is a function of the
+request; faults are queued per call:
+
+    with FakeCloud(reply=lambda body: " Paris", latency_s=0.15) as cloud:
+        cloud.faults.extend(["429", "500", "timeout", "garbled", "empty", "cut"])
+        engine = Engine(cloud="text-completion-openai/fake", api_base=cloud.url, ...)
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+FAULTS = ("429", "500", "503", "timeout", "garbled", "empty", "cut", "nochoices")
+
+
+class FakeCloud:
+    def __init__(self, reply: Callable[[dict], str] | str = " the", latency_s: float = 0.0,
+                 finish_reason: str = "length", timeout_sleep_s: float = 5.0):
+        self.reply = reply if callable(reply) else (lambda body, _r=reply: _r)
+        self.latency_s = latency_s
+        self.finish_reason = finish_reason
+        self.timeout_sleep_s = timeout_sleep_s
+        self.faults: deque[str] = deque()
+        self.requests: list[dict] = []
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    def start(self) -> FakeCloud:
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def do_GET(self):
+                self._send(200, {"object": "list", "data": [{"id": "fake", "object": "model"}]})
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}")
+                owner.requests.append({"path": self.path, "body": body})
+                fault = owner.faults.popleft() if owner.faults else None
+                if owner.latency_s:
+                    time.sleep(owner.latency_s)
+                if fault in ("429", "500", "503"):
+                    return self._send(int(fault), {"error": {"message": f"injected {fault}", "type": "fault"}})
+                if fault == "timeout":
+                    time.sleep(owner.timeout_sleep_s)
+                    return self._send(503, {"error": {"message": "too late"}})
+                if fault == "garbled":
+                    return self._raw(200, b"{this is not json", "application/json")
+                if fault == "cut":
+                    payload = json.dumps(owner._response(self.path, body)).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload[: len(payload) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return None
+                if fault == "nochoices":
+                    return self._send(200, {"id": "x", "object": "text_completion", "created": 0,
+                                            "model": "fake", "choices": []})
+                text = "" if fault == "empty" else None
+                return self._send(200, owner._response(self.path, body, text))
+
+            def _send(self, code: int, obj: Any):
+                self._raw(code, json.dumps(obj).encode(), "application/json")
+
+            def _raw(self, code: int, payload: bytes, ctype: str):
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def _response(self, path: str, body: dict, text: str | None = None) -> dict:
+        text = self.reply(body) if text is None else text
+        usage = {"prompt_tokens": len(json.dumps(body)) // 4, "completion_tokens": max(1, len(text) // 4),
+                 "total_tokens": 0}
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        finish = self.finish_reason
+        if path.endswith("/chat/completions"):
+            return {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
+                    "model": body.get("model", "fake"),
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                 "finish_reason": finish}], "usage": usage}
+        return {"id": "cmpl-fake", "object": "text_completion", "created": int(time.time()),
+                "model": body.get("model", "fake"),
+                "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}],
+                "usage": usage}
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> FakeCloud:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
