@@ -253,6 +253,10 @@ class CloudClient:
             text = re.sub(r"</?partial>", "", text)
         if self.strategy in ("instruct", "prefill"):
             text = self._fix_spacing(text, req)
+        elif text[:1].isalnum():
+            # Some servers drop the span's leading space (mlx_lm.server's detokenizer trims it at the start
+            # of every generation); only ever add one back, never remove what a server sent.
+            text = self._fix_spacing(text, req)
         if finish == "length" or self.strategy == "instruct":
             text = cut_to_word_boundary(text)
         return text, finish
@@ -276,8 +280,14 @@ class CloudClient:
     # -- the call --------------------------------------------------------------------------------------
     def continue_span(self, req: SpanRequest, deadline: float | None = None) -> CloudSpan:
         """One span, with retries; raises ``CloudError`` (never a provider exception) on failure."""
-        from tenacity import (RetryError, Retrying, retry_if_exception, stop_after_attempt, stop_before_delay,
-                              wait_random_exponential)
+        from tenacity import (
+            RetryError,
+            Retrying,
+            retry_if_exception,
+            stop_after_attempt,
+            stop_before_delay,
+            wait_random_exponential,
+        )
 
         litellm = _litellm()
         kind, kw = self.build(req)

@@ -179,7 +179,7 @@ class BudgetRouter(Router):
 
     The threshold is the ``1 - budget / span`` quantile of recent scores (``span`` = cloud tokens per call,
     tracked online), seeded by ``calibrate(scores)`` or learned online from the first ``min_observations``
-    positions. A hard guard never lets the cloud tokens exceed ``budget`` x tokens by more than one span.
+    positions. A hard guard routes only while the share, counting the coming span, stays within budget.
     """
 
     name = "budget"
@@ -230,7 +230,8 @@ class BudgetRouter(Router):
     def should_route(self, score: float, sig: TokenSignal) -> bool:
         if score < self.threshold or score <= 0.0:
             return False
-        return self.cloud_tokens - self.span_estimate <= self.budget * self.total_tokens
+        # after this span the share would still be within budget (spans longer than estimated overshoot)
+        return self.cloud_tokens + self.span_estimate <= self.budget * (self.total_tokens + self.span_estimate)
 
     def account(self, tokens: int, cloud_tokens: int, calls: int) -> None:
         self.total_tokens += tokens

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-FAULTS = ("429", "500", "503", "timeout", "garbled", "empty", "cut", "nochoices")
+FAULTS = ("401", "429", "500", "503", "timeout", "garbled", "empty", "cut", "nochoices")
 
 
 class FakeCloud:
@@ -58,7 +58,7 @@ class FakeCloud:
                 fault = owner.faults.popleft() if owner.faults else None
                 if owner.latency_s:
                     time.sleep(owner.latency_s)
-                if fault in ("429", "500", "503"):
+                if fault in ("401", "429", "500", "503"):
                     return self._send(int(fault), {"error": {"message": f"injected {fault}", "type": "fault"}})
                 if fault == "timeout":
                     time.sleep(owner.timeout_sleep_s)

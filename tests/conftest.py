@@ -1,3 +1,4 @@
+import json
 import os
 import sys
 from pathlib import Path
@@ -34,3 +35,49 @@ def smollm():
     from collab_core.loading import load_local_model
 
     return load_local_model(None)
+
+
+# -- cassettes -------------------------------------------------------------------------------------------
+CASSETTES = Path(__file__).resolve().parent.parent / "cassettes"
+SECRET_HEADERS = ["authorization", "x-api-key", "api-key", "openai-organization", "anthropic-api-key",
+                  "x-goog-api-key", "cookie", "set-cookie"]
+LOOPBACK_BASE = "http://127.0.0.1:8765/v1"  # where cassettes against mlx_lm.server were recorded
+
+
+def record_mode() -> str:
+    """`none` (replay only) unless COLLAB_RECORD_MODE says otherwise -- and always `none` in CI."""
+    if os.environ.get("CI"):
+        return "none"
+    return os.environ.get("COLLAB_RECORD_MODE", "none")
+
+
+BODY_KEYS = ("model", "prompt", "messages", "max_tokens", "temperature", "continue_final_message",
+             "add_generation_prompt", "system")
+
+
+def _json(body):
+    if isinstance(body, bytes):
+        body = body.decode()
+    return json.loads(body) if body else {}
+
+
+def json_body_matcher(live, recorded) -> None:
+    """The request we send now must carry the recorded request's content (prompt, messages, limits)."""
+    a, b = _json(live.body), _json(recorded.body)
+    for key in BODY_KEYS:
+        assert a.get(key) == b.get(key), f"request {key!r} differs: {a.get(key)!r} != {b.get(key)!r}"
+
+
+def use_cassette(name: str, match_on=("method", "scheme", "host", "port", "path", "json_body"), **kw):
+    import vcr
+
+    recorder = vcr.VCR(cassette_library_dir=str(CASSETTES), record_mode=record_mode(),
+                       filter_headers=SECRET_HEADERS, match_on=list(match_on),
+                       decode_compressed_response=True)
+    recorder.register_matcher("json_body", json_body_matcher)
+    return recorder.use_cassette(name if name.endswith(".yaml") else name + ".yaml", **kw)
+
+
+def exchanges(cass) -> int:
+    """Cloud exchanges in this use of the cassette (replayed, or recorded when recording)."""
+    return cass.play_count if record_mode() == "none" else len(cass.requests)

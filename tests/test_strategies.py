@@ -1,0 +1,117 @@
+"""Every continuation strategy, replayed from cassettes (no network).
+
+`loopback_*` cassettes are real exchanges with mlx_lm.server on 127.0.0.1 (SmolLM2 as the "cloud");
+re-record them with `python cassettes/record.py`. `*.documented.yaml` cassettes were written from the
+provider's documented wire format because that provider cannot be reached here; the record script
+replaces them with real recordings when the provider's key is set.
+"""
+
+import json
+
+import pytest
+from conftest import CASSETTES, LOOPBACK_BASE, exchanges, use_cassette
+
+from collab_core import Engine
+from collab_core.router import ScheduledRouter
+
+pytestmark = pytest.mark.smollm
+QUESTION = "What is the capital of France?"
+
+
+def _cassette_for(name: str) -> str:
+    """A real recording if one exists, else the one written from the documented format."""
+    return name if (CASSETTES / f"{name}.yaml").exists() else f"{name}.documented"
+
+
+def _sent(cass) -> list[dict]:
+    return [json.loads(r.body) for r in cass.requests]
+
+
+@pytest.mark.parametrize("pipeline", ["sync", "async"])
+def test_completion_strategy_loopback(smollm, pipeline):
+    eng = Engine(smollm, cloud="text-completion-openai/default_model", api_base=LOOPBACK_BASE,
+                 router=ScheduledRouter([5]), pipeline=pipeline, cache=False)
+    assert eng.cloud.strategy == "completion"
+    with use_cassette("loopback_completion") as cass:
+        gen = eng.generate(QUESTION, max_tokens=24)
+    assert exchanges(cass) == 1
+    body = _sent(cass)[0]
+    assert body["prompt"].endswith("<|im_start|>assistant\nThe capital of France is")
+    assert body["max_tokens"] == 4 and body["temperature"] == 0
+    cloud = [e for e in gen.events if e.source == "cloud"]
+    assert cloud and gen.stats.cloud_tokens == len(cloud) and gen.stats.cloud_calls == 1
+    # mlx_lm.server trims the span's leading space ("Paris."): the word boundary is restored
+    assert gen.text.startswith("The capital of France is Paris")
+    assert gen.stats.cloud_input_tokens > 0 and gen.stats.cloud_output_tokens > 0
+    assert gen.stats.cloud_failures == 0
+
+
+def test_instruct_strategy_loopback_chat(smollm):
+    eng = Engine(smollm, cloud="openai/default_model", api_base=LOOPBACK_BASE, router=ScheduledRouter([5]),
+                 pipeline="sync", cache=False)
+    assert eng.cloud.strategy == "instruct"
+    with use_cassette("loopback_instruct") as cass:
+        gen = eng.generate(QUESTION, max_tokens=24)
+    assert exchanges(cass) == 1
+    msgs = _sent(cass)[0]["messages"]
+    assert msgs[0]["role"] == "system" and "only the next few words" in msgs[0]["content"]
+    assert msgs[1] == {"role": "user", "content": QUESTION}  # the conversation first: a stable prefix
+    assert msgs[-1]["role"] == "user" and "<partial>The capital of France is</partial>" in msgs[-1]["content"]
+    assert gen.stats.cloud_calls == 1 and gen.stats.cloud_failures == 0
+    assert any(e.source == "cloud" for e in gen.events)
+    assert gen.text.startswith("The capital of France is ")
+
+
+def test_anthropic_prefill_strategy(smollm, monkeypatch):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-not-a-real-key")
+    eng = Engine(smollm, cloud="anthropic/claude-sonnet-4-5", router=ScheduledRouter([5]), pipeline="sync",
+                 cache=False)
+    assert eng.cloud.strategy == "prefill"
+    with use_cassette(_cassette_for("anthropic_prefill")) as cass:
+        gen = eng.generate(QUESTION, max_tokens=16)
+    body = _sent(cass)[0]
+    assert body["messages"][-1]["role"] == "assistant"
+    assert body["messages"][-1]["content"] in ("The capital of France is",
+                                                [{"type": "text", "text": "The capital of France is"}])
+    assert "sk-ant-test" not in (CASSETTES / f"{_cassette_for('anthropic_prefill')}.yaml").read_text()
+    # Anthropic returns "Paris." for a prefill without trailing space: the space is restored
+    assert gen.text.startswith("The capital of France is Paris.")
+    assert gen.stats.cloud_calls == 1 and gen.stats.cloud_input_tokens == 31 and gen.stats.cost_usd > 0
+    assert gen.finish_reason == "stop"  # end_turn inside the span ends the answer
+
+
+def test_claude_without_prefill_uses_instruct(monkeypatch):
+    from collab_core.cloud import choose_strategy
+
+    assert choose_strategy("anthropic/claude-sonnet-4-6") == "instruct"
+    assert choose_strategy("claude-haiku-4-5") == "prefill"
+    assert choose_strategy("deepseek/deepseek-chat") == "prefix"
+    assert choose_strategy("mistral/mistral-large-latest") == "prefix"
+    assert choose_strategy("hosted_vllm/Qwen/Qwen2.5-32B-Instruct") == "completion"
+    assert choose_strategy("together_ai/meta-llama/Llama-3-70b") == "completion"
+    assert choose_strategy("gpt-4o-mini") == "instruct"
+    assert choose_strategy("gemini/gemini-2.0-flash") == "instruct"
+
+
+def test_deepseek_prefix_strategy(smollm, monkeypatch):
+    monkeypatch.setenv("DEEPSEEK_API_KEY", "sk-deepseek-test-not-a-real-key")
+    eng = Engine(smollm, cloud="deepseek/deepseek-chat", router=ScheduledRouter([5]), pipeline="sync", cache=False)
+    assert eng.cloud.strategy == "prefix"
+    with use_cassette(_cassette_for("deepseek_prefix")) as cass:
+        gen = eng.generate(QUESTION, max_tokens=16)
+    last = _sent(cass)[0]["messages"][-1]
+    assert last == {"role": "assistant", "content": "The capital of France is", "prefix": True}
+    assert gen.text.startswith("The capital of France is Paris")
+    assert gen.stats.cloud_calls == 1 and gen.stats.cloud_tokens >= 1
+
+
+def test_vllm_continue_final_message_strategy(smollm):
+    eng = Engine(smollm, cloud="hosted_vllm/Qwen/Qwen2.5-32B-Instruct", api_base="http://127.0.0.1:8000/v1",
+                 router=ScheduledRouter([5]), pipeline="sync", cache=False)
+    eng.cloud.strategy = "continue"
+    with use_cassette(_cassette_for("vllm_continue")) as cass:
+        gen = eng.generate(QUESTION, max_tokens=16)
+    body = _sent(cass)[0]
+    assert body["continue_final_message"] is True and body["add_generation_prompt"] is False
+    assert body["messages"][-1] == {"role": "assistant", "content": "The capital of France is"}
+    assert gen.text.startswith("The capital of France is Paris")
