@@ -40,8 +40,8 @@ def run_mlx_lm(lm, ids, n):
 def run_ours(engine, prompt, n):
     stamps, toks = [], []
     for ev in engine.stream(prompt, max_tokens=n):
-        stamps.append(time.perf_counter())
-        if ev.token >= 0:
+        if ev.token >= 0:  # the closing event carries stats, not a token
+            stamps.append(time.perf_counter())
             toks.append(ev.token)
     return stamps, toks
 

@@ -102,8 +102,13 @@ class StepDecoder:
             mx.clear_cache()
         return Step(logprobs, token, packed, top, hidden)
 
-    def _append(self, ids: Sequence[int]) -> Step:
-        """Feed tokens (prefill-style, chunked); return the Step after the last one."""
+    def _append(self, ids: Sequence[int], prompt: bool = True) -> Step:
+        """Feed tokens; return the Step after the last one.
+
+        ``prompt=True`` processes all but the last token first, in evaluated chunks, exactly as
+        ``mlx_lm.generate_step`` does (so greedy output matches it bit for bit). ``prompt=False`` (short
+        spans) queues one lazy forward pass over all of them, so the caller is not blocked.
+        """
         import mlx.core as mx
 
         ids = list(ids)
@@ -111,8 +116,9 @@ class StepDecoder:
             raise ValueError("nothing to feed")
         arr = mx.array(ids, dtype=mx.uint32)
         done = 0
+        keep_last = 1 if prompt else self.prefill_step_size
         with mx.stream(self._stream):
-            while len(ids) - done > 1:
+            while len(ids) - done > keep_last:
                 n = min(self.prefill_step_size, len(ids) - done - 1)
                 self.model(arr[done:done + n][None], cache=self.cache)
                 mx.eval([c.state for c in self.cache])
@@ -178,8 +184,7 @@ class StepDecoder:
         ids = list(ids)
         if len(ids) == 1:
             return self.step(ids[0])
-        step = self._append(ids)
-        return step
+        return self._append(ids, prompt=False)
 
     def rollback(self, k: int) -> Step:
         """Drop the last ``k`` tokens; return the Step (next-token distribution) at the new end."""

@@ -81,7 +81,7 @@ class Generation:
             "text": self.text,
             "finish_reason": self.finish_reason,
             "model": self.model_name,
-            "tokens": [e.as_dict() for e in self.events],
+            "tokens": [e.as_dict() for e in self.events if e.token >= 0],
             "stats": self.stats.as_dict(),
         }
 
@@ -267,7 +267,6 @@ class _Run:
         self.deadline = self.t0 + cfg.deadline_s if cfg.deadline_s else None
         self.failures_in_row = 0
         self.cloud_off_reason: str | None = None
-        self.pending: TokenEvent | None = None
         self.finish = "length"
         self._accounted = (0, 0, 0)
         self.messages = messages_for(prompt, cfg.system) if self.cloud is not None and not (
@@ -288,9 +287,7 @@ class _Run:
         self.sources.append(source)
         if self.stats.time_to_first_token_s is None:
             self.stats.time_to_first_token_s = time.perf_counter() - self.t0
-        if self.pending is not None:
-            yield self.pending
-        self.pending = TokenEvent(token=tid, text=piece, source=source, confidence=conf, score=score)
+        yield TokenEvent(token=tid, text=piece, source=source, confidence=conf, score=score)
 
     def _account(self) -> None:
         total, cloud = len(self.answer), self.sources.count("cloud")
@@ -379,8 +376,16 @@ class _Run:
         elif self.failures_in_row >= self.MAX_CONSECUTIVE_FAILURES:
             self.cloud_off_reason = f"{self.failures_in_row} failures in a row"
 
-    def _resolve(self, step: Step) -> tuple[Step, Iterator[TokenEvent]]:
-        """Settle the in-flight request against the draft; returns the new end Step and events to emit."""
+    def _resolve(self) -> tuple[list[int], list[TokenEvent]]:
+        """Settle the in-flight request against the draft: (tokens the KV cache must hold after the prompt,
+        events to emit). The caller emits first and feeds the cache after, so the span's text goes out
+        one forward pass earlier (feeding costs one pass for all its tokens, less than decoding them)."""
+        started = self.inflight.submitted
+        target, events = self._settle()
+        self.stats.time_spans_s += time.perf_counter() - started
+        return target, events
+
+    def _settle(self) -> tuple[list[int], list[TokenEvent]]:
         span = self._wait()
         inf, self.inflight = self.inflight, None
         draft, self.draft = self.draft, []
@@ -396,12 +401,12 @@ class _Run:
             if span is not None:
                 self._failed("EmptySpan", "the cloud returned no text")
             local_draft()
-            return self._sync_cache(list(self.answer), step), iter(events)
+            return list(self.answer), events
         assert inf.answer_len == len(self.answer)
         if not span.text:  # the cloud model ended the answer here
             self.finish = "stop"
             self.stats.rollbacks += len(draft)
-            return self._sync_cache(list(self.answer), step), iter([])
+            return list(self.answer), events
         n_back, new_ids = splice(self.lm.tokenizer, self.answer, span.text)
         base = self.answer[: len(self.answer) - n_back]
         room = self.max_tokens - len(base)
@@ -416,9 +421,7 @@ class _Run:
             while agree < min(len(drafted), len(target)) and drafted[agree] == target[agree]:
                 agree += 1
             self.stats.rollbacks += max(0, len(drafted) - agree)
-        step = self._sync_cache(target + [t for t, _, _ in keep_draft], step)
-        # The loop goes on from the end of the cache. Emit: the word fragment replaced, the cloud's
-        # tokens, then the draft beyond them where it agreed.
+        # Emit: the word fragment replaced, the cloud's tokens, then the draft beyond them where it agreed.
         if n_back:
             self.text.rewind(n_back)
             del self.answer[len(self.answer) - n_back:]
@@ -433,7 +436,7 @@ class _Run:
             events.extend(self._emit(tid, "local", conf, score))
         if span.ends_answer:
             self.finish = "stop"
-        return step, iter(events)
+        return target + [t for t, _, _ in keep_draft], events
 
     # -- the loop ------------------------------------------------------------------------------------
     def events(self) -> Iterator[TokenEvent]:
@@ -454,8 +457,9 @@ class _Run:
                 ready = inf.span is not None or inf.future.done()
                 if ready or draft_closed or len(self.draft) >= self.e.max_draft or \
                         len(self.answer) + len(self.draft) >= self.max_tokens:
-                    step, evs = self._resolve(step)
+                    target, evs = self._resolve()
                     yield from evs
+                    step = self._sync_cache(target, step)  # the loop goes on from the end of the cache
                     self._account()
                     draft_closed = False
                     continue
@@ -502,10 +506,10 @@ class _Run:
             if spec is None:
                 break
             step = spec
-        self._finish()
-        yield self.pending
+        yield self._finish()
 
-    def _finish(self) -> None:
+    def _finish(self) -> TokenEvent:
+        """The closing event: no token, any held-back text, finish_reason and the stats."""
         if self.inflight is not None and self.inflight.future is not None:
             self.inflight.future.cancel()
         tail = self.text.finish()
@@ -518,12 +522,7 @@ class _Run:
         s.cloud_disabled_reason = self.cloud_off_reason
         if self.text.stopped:
             self.finish = "stop"
-        if self.pending is None:
-            self.pending = TokenEvent(token=-1, text=tail)
-        else:
-            self.pending.text += tail
-        self.pending.finish_reason = self.finish
-        self.pending.stats = s
+        return TokenEvent(token=-1, text=tail, finish_reason=self.finish, stats=s)
 
 
 __all__ = ["PIPELINES", "CloudConfigError", "Engine", "Generation", "GenerationConfig", "TokenEvent"]

@@ -22,6 +22,7 @@ class GenerationStats:
     time_local_s: float = 0.0  # local decoding
     time_cloud_wait_s: float = 0.0  # time spent blocked on the cloud
     time_cloud_hidden_s: float = 0.0  # cloud time overlapped with local drafting
+    time_spans_s: float = 0.0  # wall time from each routing decision until its span's text is ready
     time_to_first_token_s: float | None = None
     cloud_errors: list[str] = field(default_factory=list)  # one line per failed call (no secrets)
     cloud_disabled_reason: str | None = None  # why the cloud was not used for the rest of the request
@@ -35,6 +36,12 @@ class GenerationStats:
         return self.cloud_tokens / self.total_tokens if self.total_tokens else 0.0
 
     @property
+    def span_wall_s(self) -> float:
+        """Mean wall time per routed span (routing decision -> the span's text ready to stream)."""
+        n = self.cloud_calls + self.cloud_cache_hits
+        return self.time_spans_s / n if n else 0.0
+
+    @property
     def decode_tokens_per_s(self) -> float:
         t = self.time_total_s - self.time_prefill_s
         return self.total_tokens / t if t > 0 else 0.0
@@ -42,6 +49,7 @@ class GenerationStats:
     def as_dict(self) -> dict:
         d = asdict(self)
         d.update(local_tokens=self.local_tokens, routed_share=round(self.routed_share, 6),
+                 span_wall_s=round(self.span_wall_s, 6),
                  decode_tokens_per_s=round(self.decode_tokens_per_s, 3))
         for k, v in d.items():
             if isinstance(v, float):

@@ -24,7 +24,8 @@ FAULTS = ("401", "429", "500", "503", "timeout", "garbled", "empty", "cut", "noc
 
 class FakeCloud:
     def __init__(self, reply: Callable[[dict], str] | str = " the", latency_s: float = 0.0,
-                 finish_reason: str = "length", timeout_sleep_s: float = 5.0):
+                 finish_reason: str = "length", timeout_sleep_s: float = 5.0, port: int = 0):
+        self.port = port
         self.reply = reply if callable(reply) else (lambda body, _r=reply: _r)
         self.latency_s = latency_s
         self.finish_reason = finish_reason
@@ -91,7 +92,7 @@ class FakeCloud:
                 self.end_headers()
                 self.wfile.write(payload)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
@@ -124,3 +125,56 @@ class FakeCloud:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class ReferenceReply:
+    """A scripted cloud that agrees with reference answers part of the time.
+
+    ``references`` maps a rendered prompt to the answer a reference model gives. For a completion request
+    whose partial answer is still a prefix of that answer, it returns the reference's next ``words``
+    words at about ``agree`` of the positions (a deterministic hash decides which) and ``other``
+    otherwise -- as a stronger model agrees with a weaker one where the weak one was merely unsure.
+    """
+
+    def __init__(self, references: dict[str, str], agree: float = 0.6, words: int = 2, other: str = " and then"):
+        self.references = references
+        self.agree = agree
+        self.words = words
+        self.other = other
+
+    def __call__(self, body: dict) -> str:
+        import re
+        import zlib
+
+        prompt = body.get("prompt", "")
+        for head, answer in self.references.items():
+            if prompt.startswith(head):
+                partial = prompt[len(head):]
+                if answer.startswith(partial) and zlib.crc32(partial.encode()) % 100 < self.agree * 100:
+                    return "".join(re.findall(r"\s*\S+", answer[len(partial):])[: self.words]) or self.other
+        return self.other
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve a FakeCloud in its own process: ``python -m collab_core.testing --port P [--latency-ms L]
+    [--references FILE.json --agree A]`` (prints its URL, serves until killed)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m collab_core.testing")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--latency-ms", type=float, default=0.0)
+    ap.add_argument("--references", default=None, help="JSON {rendered prompt: reference answer}")
+    ap.add_argument("--agree", type=float, default=0.6)
+    ap.add_argument("--reply", default=" and then")
+    args = ap.parse_args(argv)
+    reply: Callable[[dict], str] | str = args.reply
+    if args.references:
+        with open(args.references) as f:
+            reply = ReferenceReply(json.load(f), agree=args.agree, other=args.reply)
+    cloud = FakeCloud(reply=reply, latency_s=args.latency_ms / 1000, port=args.port).start()
+    print(cloud.url, flush=True)
+    threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()

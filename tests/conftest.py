@@ -78,6 +78,17 @@ def use_cassette(name: str, match_on=("method", "scheme", "host", "port", "path"
     return recorder.use_cassette(name if name.endswith(".yaml") else name + ".yaml", **kw)
 
 
+def _this_use(cass) -> list:
+    """The interactions of this use of the cassette: replayed ones, or the ones recorded now."""
+    if record_mode() == "none":
+        return [req for req, _ in cass._played_interactions]
+    return [req for req, _ in cass.data[cass._loaded_count:]]
+
+
 def exchanges(cass) -> int:
-    """Cloud exchanges in this use of the cassette (replayed, or recorded when recording)."""
-    return cass.play_count if record_mode() == "none" else len(cass.requests)
+    return len(_this_use(cass))
+
+
+def sent_bodies(cass) -> list[dict]:
+    """JSON bodies of this use's requests (replay matched them against what we sent: see json_body_matcher)."""
+    return [_json(r.body) for r in _this_use(cass)]

@@ -6,10 +6,8 @@ provider's documented wire format because that provider cannot be reached here; 
 replaces them with real recordings when the provider's key is set.
 """
 
-import json
-
 import pytest
-from conftest import CASSETTES, LOOPBACK_BASE, exchanges, use_cassette
+from conftest import CASSETTES, LOOPBACK_BASE, exchanges, record_mode, sent_bodies, use_cassette
 
 from collab_core import Engine
 from collab_core.router import ScheduledRouter
@@ -19,12 +17,10 @@ QUESTION = "What is the capital of France?"
 
 
 def _cassette_for(name: str) -> str:
-    """A real recording if one exists, else the one written from the documented format."""
-    return name if (CASSETTES / f"{name}.yaml").exists() else f"{name}.documented"
-
-
-def _sent(cass) -> list[dict]:
-    return [json.loads(r.body) for r in cass.requests]
+    """A real recording if one exists (or is being made), else the one written from the documented format."""
+    if record_mode() != "none" or (CASSETTES / f"{name}.yaml").exists():
+        return name
+    return f"{name}.documented"
 
 
 @pytest.mark.parametrize("pipeline", ["sync", "async"])
@@ -35,7 +31,7 @@ def test_completion_strategy_loopback(smollm, pipeline):
     with use_cassette("loopback_completion") as cass:
         gen = eng.generate(QUESTION, max_tokens=24)
     assert exchanges(cass) == 1
-    body = _sent(cass)[0]
+    body = sent_bodies(cass)[0]
     assert body["prompt"].endswith("<|im_start|>assistant\nThe capital of France is")
     assert body["max_tokens"] == 4 and body["temperature"] == 0
     cloud = [e for e in gen.events if e.source == "cloud"]
@@ -53,7 +49,7 @@ def test_instruct_strategy_loopback_chat(smollm):
     with use_cassette("loopback_instruct") as cass:
         gen = eng.generate(QUESTION, max_tokens=24)
     assert exchanges(cass) == 1
-    msgs = _sent(cass)[0]["messages"]
+    msgs = sent_bodies(cass)[0]["messages"]
     assert msgs[0]["role"] == "system" and "only the next few words" in msgs[0]["content"]
     assert msgs[1] == {"role": "user", "content": QUESTION}  # the conversation first: a stable prefix
     assert msgs[-1]["role"] == "user" and "<partial>The capital of France is</partial>" in msgs[-1]["content"]
@@ -63,20 +59,22 @@ def test_instruct_strategy_loopback_chat(smollm):
 
 
 def test_anthropic_prefill_strategy(smollm, monkeypatch):
-    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-not-a-real-key")
+    if record_mode() == "none":  # replaying: any key will do (recording uses the real one)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-not-a-real-key")
     eng = Engine(smollm, cloud="anthropic/claude-sonnet-4-5", router=ScheduledRouter([5]), pipeline="sync",
                  cache=False)
     assert eng.cloud.strategy == "prefill"
     with use_cassette(_cassette_for("anthropic_prefill")) as cass:
         gen = eng.generate(QUESTION, max_tokens=16)
-    body = _sent(cass)[0]
+    body = sent_bodies(cass)[0]
     assert body["messages"][-1]["role"] == "assistant"
     assert body["messages"][-1]["content"] in ("The capital of France is",
                                                 [{"type": "text", "text": "The capital of France is"}])
     assert "sk-ant-test" not in (CASSETTES / f"{_cassette_for('anthropic_prefill')}.yaml").read_text()
     # Anthropic returns "Paris." for a prefill without trailing space: the space is restored
     assert gen.text.startswith("The capital of France is Paris.")
-    assert gen.stats.cloud_calls == 1 and gen.stats.cloud_input_tokens == 31 and gen.stats.cost_usd > 0
+    assert gen.stats.cloud_calls == 1 and gen.stats.cloud_input_tokens > 0
+    assert gen.stats.cost_usd > 0  # priced from LiteLLM's (local) cost map
     assert gen.finish_reason == "stop"  # end_turn inside the span ends the answer
 
 
@@ -94,12 +92,13 @@ def test_claude_without_prefill_uses_instruct(monkeypatch):
 
 
 def test_deepseek_prefix_strategy(smollm, monkeypatch):
-    monkeypatch.setenv("DEEPSEEK_API_KEY", "sk-deepseek-test-not-a-real-key")
+    if record_mode() == "none":
+        monkeypatch.setenv("DEEPSEEK_API_KEY", "sk-deepseek-test-not-a-real-key")
     eng = Engine(smollm, cloud="deepseek/deepseek-chat", router=ScheduledRouter([5]), pipeline="sync", cache=False)
     assert eng.cloud.strategy == "prefix"
     with use_cassette(_cassette_for("deepseek_prefix")) as cass:
         gen = eng.generate(QUESTION, max_tokens=16)
-    last = _sent(cass)[0]["messages"][-1]
+    last = sent_bodies(cass)[0]["messages"][-1]
     assert last == {"role": "assistant", "content": "The capital of France is", "prefix": True}
     assert gen.text.startswith("The capital of France is Paris")
     assert gen.stats.cloud_calls == 1 and gen.stats.cloud_tokens >= 1
@@ -111,7 +110,7 @@ def test_vllm_continue_final_message_strategy(smollm):
     eng.cloud.strategy = "continue"
     with use_cassette(_cassette_for("vllm_continue")) as cass:
         gen = eng.generate(QUESTION, max_tokens=16)
-    body = _sent(cass)[0]
+    body = sent_bodies(cass)[0]
     assert body["continue_final_message"] is True and body["add_generation_prompt"] is False
     assert body["messages"][-1] == {"role": "assistant", "content": "The capital of France is"}
     assert gen.text.startswith("The capital of France is Paris")
