@@ -122,6 +122,25 @@ def choose_strategy(model: str, api_base: str | None = None) -> str:
     return "instruct"
 
 
+_PROVIDER_KEY_ENV = {
+    "openai": "OPENAI_API_KEY", "text-completion-openai": "OPENAI_API_KEY", "azure": "AZURE_API_KEY",
+    "anthropic": "ANTHROPIC_API_KEY", "deepseek": "DEEPSEEK_API_KEY", "mistral": "MISTRAL_API_KEY",
+    "codestral": "CODESTRAL_API_KEY", "gemini": "GEMINI_API_KEY", "together_ai": "TOGETHERAI_API_KEY",
+    "fireworks_ai": "FIREWORKS_AI_API_KEY", "groq": "GROQ_API_KEY", "hosted_vllm": "HOSTED_VLLM_API_KEY",
+    "openrouter": "OPENROUTER_API_KEY", "cohere": "COHERE_API_KEY", "xai": "XAI_API_KEY",
+}
+
+
+def api_key_env_var(model: str) -> str | None:
+    """The environment variable a provider's key usually lives in (None if unknown or not needed)."""
+    litellm = _litellm()
+    try:
+        provider = litellm.get_llm_provider(model)[1]
+    except Exception:
+        return None
+    return _PROVIDER_KEY_ENV.get(provider)
+
+
 def _model_info(model: str) -> dict:
     litellm = _litellm()
     bare = model.split("/", 1)[1] if "/" in model else model

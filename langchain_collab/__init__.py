@@ -1,1 +1,5 @@
-"""LangChain adapter (arrives with the LangChain issue)."""
+"""LangChain integration: ``CollabLLM``, a chat model doing token-level routing (local MLX + cloud)."""
+
+from langchain_collab.chat_models import CollabLLM
+
+__all__ = ["CollabLLM"]

@@ -1,0 +1,187 @@
+"""LangChain chat model: ``CollabLLM``.
+
+A thin adapter over ``collab_core``: it converts messages and options, streams ``TokenEvent``s from the
+shared engine and reports what the engine measured. No routing, scoring or cloud logic lives here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, Literal
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models.chat_models import BaseChatModel, LangSmithParams
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages.ai import UsageMetadata
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from pydantic import ConfigDict, Field, SecretStr, model_validator
+
+import collab_core  # noqa: F401  (first: OpenBLAS before mlx on Linux)
+from collab_core.engine import Engine, TokenEvent
+from collab_core.integration import EngineParams, collab_metadata, engine_for, generation_options, usage
+
+_ROLES = {"human": "user", "user": "user", "ai": "assistant", "assistant": "assistant", "system": "system",
+          "developer": "system", "tool": "tool", "function": "tool"}
+
+
+def _to_messages(messages: list[BaseMessage]) -> list[dict]:
+    out = []
+    for m in messages:
+        role = _ROLES.get(m.type, "user")
+        content = m.text if hasattr(m, "text") else str(m.content)
+        out.append({"role": role, "content": content})
+    return out
+
+
+class CollabLLM(BaseChatModel):
+    """A small local MLX model writes the answer; its hard tokens go to a cloud model (any LiteLLM model).
+
+    Example:
+        .. code-block:: python
+
+            from langchain_collab import CollabLLM
+
+            llm = CollabLLM(cloud_model="anthropic/claude-sonnet-4-5", budget=0.07)
+            llm.invoke("What is the capital of France?")
+
+    Without ``cloud_model`` it runs local only. The local model defaults to the bundled
+    SmolLM2-135M-Instruct and loads on first use (shared by every instance with the same spec).
+    """
+
+    local_model: str | None = None
+    """Local model: HF repo id, mlx-lm folder or .gguf file (default: the bundled SmolLM2-135M-Instruct)."""
+    cloud_model: str | None = Field(default=None, alias="model")
+    """LiteLLM model string of the cloud model (``gpt-4o-mini``, ``anthropic/...``, ``hosted_vllm/...``)."""
+    api_base: str | None = Field(default=None, alias="base_url")
+    api_key: SecretStr | None = None
+    """Cloud API key; default: the provider's usual environment variable (e.g. ``OPENAI_API_KEY``)."""
+    threshold: float | None = None
+    budget: float | None = None
+    router: Any = None
+    pipeline: Literal["sync", "async"] = "async"
+    temperature: float = 0.0
+    max_tokens: int | None = 256
+    timeout: float | None = 10.0
+    max_retries: int = 2
+    stop: list[str] | None = Field(default=None, alias="stop_sequences")
+    streaming: bool = False
+    span_tokens: int = 4
+    strategy: str = "auto"
+
+    model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True)
+
+    @model_validator(mode="after")
+    def _validate(self) -> CollabLLM:
+        if self.api_key is None and self.cloud_model:
+            from collab_core.cloud import api_key_env_var
+
+            var = api_key_env_var(self.cloud_model)
+            if var and os.environ.get(var):
+                self.api_key = SecretStr(os.environ[var])
+        if self.cloud_model:
+            self._engine()  # unknown model string / missing key: CloudConfigError now, not mid-answer
+        return self
+
+    # -- engine ------------------------------------------------------------------------------------------
+    def _engine(self, cloud_model: str | None = None) -> Engine:
+        return engine_for(EngineParams(
+            local_model=self.local_model, cloud_model=cloud_model or self.cloud_model, api_base=self.api_base,
+            api_key=self.api_key.get_secret_value() if self.api_key else None, threshold=self.threshold,
+            budget=self.budget, router=self.router, pipeline=self.pipeline, timeout=self.timeout or 10.0,
+            max_retries=self.max_retries, span_tokens=self.span_tokens, strategy=self.strategy))
+
+    def _options(self, stop: list[str] | None, kwargs: dict) -> dict:
+        return generation_options(kwargs.get("max_tokens", self.max_tokens),
+                                  kwargs.get("temperature", self.temperature),
+                                  stop if stop is not None else self.stop, **kwargs)
+
+    @property
+    def model_name(self) -> str:
+        return self._engine().model_name if self.cloud_model else (self.local_model or "SmolLM2-135M-Instruct")
+
+    @property
+    def _llm_type(self) -> str:
+        return "collab"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"local_model": self.local_model, "cloud_model": self.cloud_model, "api_base": self.api_base,
+                "threshold": self.threshold, "budget": self.budget, "pipeline": self.pipeline,
+                "temperature": self.temperature, "max_tokens": self.max_tokens}
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        params = LangSmithParams(ls_provider="collab", ls_model_name=kwargs.get("model", self.model_name),
+                                 ls_model_type="chat", ls_temperature=kwargs.get("temperature", self.temperature))
+        if (mt := kwargs.get("max_tokens", self.max_tokens)) is not None:
+            params["ls_max_tokens"] = mt
+        if stop or self.stop:
+            params["ls_stop"] = stop or self.stop
+        return params
+
+    # -- results -------------------------------------------------------------------------------------------
+    @staticmethod
+    def _usage(ev: TokenEvent) -> UsageMetadata:
+        u = usage(ev.stats)
+        return UsageMetadata(input_tokens=u["input_tokens"], output_tokens=u["output_tokens"],
+                             total_tokens=u["total_tokens"])
+
+    def _final_metadata(self, engine: Engine, ev: TokenEvent) -> dict:
+        return {"model_name": engine.model_name, "finish_reason": ev.finish_reason,
+                "collab": collab_metadata(ev.stats)}
+
+    def _chunk(self, engine: Engine, ev: TokenEvent) -> ChatGenerationChunk:
+        if ev.stats is None:
+            return ChatGenerationChunk(message=AIMessageChunk(
+                content=ev.text, response_metadata={"collab_sources": [ev.source]}))
+        return ChatGenerationChunk(
+            message=AIMessageChunk(content=ev.text, usage_metadata=self._usage(ev), chunk_position="last",
+                                   response_metadata=self._final_metadata(engine, ev)),
+            generation_info={"finish_reason": ev.finish_reason})
+
+    def _result(self, engine: Engine, events: list[TokenEvent]) -> ChatResult:
+        last = events[-1]
+        meta = self._final_metadata(engine, last)
+        meta["collab"]["token_sources"] = [e.source for e in events if e.token >= 0]
+        msg = AIMessage(content="".join(e.text for e in events), usage_metadata=self._usage(last),
+                        response_metadata=meta)
+        return ChatResult(generations=[ChatGeneration(message=msg,
+                                                      generation_info={"finish_reason": last.finish_reason})],
+                          llm_output={"model_name": engine.model_name})
+
+    # -- sync ----------------------------------------------------------------------------------------------
+    def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+        engine = self._engine(kwargs.get("model"))
+        for ev in engine.stream(_to_messages(messages), **self._options(stop, kwargs)):
+            # langchain-core fires on_llm_new_token for each chunk we yield (once per token, plus the closing
+            # chunk that carries usage and stats)
+            yield self._chunk(engine, ev)
+
+    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                  run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+        if self.streaming:
+            from langchain_core.language_models.chat_models import generate_from_stream
+
+            return generate_from_stream(self._stream(messages, stop, run_manager, **kwargs))
+        engine = self._engine(kwargs.get("model"))
+        events = list(engine.stream(_to_messages(messages), **self._options(stop, kwargs)))
+        return self._result(engine, events)
+
+    # -- async: the engine decodes in a worker thread; the event loop is never blocked ----------------------
+    async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                       run_manager: AsyncCallbackManagerForLLMRun | None = None,
+                       **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
+        engine = self._engine(kwargs.get("model"))
+        async for ev in engine.astream(_to_messages(messages), **self._options(stop, kwargs)):
+            yield self._chunk(engine, ev)
+
+    async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                         run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+        if self.streaming:
+            from langchain_core.language_models.chat_models import agenerate_from_stream
+
+            return await agenerate_from_stream(self._astream(messages, stop, run_manager, **kwargs))
+        engine = self._engine(kwargs.get("model"))
+        events = [ev async for ev in engine.astream(_to_messages(messages), **self._options(stop, kwargs))]
+        return self._result(engine, events)

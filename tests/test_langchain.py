@@ -1,0 +1,165 @@
+"""LangChain CollabLLM: the langchain-tests standard suites, plus what they do not cover.
+
+The integration suite runs the real bundled SmolLM2 locally; the cloud leg is replayed from a cassette
+recorded against mlx_lm.server on loopback (every routed span gets that recorded reply).
+"""
+
+import asyncio
+
+import pytest
+from conftest import LOOPBACK_BASE, use_cassette
+from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage
+from langchain_tests.integration_tests import ChatModelIntegrationTests
+from langchain_tests.unit_tests import ChatModelUnitTests
+
+from collab_core.errors import CloudConfigError
+from collab_core.router import ScheduledRouter
+from collab_core.testing import FakeCloud
+from langchain_collab import CollabLLM
+
+CLOUD = {"cloud_model": "text-completion-openai/default_model", "api_base": LOOPBACK_BASE}
+
+
+class TestCollabLLMUnit(ChatModelUnitTests):
+    @property
+    def chat_model_class(self):
+        return CollabLLM
+
+    @property
+    def chat_model_params(self):
+        return dict(CLOUD)
+
+    @property
+    def init_from_env_params(self):
+        return ({"OPENAI_API_KEY": "sk-from-env"}, {"cloud_model": "gpt-4o-mini"}, {"api_key": "sk-from-env"})
+
+    @property
+    def model_override_value(self):
+        return "text-completion-openai/other_model"
+
+
+@pytest.mark.smollm
+class TestCollabLLMIntegration(ChatModelIntegrationTests):
+    @pytest.fixture(autouse=True)
+    def _replay_cloud(self):
+        with use_cassette("loopback_completion", match_on=("method", "path"), allow_playback_repeats=True):
+            yield
+
+    @property
+    def chat_model_class(self):
+        return CollabLLM
+
+    @property
+    def chat_model_params(self):
+        return {**CLOUD, "threshold": 0.5, "max_tokens": 12, "pipeline": "sync"}
+
+    @property
+    def model_override_value(self):
+        return "text-completion-openai/other_model"
+
+
+# -- beyond the standard suites -----------------------------------------------------------------------------
+PROMPT = "What is the capital of France?"
+
+
+def test_construction_is_cheap_and_shares_the_model(tiny_dir):
+    from collab_core.loading import _CACHE
+
+    before = dict(_CACHE)
+    a = CollabLLM(local_model=str(tiny_dir), max_tokens=4)
+    b = CollabLLM(local_model=str(tiny_dir), max_tokens=8)
+    assert dict(_CACHE) == before or (str(tiny_dir), "auto") in before  # nothing loaded by construction
+    a.invoke("hi")
+    b.invoke("hi")
+    assert a._engine().local_model is b._engine().local_model
+
+
+def test_bad_cloud_settings_fail_at_construction(monkeypatch):
+    with pytest.raises(CloudConfigError, match="unknown cloud model"):
+        CollabLLM(cloud_model="gpt-4o-mni")
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(CloudConfigError, match="OPENAI_API_KEY"):
+        CollabLLM(cloud_model="gpt-4o-mini")
+
+
+def test_stream_sources_usage_once_and_callbacks_per_token(tiny_dir):
+    from langchain_core.callbacks import BaseCallbackHandler
+
+    class Counter(BaseCallbackHandler):
+        tokens: list = []
+
+        def on_llm_new_token(self, token, **kwargs):
+            self.tokens.append(token)
+
+    counter = Counter()
+    counter.tokens = []
+    with FakeCloud(reply=" Paris is") as fc:
+        llm = CollabLLM(local_model=str(tiny_dir), cloud_model="text-completion-openai/fake", api_base=fc.url,
+                        router=ScheduledRouter([2]), max_tokens=10, pipeline="sync")
+        chunks = list(llm.stream(PROMPT, config={"callbacks": [counter]}))
+    full = chunks[0]
+    for c in chunks[1:]:
+        full = full + c
+    assert isinstance(full, AIMessageChunk)
+    assert sum(c.usage_metadata is not None for c in chunks) == 1 and chunks[-1].usage_metadata
+    assert chunks[-1].chunk_position == "last"
+    sources = full.response_metadata["collab_sources"]
+    assert "cloud" in sources and sources.count("cloud") == full.response_metadata["collab"]["cloud_tokens"]
+    # once per token, plus the closing chunk (no text) that carries usage and stats
+    assert len(counter.tokens) == len(sources) + 1 == 11  # the last may flush held-back bytes
+    assert "".join(counter.tokens) == full.content
+    assert full.usage_metadata["output_tokens"] == 10
+    assert full.response_metadata["collab"]["cloud_calls"] == 1
+
+
+def test_invoke_reports_routing_stats_and_model_name(tiny_dir):
+    with FakeCloud(reply=" Paris") as fc:
+        llm = CollabLLM(local_model=str(tiny_dir), cloud_model="text-completion-openai/fake", api_base=fc.url,
+                        router=ScheduledRouter([1]), max_tokens=8)
+        msg = llm.invoke([SystemMessage("Be brief."), HumanMessage(PROMPT)])
+        assert fc.requests[0]["body"]["prompt"].startswith("<|im_start|>system\nBe brief.<|im_end|>")
+    assert isinstance(msg, AIMessage) and " Paris" in msg.content
+    c = msg.response_metadata["collab"]
+    assert c["cloud_calls"] == 1 and c["cloud_tokens"] >= 1 and 0 < c["routed_share"] < 1
+    assert c["token_sources"].count("cloud") == c["cloud_tokens"]
+    assert msg.response_metadata["model_name"].endswith("+text-completion-openai/fake")
+    assert msg.usage_metadata["total_tokens"] == msg.usage_metadata["input_tokens"] + 8
+
+
+def test_chain_with_output_parser(tiny_dir):
+    from langchain_core.output_parsers import StrOutputParser
+    from langchain_core.prompts import ChatPromptTemplate
+
+    chain = ChatPromptTemplate.from_messages([("human", "Say {thing}.")]) | CollabLLM(
+        local_model=str(tiny_dir), max_tokens=6) | StrOutputParser()
+    out = chain.invoke({"thing": "hello"})
+    assert isinstance(out, str) and out == CollabLLM(local_model=str(tiny_dir), max_tokens=6).invoke(
+        "Say hello.").content
+
+
+async def test_async_does_not_block_the_loop(tiny_dir):
+    llm = CollabLLM(local_model=str(tiny_dir), max_tokens=40)
+    ticks = 0
+    done = asyncio.Event()
+
+    async def ticker():
+        nonlocal ticks
+        while not done.is_set():
+            ticks += 1
+            await asyncio.sleep(0.001)
+
+    task = asyncio.create_task(ticker())
+    chunks = [c async for c in llm.astream(PROMPT)]
+    done.set()
+    await task
+    assert ticks >= 5 and chunks[-1].usage_metadata["output_tokens"] == 40
+    results = await llm.abatch([PROMPT, "Name a fruit."])
+    assert all(isinstance(r, AIMessage) and r.content for r in results)
+
+
+def test_stop_is_honoured_across_tokens(tiny_dir):
+    llm = CollabLLM(local_model=str(tiny_dir), max_tokens=30)
+    full = llm.invoke(PROMPT).content
+    stop = full[5:8]
+    cut = llm.invoke(PROMPT, stop=[stop])
+    assert cut.content == full[: full.index(stop)] and cut.response_metadata["finish_reason"] == "stop"
