@@ -29,10 +29,9 @@ ifeq ($(UNAME),Linux)
 	-@$(BIN)/collab blas fetch >/dev/null
 endif
 
+# First run: fetches SmolLM2 (93 MB) and the stand-in cloud model (1.1 GB), converts both once.
 demo: $(STAMP) blas
-	$(BIN)/collab prepare
-	$(BIN)/collab run "What is the capital of France?" --max-tokens 48
-	$(BIN)/collab run "Give one reason why the sky looks blue, in one sentence." --max-tokens 64
+	$(BIN)/collab demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

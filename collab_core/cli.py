@@ -3,6 +3,8 @@
     collab run "PROMPT" [--local-model SPEC] [--max-tokens N] [--json]
                [--cloud-model MODEL [--api-base URL] [--api-key KEY] [--threshold T | --budget B]]
     collab prepare [--local-model SPEC]      fetch/convert the local model ahead of time
+    collab demo                              a few answers with the stand-in cloud on loopback
+    collab standin [--port 8080]             serve the stand-in cloud model until interrupted
     collab blas fetch|status                 OpenBLAS for MLX on a Linux CPU
 """
 
@@ -57,6 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     prep = sub.add_parser("prepare", help="fetch and convert the local model once")
     prep.add_argument("--local-model", default=None)
 
+    d = sub.add_parser("demo", help="answer a few questions with the stand-in cloud on loopback")
+    _add_generation_args(d)
+    d.set_defaults(max_tokens=64)
+
+    s = sub.add_parser("standin", help="serve the stand-in cloud model on 127.0.0.1 until interrupted")
+    s.add_argument("--port", type=int, default=8080)
+
     b = sub.add_parser("blas", help="OpenBLAS for MLX on a Linux CPU")
     b.add_argument("action", choices=["fetch", "status"])
     return parser
@@ -101,6 +110,55 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_QUESTIONS = [
+    "What is the capital of France?",
+    "Where would you put a plate after washing it? Choices: A) cupboard B) table C) restaurant D) dishwasher "
+    "E) flea market. Answer with the letter and a short reason.",
+    "Explain in one sentence why the sky looks blue.",
+]
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Starts the stand-in cloud (prepared on first run), answers DEMO_QUESTIONS, stops it."""
+    from rich.console import Console
+    from rich.text import Text
+
+    from .standin import StandinCloud
+
+    out = Console(highlight=False)
+    with StandinCloud() as cloud:
+        if not args.cloud_model:
+            args.cloud_model, args.api_base = cloud.model, cloud.api_base
+        engine = engine_from_args(args)
+        out.print(Text(f"local: {engine.local_model.name}   cloud: Qwen2.5-Coder-1.5B-Instruct via "
+                       f"{args.cloud_model} @ {args.api_base}   router: {engine.router.describe()}", style="dim"))
+        out.print(Text("cloud-written tokens are shown in magenta", style="dim"))
+        for q in DEMO_QUESTIONS:
+            out.print(Text(f"\n> {q}", style="bold"))
+            last = None
+            for ev in engine.stream(q):
+                out.print(Text(ev.text, style="bold magenta" if ev.source == "cloud" else ""), end="")
+                last = ev
+            out.print()
+            out.print(Text(last.stats.summary_line(), style="dim"))
+    return 0
+
+
+def cmd_standin(args: argparse.Namespace) -> int:
+    import time
+
+    from .standin import StandinCloud
+
+    with StandinCloud(port=args.port) as cloud:
+        print(f"stand-in cloud ready: --cloud-model {cloud.model} --api-base {cloud.api_base}", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
 def cmd_prepare(args: argparse.Namespace) -> int:
     from .loading import load_local_model
 
@@ -125,7 +183,9 @@ def cmd_blas(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"run": cmd_run, "prepare": cmd_prepare, "blas": cmd_blas}[args.command](args)
+        commands = {"run": cmd_run, "prepare": cmd_prepare, "blas": cmd_blas, "demo": cmd_demo,
+                    "standin": cmd_standin}
+        return commands[args.command](args)
     except CollabError as exc:
         print(f"collab: error: {exc}", file=sys.stderr)
         return 2
