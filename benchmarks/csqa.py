@@ -1,0 +1,311 @@
+"""CommonsenseQA: accuracy against routed share, latency and cost.
+
+    python benchmarks/csqa.py [--data FILE.jsonl] [--limit N] [--seed S] [--thresholds 0.3,0.5,0.7]
+                              [--budgets 0.07] [--cloud-model M --api-base URL] [--out DIR]
+
+Without ``--cloud-model`` it starts the stand-in cloud (mlx_lm.server + Qwen2.5-Coder-1.5B-Instruct on
+127.0.0.1) and stops it afterwards. Modes, all on the same questions, prompt and answer extraction:
+
+* ``small``: the local model alone;  ``cloud``: the cloud model alone (same prompt, via LiteLLM);
+* ``threshold:T``: routed, threshold router;  ``budget:B``: routed, budget router calibrated on
+  training questions (never the evaluation ones);
+* ``seed:T``: the seed system's transport at threshold T -- no local KV cache (the whole sequence is
+  re-run for every token), the full detokenized prefix sent for each routed token, first returned token
+  kept.
+
+Prompt: the question and its five lettered choices, "Answer with the letter of the correct choice."; the
+assistant turn is prefilled with "The answer is" and the model writes up to ``--max-tokens`` tokens.
+Extraction: the first standalone letter A-E in the answer, else a choice text it contains; otherwise the
+answer is invalid (counted wrong).
+
+Results: ``OUT/rows.jsonl`` (one line per question and mode; re-running resumes), ``OUT/summary.json``,
+``OUT/table.md`` and ``OUT/accuracy_vs_share.png``. The last line is ``name=value`` headline figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import sys
+import time
+from pathlib import Path
+
+import collab_core  # noqa: F401  (first: OpenBLAS before mlx)
+from collab_core import Engine, load_local_model
+from collab_core.cloud import CloudClient, CloudConfig
+from collab_core.decoder import render_prompt
+from collab_core.router import BudgetRouter, ConfidenceScorer, TokenSignal
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "commonsenseqa_dev_400.jsonl"
+TRAIN_DATA = ROOT.parent / "shared" / "data" / "commonsenseqa_train_2049.jsonl"
+PREFILL = "The answer is"
+
+
+def load_questions(path: Path, limit: int | None, seed: int) -> list[dict]:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    random.Random(seed).shuffle(rows)
+    return rows[:limit] if limit else rows
+
+
+def user_message(q: dict) -> str:
+    choices = "\n".join(f"{lab}) {txt}" for lab, txt in zip(q["choices"]["label"], q["choices"]["text"]))
+    return f"Question: {q['question']}\nChoices:\n{choices}\nAnswer with the letter of the correct choice."
+
+
+def prompt_text(lm, q: dict) -> str:
+    return render_prompt(lm, [{"role": "user", "content": user_message(q)}])[0] + PREFILL
+
+
+def extract(answer: str, q: dict) -> str | None:
+    m = re.search(r"\b([A-E])\b", answer)
+    if m:
+        return m.group(1)
+    low = answer.lower()
+    for lab, txt in zip(q["choices"]["label"], q["choices"]["text"]):
+        if txt.lower() in low:
+            return lab
+    return None
+
+
+def seed_generate(lm, client: CloudClient, text: str, threshold: float, max_tokens: int) -> dict:
+    """The seed's transport: no KV cache, full prefix per routed token, first cloud token kept."""
+    import mlx.core as mx
+
+    from collab_core.scoring import summary_graph, unpack_summary
+
+    scorer = ConfidenceScorer()
+    scorer.bind(lm)
+    tok = lm.tokenizer
+    ids = tok.encode(text, add_special_tokens=False)
+    out: list[int] = []
+    stats = {"cloud_tokens": 0, "cloud_calls": 0, "cloud_failures": 0, "cloud_in": 0, "cloud_out": 0, "cost": 0.0}
+    t0 = time.perf_counter()
+    for _ in range(max_tokens):
+        logits = lm.model(mx.array(ids + out)[None])[0, -1].astype(mx.float32)  # whole sequence, every token
+        lp = logits - mx.logsumexp(logits)
+        packed, top = summary_graph(lp, 5)
+        conf = unpack_summary(packed.tolist(), top.tolist())
+        nxt = conf.top_ids[0]
+        if scorer(TokenSignal(conf, len(out), nxt)) >= threshold:
+            from collab_core.cloud import SpanRequest
+
+            stats["cloud_calls"] += 1
+            try:
+                span = client.continue_span(SpanRequest(messages=[], prompt_text=text, partial=tok.decode(out)))
+                stats["cloud_in"] += span.input_tokens
+                stats["cloud_out"] += span.output_tokens
+                stats["cost"] += span.cost_usd
+                first = tok.encode(span.text, add_special_tokens=False)[:1] if span.text else []
+                if first:
+                    nxt = first[0]
+                    stats["cloud_tokens"] += 1
+            except Exception:  # noqa: BLE001 - the seed ended the answer on any error; we count it
+                stats["cloud_failures"] += 1
+        if nxt in lm.eos_token_ids:
+            break
+        out.append(nxt)
+        if "\n" in tok.decode(out):
+            break
+    return {"text": tok.decode(out), "tokens": len(out), "time_s": time.perf_counter() - t0, **stats}
+
+
+def calibrate_budget(lm, budget: float, n: int, max_tokens: int) -> BudgetRouter:
+    router = BudgetRouter(budget)
+    eng = Engine(lm, router="never")
+    scorer = ConfidenceScorer()
+    scorer.bind(lm)
+    scores = []
+    for q in load_questions(TRAIN_DATA, n, seed=123):
+        for i, ev in enumerate(e for e in eng.stream(prompt_text(lm, q), chat=False, max_tokens=max_tokens,
+                                                      stop=["\n"]) if e.token >= 0):
+            scores.append(scorer(TokenSignal(ev.confidence, i, ev.token)))
+    router.calibrate(scores)
+    return router
+
+
+def run_mode(mode: str, lm, questions, args, cloud_cfg, done: set, rows_file, calib_cache: dict) -> None:
+    from tqdm import tqdm
+
+    todo = [q for q in questions if (mode, q["id"]) not in done]
+    if not todo:
+        return
+    engine = client = None
+    if mode == "small":
+        engine = Engine(lm, router="never")
+    elif mode == "cloud" or mode.startswith("seed:"):
+        client = CloudClient(CloudConfig(**{**cloud_cfg.__dict__, "span_tokens": args.max_tokens
+                                            if mode == "cloud" else 1}))
+    elif mode.startswith("threshold:"):
+        engine = Engine(lm, cloud=cloud_cfg, router=mode, pipeline=args.pipeline, cache=False)
+    elif mode.startswith("budget:"):
+        b = float(mode.split(":")[1])
+        if b not in calib_cache:
+            calib_cache[b] = calibrate_budget(lm, b, args.calibration, args.max_tokens)
+        engine = Engine(lm, cloud=cloud_cfg, router=calib_cache[b], pipeline=args.pipeline, cache=False)
+    for q in tqdm(todo, desc=mode, file=sys.stderr):
+        text = prompt_text(lm, q)
+        if engine is not None:
+            g = engine.generate(text, chat=False, max_tokens=args.max_tokens, stop=["\n"])
+            s = g.stats
+            row = {"answer": g.text, "tokens": s.total_tokens, "cloud_tokens": s.cloud_tokens,
+                   "cloud_calls": s.cloud_calls, "cloud_failures": s.cloud_failures,
+                   "cloud_in": s.cloud_input_tokens, "cloud_out": s.cloud_output_tokens, "cost": s.cost_usd,
+                   "time_s": s.time_total_s}
+        elif mode == "cloud":
+            from collab_core.cloud import SpanRequest
+
+            t0 = time.perf_counter()
+            span = client.continue_span(SpanRequest(messages=[], prompt_text=text, partial=""))
+            answer = span.text.split("\n")[0]
+            n = len(lm.tokenizer.encode(answer, add_special_tokens=False))
+            row = {"answer": answer, "tokens": n, "cloud_tokens": n, "cloud_calls": 1, "cloud_failures": 0,
+                   "cloud_in": span.input_tokens, "cloud_out": span.output_tokens, "cost": span.cost_usd,
+                   "time_s": time.perf_counter() - t0}
+        else:
+            r = seed_generate(lm, client, text, float(mode.split(":")[1]), args.max_tokens)
+            row = {"answer": r["text"], "tokens": r["tokens"], "cloud_tokens": r["cloud_tokens"],
+                   "cloud_calls": r["cloud_calls"], "cloud_failures": r["cloud_failures"],
+                   "cloud_in": r["cloud_in"], "cloud_out": r["cloud_out"], "cost": r["cost"], "time_s": r["time_s"]}
+        pred = extract(row["answer"], q)
+        row.update(mode=mode, id=q["id"], pred=pred, gold=q["answerKey"], correct=pred == q["answerKey"])
+        rows_file.write(json.dumps(row) + "\n")
+        rows_file.flush()
+
+
+def summarize(rows: list[dict], modes: list[str]) -> dict:
+    out = {}
+    for m in modes:
+        rs = [r for r in rows if r["mode"] == m]
+        if not rs:
+            continue
+        n = len(rs)
+        toks = sum(r["tokens"] for r in rs)
+        out[m] = {
+            "questions": n,
+            "accuracy": sum(r["correct"] for r in rs) / n,
+            "invalid_rate": sum(r["pred"] is None for r in rs) / n,
+            "routed_share": sum(r["cloud_tokens"] for r in rs) / toks if toks else 0.0,
+            "cloud_calls": sum(r["cloud_calls"] for r in rs),
+            "cloud_failures": sum(r["cloud_failures"] for r in rs),
+            "cloud_tokens_in": sum(r["cloud_in"] for r in rs),
+            "cloud_tokens_out": sum(r["cloud_out"] for r in rs),
+            "cost_usd": sum(r["cost"] for r in rs),
+            "time_per_question_s": sum(r["time_s"] for r in rs) / n,
+        }
+    return out
+
+
+def write_reports(summary: dict, out: Path, meta: dict) -> list[str]:
+    lines = ["| mode | questions | accuracy | invalid | routed share | cloud calls | cloud tokens in/out | "
+             "time/question (s) |", "|---|---|---|---|---|---|---|---|"]
+    for m, s in summary.items():
+        lines.append(f"| {m} | {s['questions']} | {s['accuracy']:.3f} | {s['invalid_rate']:.3f} | "
+                     f"{s['routed_share']:.3f} | {s['cloud_calls']} | {s['cloud_tokens_in']}/{s['cloud_tokens_out']} | "
+                     f"{s['time_per_question_s']:.2f} |")
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+    (out / "summary.json").write_text(json.dumps({"meta": meta, "modes": summary}, indent=2))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        routed = {m: s for m, s in summary.items() if m not in ("small", "cloud")}
+        for m, s in routed.items():
+            ax.scatter(s["routed_share"] * 100, s["accuracy"], label=m, marker="s" if m.startswith("seed") else "o")
+        if "small" in summary:
+            ax.axhline(summary["small"]["accuracy"], ls="--", color="gray", label="small only")
+        if "cloud" in summary:
+            ax.axhline(summary["cloud"]["accuracy"], ls=":", color="black", label="cloud only")
+        ax.set_xlabel("tokens routed to the cloud (%)")
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"CommonsenseQA ({meta['questions']} questions)")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "accuracy_vs_share.png", dpi=120)
+    except ImportError:
+        pass
+    return lines
+
+
+def headline(summary: dict) -> dict:
+    small = summary.get("small", {}).get("accuracy")
+    cloud = summary.get("cloud", {}).get("accuracy")
+    routed = [s for m, s in summary.items() if m.startswith(("threshold", "budget")) and s["routed_share"] <= 0.07]
+    best = max((s["accuracy"] for s in routed), default=None)
+    h = {"small_accuracy": small, "cloud_accuracy": cloud, "best_routed_accuracy_at_7pct": best}
+    if small and best is not None:
+        h["relative_gain_at_7pct"] = (best - small) / small
+    if small is not None and cloud is not None and best is not None and cloud != small:
+        h["gap_closed_at_7pct"] = (best - small) / (cloud - small)
+    for m, s in summary.items():
+        if m.startswith("seed:"):
+            ours = summary.get("threshold:" + m.split(":")[1])
+            if ours:
+                h[f"time_vs_seed_{m.split(':')[1]}"] = ours["time_per_question_s"] / s["time_per_question_s"]
+                if ours["time_per_question_s"] > s["time_per_question_s"]:
+                    print(f"WARNING: routed threshold {m.split(':')[1]} is slower per question than the seed "
+                          "baseline", file=sys.stderr)
+    return h
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--thresholds", default="0.5,0.7,0.85")
+    ap.add_argument("--budgets", default="0.07")
+    ap.add_argument("--seed-thresholds", default="0.7")
+    ap.add_argument("--max-tokens", type=int, default=6)
+    ap.add_argument("--calibration", type=int, default=40, help="training questions for budget calibration")
+    ap.add_argument("--pipeline", default="async")
+    ap.add_argument("--local-model", default=None)
+    ap.add_argument("--cloud-model", default=None)
+    ap.add_argument("--api-base", default=None)
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "csqa")
+    args = ap.parse_args()
+
+    lm = load_local_model(args.local_model)
+    questions = load_questions(args.data, args.limit, args.seed)
+    modes = ["small", "cloud"] + [f"threshold:{t}" for t in args.thresholds.split(",") if t] + \
+            [f"budget:{b}" for b in args.budgets.split(",") if b] + \
+            [f"seed:{t}" for t in args.seed_thresholds.split(",") if t]
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows_path = args.out / "rows.jsonl"
+    rows = [json.loads(x) for x in rows_path.read_text().splitlines()] if rows_path.exists() else []
+    ids = {q["id"] for q in questions}
+    done = {(r["mode"], r["id"]) for r in rows}
+
+    standin = None
+    if not args.cloud_model:
+        from collab_core.standin import StandinCloud
+
+        standin = StandinCloud().start()
+        args.cloud_model, args.api_base = standin.model, standin.api_base
+    cloud_cfg = CloudConfig(model=args.cloud_model, api_base=args.api_base, span_tokens=2, timeout_s=60)
+    try:
+        with rows_path.open("a") as f:
+            calib: dict = {}
+            for m in modes:
+                run_mode(m, lm, questions, args, cloud_cfg, done, f, calib)
+    finally:
+        if standin is not None:
+            standin.stop()
+    rows = [r for r in (json.loads(x) for x in rows_path.read_text().splitlines()) if r["id"] in ids]
+    summary = summarize(rows, modes)
+    meta = {"questions": len(questions), "data": str(args.data), "seed": args.seed, "local": lm.name,
+            "cloud": args.cloud_model, "max_tokens": args.max_tokens, "pipeline": args.pipeline}
+    lines = write_reports(summary, args.out, meta)
+    print("\n".join(lines))
+    h = headline(summary)
+    print(json.dumps(h))
+    print(" ".join(f"{k}={v:.4f}" for k, v in h.items() if isinstance(v, float)))
+
+
+if __name__ == "__main__":
+    main()
