@@ -163,3 +163,20 @@ def test_stop_is_honoured_across_tokens(tiny_dir):
     stop = full[5:8]
     cut = llm.invoke(PROMPT, stop=[stop])
     assert cut.content == full[: full.index(stop)] and cut.response_metadata["finish_reason"] == "stop"
+
+
+def test_example_chain_runs_and_swaps_provider_by_model_string(tiny_dir, monkeypatch):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("langchain_chain", Path(__file__).parent.parent / "examples" /
+                                                  "langchain_chain.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(mod, "CollabLLM", lambda **kw: CollabLLM(local_model=str(tiny_dir), **kw))
+    with FakeCloud(reply=" because") as fc:
+        chain = mod.build_chain("text-completion-openai/fake", fc.url, threshold=0.0)
+        out = chain.invoke({"question": "Why?"})
+        assert isinstance(out, str) and out and fc.requests  # the cloud leg was used
+    chain = mod.build_chain(None)  # same chain, local only
+    assert isinstance(chain.invoke({"question": "Why?"}), str)
