@@ -18,6 +18,7 @@ from typing import Any
 
 from .loading import LocalModel
 from .scoring import Confidence, summary_graph, unpack_summary
+from .text import common_prefix_len
 
 
 class Step:
@@ -138,12 +139,8 @@ class StepDecoder:
         ids = list(ids)
         if not ids:
             raise ValueError("empty prompt")
-        common = 0
-        for a, b in zip(self.tokens, ids):
-            if a != b:
-                break
-            common += 1
-        common = min(common, len(ids) - 1)  # at least one token must be fed to get logits
+        # at least one token must be fed to get logits
+        common = min(common_prefix_len(self.tokens, ids), len(ids) - 1)
         drop = len(self.tokens) - common
         if common > 0 and (drop == 0 or can_trim_prompt_cache(self.cache)):
             if drop:

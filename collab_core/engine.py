@@ -33,7 +33,7 @@ from .loading import LocalModel, load_local_model
 from .router import Router, TokenSignal, make_router
 from .scoring import Confidence
 from .stats import GenerationStats
-from .text import TextStream, splice
+from .text import TextStream, common_prefix_len, splice
 
 PIPELINES = ("sync", "async")
 
@@ -269,8 +269,8 @@ class _Run:
         self.cloud_off_reason: str | None = None
         self.finish = "length"
         self._accounted = (0, 0, 0)
-        self.messages = messages_for(prompt, cfg.system) if self.cloud is not None and not (
-            isinstance(prompt, (list, tuple)) and prompt and isinstance(prompt[0], int)) else []
+        token_ids_given = isinstance(prompt, (list, tuple)) and bool(prompt) and isinstance(prompt[0], int)
+        self.messages = [] if self.cloud is None or token_ids_given else messages_for(prompt, cfg.system)
 
     # -- helpers -------------------------------------------------------------------------------------
     def _cloud_usable(self) -> bool:
@@ -281,13 +281,14 @@ class _Run:
             return False
         return self.deadline is None or time.perf_counter() < self.deadline
 
-    def _emit(self, tid: int, source: str, conf: Confidence | None, score: float | None) -> Iterator[TokenEvent]:
+    def _emit(self, tid: int, source: str, conf: Confidence | None, score: float | None) -> TokenEvent:
+        """Commit one token to the answer; the event to hand to the caller."""
         piece = self.text.add(tid)
         self.answer.append(tid)
         self.sources.append(source)
         if self.stats.time_to_first_token_s is None:
             self.stats.time_to_first_token_s = time.perf_counter() - self.t0
-        yield TokenEvent(token=tid, text=piece, source=source, confidence=conf, score=score)
+        return TokenEvent(token=tid, text=piece, source=source, confidence=conf, score=score)
 
     def _account(self) -> None:
         total, cloud = len(self.answer), self.sources.count("cloud")
@@ -300,9 +301,7 @@ class _Run:
         """Make the KV cache hold exactly prompt + ``target``; return the Step at its end."""
         full = self.ids + target
         cur = self.dec.tokens
-        c = 0
-        while c < min(len(cur), len(full)) and cur[c] == full[c]:
-            c += 1
+        c = common_prefix_len(cur, full)
         if c == len(cur) == len(full):
             return end
         if c < len(cur):
@@ -395,7 +394,7 @@ class _Run:
             for tid, conf, score in draft:
                 if len(self.answer) >= self.max_tokens or self.text.stopped:
                     break
-                events.extend(self._emit(tid, "local", conf, score))
+                events.append(self._emit(tid, "local", conf, score))
 
         if span is None or (not span.text and not span.ends_answer):
             if span is not None:
@@ -417,23 +416,20 @@ class _Run:
         if not span.ends_answer and drafted[: len(target)] == target:
             keep_draft = draft[max(0, len(target) - len(self.answer)):]  # the draft goes on after the span
         else:
-            agree = 0
-            while agree < min(len(drafted), len(target)) and drafted[agree] == target[agree]:
-                agree += 1
-            self.stats.rollbacks += max(0, len(drafted) - agree)
+            self.stats.rollbacks += len(drafted) - common_prefix_len(drafted, target)
         # Emit: the word fragment replaced, the cloud's tokens, then the draft beyond them where it agreed.
         if n_back:
             self.text.rewind(n_back)
             del self.answer[len(self.answer) - n_back:]
             del self.sources[len(self.sources) - n_back:]
         for tid in new_ids:
-            events.extend(self._emit(tid, "cloud", None, None))
+            events.append(self._emit(tid, "cloud", None, None))
             if self.text.stopped:
                 break
         for tid, conf, score in keep_draft:
             if len(self.answer) >= self.max_tokens or self.text.stopped:
                 break
-            events.extend(self._emit(tid, "local", conf, score))
+            events.append(self._emit(tid, "local", conf, score))
         if span.ends_answer:
             self.finish = "stop"
         return target + [t for t, _, _ in keep_draft], events
@@ -445,7 +441,6 @@ class _Run:
         cfg, dec = self.cfg, self.dec
         if cfg.seed is not None:
             mx.random.seed(cfg.seed)
-        self.t0 = time.perf_counter()
         step = dec.prefill(self.ids)
         first = True
         draft_closed = False  # the draft hit EOS or the token limit: wait for the cloud
@@ -500,7 +495,7 @@ class _Run:
                     else:
                         draft_closed = True
                     continue
-            yield from self._emit(tid, "local", conf, score)
+            yield self._emit(tid, "local", conf, score)
             if len(self.answer) % 16 == 0:
                 self._account()
             if spec is None:

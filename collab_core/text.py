@@ -109,6 +109,16 @@ class TextStream:
         return self._unshown(out)
 
 
+def common_prefix_len(a: Sequence, b: Sequence) -> int:
+    """How many leading items ``a`` and ``b`` share."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 def splice(tokenizer, answer: Sequence[int], continuation: str, max_back: int = 8) -> tuple[int, list[int]]:
     """Tokens for ``answer`` followed by the text ``continuation``, with the local tokenizer.
 
@@ -127,7 +137,5 @@ def splice(tokenizer, answer: Sequence[int], continuation: str, max_back: int = 
     frag_ids = list(answer[len(answer) - k:])
     frag_text = tokenizer.decode(head + frag_ids)[len(tokenizer.decode(head)):] if k else ""
     joint = list(tokenizer.encode(frag_text + continuation, add_special_tokens=False))
-    common = 0
-    while common < min(len(joint), len(frag_ids)) and joint[common] == frag_ids[common]:
-        common += 1
+    common = common_prefix_len(joint, frag_ids)
     return len(frag_ids) - common, joint[common:]
