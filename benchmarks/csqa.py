@@ -126,7 +126,8 @@ def calibrate_budget(lm, budget: float, n: int, max_tokens: int) -> BudgetRouter
     return router
 
 
-def run_mode(mode: str, lm, questions, args, cloud_cfg, done: set, rows_file, calib_cache: dict) -> None:
+def run_mode(mode: str, lm, questions, args, cloud_cfg, done: set, rows_file, calib_cache: dict,
+             standin=None) -> None:
     from tqdm import tqdm
 
     todo = [q for q in questions if (mode, q["id"]) not in done]
@@ -146,33 +147,51 @@ def run_mode(mode: str, lm, questions, args, cloud_cfg, done: set, rows_file, ca
             calib_cache[b] = calibrate_budget(lm, b, args.calibration, args.max_tokens)
         engine = Engine(lm, cloud=cloud_cfg, router=calib_cache[b], pipeline=args.pipeline, cache=False)
     for q in tqdm(todo, desc=mode, file=sys.stderr):
-        text = prompt_text(lm, q)
-        if engine is not None:
-            g = engine.generate(text, chat=False, max_tokens=args.max_tokens, stop=["\n"])
-            s = g.stats
-            row = {"answer": g.text, "tokens": s.total_tokens, "cloud_tokens": s.cloud_tokens,
-                   "cloud_calls": s.cloud_calls, "cloud_failures": s.cloud_failures,
-                   "cloud_in": s.cloud_input_tokens, "cloud_out": s.cloud_output_tokens, "cost": s.cost_usd,
-                   "time_s": s.time_total_s}
-        elif mode == "cloud":
-            from collab_core.cloud import SpanRequest
-
-            t0 = time.perf_counter()
-            span = client.continue_span(SpanRequest(messages=[], prompt_text=text, partial=""))
-            answer = span.text.split("\n")[0]
-            n = len(lm.tokenizer.encode(answer, add_special_tokens=False))
-            row = {"answer": answer, "tokens": n, "cloud_tokens": n, "cloud_calls": 1, "cloud_failures": 0,
-                   "cloud_in": span.input_tokens, "cloud_out": span.output_tokens, "cost": span.cost_usd,
-                   "time_s": time.perf_counter() - t0}
-        else:
-            r = seed_generate(lm, client, text, float(mode.split(":")[1]), args.max_tokens)
-            row = {"answer": r["text"], "tokens": r["tokens"], "cloud_tokens": r["cloud_tokens"],
-                   "cloud_calls": r["cloud_calls"], "cloud_failures": r["cloud_failures"],
-                   "cloud_in": r["cloud_in"], "cloud_out": r["cloud_out"], "cost": r["cost"], "time_s": r["time_s"]}
-        pred = extract(row["answer"], q)
-        row.update(mode=mode, id=q["id"], pred=pred, gold=q["answerKey"], correct=pred == q["answerKey"])
+        row = answer_one(mode, lm, q, args, engine, client)
+        if row["cloud_failures"] and standin is not None and not standin.healthy():
+            # mlx_lm.server's worker can die ("generation thread died"): restart it and redo the question
+            print(f"\nstand-in cloud unhealthy during {mode}; restarting it", file=sys.stderr)
+            standin.restart()
+            row = answer_one(mode, lm, q, args, engine, client)
         rows_file.write(json.dumps(row) + "\n")
         rows_file.flush()
+
+
+def answer_one(mode: str, lm, q: dict, args, engine, client) -> dict:
+    text = prompt_text(lm, q)
+    if engine is not None:
+        g = engine.generate(text, chat=False, max_tokens=args.max_tokens, stop=["\n"])
+        s = g.stats
+        row = {"answer": g.text, "tokens": s.total_tokens, "cloud_tokens": s.cloud_tokens,
+               "cloud_calls": s.cloud_calls, "cloud_failures": s.cloud_failures, "errors": s.cloud_errors,
+               "cloud_in": s.cloud_input_tokens, "cloud_out": s.cloud_output_tokens, "cost": s.cost_usd,
+               "time_s": s.time_total_s}
+    elif mode == "cloud":
+        from collab_core.cloud import SpanRequest
+
+        from collab_core.errors import CloudError
+
+        t0 = time.perf_counter()
+        try:
+            span = client.continue_span(SpanRequest(messages=[], prompt_text=text, partial=""))
+        except CloudError as exc:
+            return {"answer": "", "tokens": 0, "cloud_tokens": 0, "cloud_calls": 1, "cloud_failures": 1,
+                    "errors": [str(exc)], "cloud_in": 0, "cloud_out": 0, "cost": 0.0,
+                    "time_s": time.perf_counter() - t0, "mode": mode, "id": q["id"], "pred": None,
+                    "gold": q["answerKey"], "correct": False}
+        answer = span.text.split("\n")[0]
+        n = len(lm.tokenizer.encode(answer, add_special_tokens=False))
+        row = {"answer": answer, "tokens": n, "cloud_tokens": n, "cloud_calls": 1, "cloud_failures": 0,
+               "cloud_in": span.input_tokens, "cloud_out": span.output_tokens, "cost": span.cost_usd,
+               "time_s": time.perf_counter() - t0}
+    else:
+        r = seed_generate(lm, client, text, float(mode.split(":")[1]), args.max_tokens)
+        row = {"answer": r["text"], "tokens": r["tokens"], "cloud_tokens": r["cloud_tokens"],
+               "cloud_calls": r["cloud_calls"], "cloud_failures": r["cloud_failures"],
+               "cloud_in": r["cloud_in"], "cloud_out": r["cloud_out"], "cost": r["cost"], "time_s": r["time_s"]}
+    pred = extract(row["answer"], q)
+    row.update(mode=mode, id=q["id"], pred=pred, gold=q["answerKey"], correct=pred == q["answerKey"])
+    return row
 
 
 def summarize(rows: list[dict], modes: list[str]) -> dict:
@@ -199,12 +218,12 @@ def summarize(rows: list[dict], modes: list[str]) -> dict:
 
 
 def write_reports(summary: dict, out: Path, meta: dict) -> list[str]:
-    lines = ["| mode | questions | accuracy | invalid | routed share | cloud calls | cloud tokens in/out | "
+    lines = ["| mode | questions | accuracy | invalid | routed share | cloud calls (failed) | cloud tokens in/out | "
              "time/question (s) |", "|---|---|---|---|---|---|---|---|"]
     for m, s in summary.items():
         lines.append(f"| {m} | {s['questions']} | {s['accuracy']:.3f} | {s['invalid_rate']:.3f} | "
-                     f"{s['routed_share']:.3f} | {s['cloud_calls']} | {s['cloud_tokens_in']}/{s['cloud_tokens_out']} | "
-                     f"{s['time_per_question_s']:.2f} |")
+                     f"{s['routed_share']:.3f} | {s['cloud_calls']} ({s['cloud_failures']}) | "
+                     f"{s['cloud_tokens_in']}/{s['cloud_tokens_out']} | {s['time_per_question_s']:.2f} |")
     (out / "table.md").write_text("\n".join(lines) + "\n")
     (out / "summary.json").write_text(json.dumps({"meta": meta, "modes": summary}, indent=2))
     try:
@@ -292,7 +311,7 @@ def main() -> None:
         with rows_path.open("a") as f:
             calib: dict = {}
             for m in modes:
-                run_mode(m, lm, questions, args, cloud_cfg, done, f, calib)
+                run_mode(m, lm, questions, args, cloud_cfg, done, f, calib, standin)
     finally:
         if standin is not None:
             standin.stop()

@@ -66,8 +66,13 @@ class StandinCloud:
                 f"sys.argv = ['mlx_lm.server', '--model', {str(folder)!r}, '--host', '127.0.0.1', "
                 f"'--port', '{self.port}']; main()")
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, env=env)
+        from .weights import cache_dir
+
+        self.log_path = cache_dir() / f"standin-{self.port}.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen([sys.executable, "-c", code], stdout=self._log, stderr=subprocess.STDOUT,
+                                     env=env)
         if self.progress:
             print(f"collab: starting the stand-in cloud on {self.api_base} ...", file=sys.stderr)
         deadline = time.monotonic() + self.startup_timeout_s
@@ -92,6 +97,20 @@ class StandinCloud:
                                      headers={"Content-Type": "application/json"})
         urllib.request.urlopen(req, timeout=self.startup_timeout_s).read()
 
+    def healthy(self) -> bool:
+        """Up and able to generate (mlx_lm.server answers 404 'generation thread died' once its worker died)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return False
+        try:
+            self._warm_up()
+            return True
+        except OSError:
+            return False
+
+    def restart(self) -> StandinCloud:
+        self.stop()
+        return self.start()
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
@@ -100,6 +119,9 @@ class StandinCloud:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         self.proc = None
+        if getattr(self, "_log", None) is not None:
+            self._log.close()
+            self._log = None
 
     def __enter__(self) -> StandinCloud:
         return self.start()
