@@ -168,7 +168,6 @@ def answer_one(mode: str, lm, q: dict, args, engine, client) -> dict:
                "time_s": s.time_total_s}
     elif mode == "cloud":
         from collab_core.cloud import SpanRequest
-
         from collab_core.errors import CloudError
 
         t0 = time.perf_counter()
