@@ -34,8 +34,10 @@ from .router import Router, TokenSignal, make_router
 from .scoring import Confidence
 from .stats import GenerationStats
 from .text import TextStream, common_prefix_len, splice
+from .threads import ParkedThreads
 
 PIPELINES = ("sync", "async")
+_DECODE_THREADS = ParkedThreads("collab-decode")  # async API: decoding threads that never exit (see there)
 
 
 @dataclass
@@ -155,6 +157,11 @@ class Engine:
         return self._lm
 
     @property
+    def loaded(self) -> bool:
+        """Whether the local model is loaded (reading ``local_model`` loads it)."""
+        return self._lm is not None
+
+    @property
     def model_name(self) -> str:
         name = self.local_model.name
         return f"{name}+{self.cloud.config.model}" if self.cloud is not None else name
@@ -207,8 +214,7 @@ class Engine:
             finally:
                 loop.call_soon_threadsafe(queue.put_nowait, done)
 
-        thread = threading.Thread(target=worker, name="collab-decode", daemon=True)
-        thread.start()
+        _DECODE_THREADS.submit(worker)
         try:
             while True:
                 item = await queue.get()

@@ -66,6 +66,16 @@ def engine_for(params: EngineParams) -> Engine:
         return eng
 
 
+# Role names used by LangChain (message.type) and LlamaIndex (MessageRole) -> the roles chat templates know.
+_ROLE_ALIASES = {"human": "user", "user": "user", "ai": "assistant", "assistant": "assistant", "chatbot": "assistant",
+                 "model": "assistant", "system": "system", "developer": "system", "tool": "tool", "function": "tool"}
+
+
+def chat_role(role: str) -> str:
+    """A framework's role name as a chat-template role (unknown roles are treated as the user's)."""
+    return _ROLE_ALIASES.get(str(role).lower(), "user")
+
+
 def generation_options(max_tokens: int | None, temperature: float | None, stop: list[str] | None,
                        **extra: Any) -> dict:
     """Per-call overrides for ``Engine.stream`` from the usual framework parameters."""

@@ -11,10 +11,10 @@ Swapping the provider is swapping the model string; nothing else in the chain ch
 
 import argparse
 
-import collab_core  # noqa: F401  (first: OpenBLAS before mlx on Linux)
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 
+import collab_core  # noqa: F401  (first: OpenBLAS before mlx on Linux)
 from langchain_collab import CollabLLM
 
 

@@ -19,18 +19,21 @@ from pydantic import ConfigDict, Field, SecretStr, model_validator
 
 import collab_core  # noqa: F401  (first: OpenBLAS before mlx on Linux)
 from collab_core.engine import Engine, TokenEvent
-from collab_core.integration import EngineParams, collab_metadata, engine_for, generation_options, usage
-
-_ROLES = {"human": "user", "user": "user", "ai": "assistant", "assistant": "assistant", "system": "system",
-          "developer": "system", "tool": "tool", "function": "tool"}
+from collab_core.integration import (
+    EngineParams,
+    chat_role,
+    collab_metadata,
+    engine_for,
+    generation_options,
+    usage,
+)
 
 
 def _to_messages(messages: list[BaseMessage]) -> list[dict]:
     out = []
     for m in messages:
-        role = _ROLES.get(m.type, "user")
         content = m.text if hasattr(m, "text") else str(m.content)
-        out.append({"role": role, "content": content})
+        out.append({"role": chat_role(m.type), "content": content})
     return out
 
 

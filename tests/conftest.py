@@ -92,3 +92,30 @@ def exchanges(cass) -> int:
 def sent_bodies(cass) -> list[dict]:
     """JSON bodies of this use's requests (replay matched them against what we sent: see json_body_matcher)."""
     return [_json(r.body) for r in _this_use(cass)]
+
+
+class LoopTicker:
+    """Counts turns of the running event loop while active (``async with LoopTicker() as t``).
+
+    A call that blocks the loop freezes ``t.ticks``; one that awaits properly lets it grow.
+    """
+
+    async def __aenter__(self):
+        import asyncio
+
+        self.ticks = 0
+        self._done = asyncio.Event()
+        self._task = asyncio.create_task(self._run())
+        await asyncio.sleep(0)
+        return self
+
+    async def _run(self):
+        import asyncio
+
+        while not self._done.is_set():
+            self.ticks += 1
+            await asyncio.sleep(0)
+
+    async def __aexit__(self, *exc):
+        self._done.set()
+        await self._task

@@ -4,10 +4,8 @@ The integration suite runs the real bundled SmolLM2 locally; the cloud leg is re
 recorded against mlx_lm.server on loopback (every routed span gets that recorded reply).
 """
 
-import asyncio
-
 import pytest
-from conftest import LOOPBACK_BASE, use_cassette
+from conftest import LOOPBACK_BASE, LoopTicker, use_cassette
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
@@ -139,20 +137,12 @@ def test_chain_with_output_parser(tiny_dir):
 
 async def test_async_does_not_block_the_loop(tiny_dir):
     llm = CollabLLM(local_model=str(tiny_dir), max_tokens=40)
-    ticks = 0
-    done = asyncio.Event()
-
-    async def ticker():
-        nonlocal ticks
-        while not done.is_set():
-            ticks += 1
-            await asyncio.sleep(0.001)
-
-    task = asyncio.create_task(ticker())
-    chunks = [c async for c in llm.astream(PROMPT)]
-    done.set()
-    await task
-    assert ticks >= 5 and chunks[-1].usage_metadata["output_tokens"] == 40
+    seen, chunks = [], []
+    async with LoopTicker() as t:
+        async for c in llm.astream(PROMPT):
+            chunks.append(c)
+            seen.append(t.ticks)
+    assert seen[-1] > seen[0] and chunks[-1].usage_metadata["output_tokens"] == 40
     results = await llm.abatch([PROMPT, "Name a fruit."])
     assert all(isinstance(r, AIMessage) and r.content for r in results)
 

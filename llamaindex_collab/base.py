@@ -1,0 +1,297 @@
+"""LlamaIndex LLM: ``CollabLLM``.
+
+A thin adapter over ``collab_core``: it turns prompts and ``ChatMessage`` lists into engine prompts,
+streams ``TokenEvent``s from the shared engine and reports what the engine measured. No routing, scoring
+or cloud logic lives here.
+
+Every public call carries LlamaIndex's callback decorators (``llm_completion_callback`` /
+``llm_chat_callback``), so the instrumentation dispatcher and ``CallbackManager`` handlers such as
+``TokenCountingHandler`` see it. The async methods stream from ``Engine.astream``, which decodes in a
+worker thread: the event loop is never blocked (``CustomLLM``'s async defaults would call the sync
+methods on the loop, so this class subclasses ``LLM`` directly).
+
+What a response carries:
+
+* ``raw["usage"]``: ``prompt_tokens`` / ``completion_tokens`` / ``total_tokens`` of the local model (on
+  the last chunk of a stream);
+* ``raw["collab"]``: the routing stats (tokens from the cloud, calls, failures, cost, time split);
+* ``raw["finish_reason"]`` and ``raw["model"]``;
+* streams: one chunk per generated token, with ``additional_kwargs["source"]`` (``"local"`` or
+  ``"cloud"``) and, in ``raw``, the token id, its source and the local model's confidence; the delta
+  may be empty while bytes of a character or a possible stop sequence are held back. A closing chunk
+  (delta: any held-back text) carries ``usage``, ``collab`` and ``finish_reason``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import aclosing
+from typing import Any, Literal
+
+from llama_index.core.base.llms.types import (
+    ChatMessage,
+    ChatResponse,
+    ChatResponseAsyncGen,
+    ChatResponseGen,
+    CompletionResponse,
+    CompletionResponseAsyncGen,
+    CompletionResponseGen,
+    LLMMetadata,
+    MessageRole,
+    TextBlock,
+)
+from llama_index.core.bridge.pydantic import Field, SecretStr
+from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
+from llama_index.core.llms.llm import LLM, default_completion_to_prompt
+
+import collab_core  # noqa: F401  (first: OpenBLAS before mlx on Linux)
+from collab_core.engine import Engine, Generation, TokenEvent
+from collab_core.integration import (
+    EngineParams,
+    chat_role,
+    collab_metadata,
+    engine_for,
+    generation_options,
+    usage,
+)
+
+DEFAULT_LOCAL_NAME = "SmolLM2-135M-Instruct"
+
+
+def to_engine_messages(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
+    """LlamaIndex chat messages as ``{"role", "content"}`` dicts (text blocks only)."""
+    out = []
+    for m in messages:
+        parts = []
+        for block in m.blocks:
+            if not isinstance(block, TextBlock):
+                raise ValueError(f"CollabLLM takes text only, not {type(block).__name__}")
+            parts.append(block.text)
+        role = m.role.value if isinstance(m.role, MessageRole) else str(m.role)
+        out.append({"role": chat_role(role), "content": "\n".join(parts)})
+    return out
+
+
+class _Chunks:
+    """Turns the engine's events into (delta, raw, additional_kwargs) for stream responses."""
+
+    def __init__(self, llm: CollabLLM, engine: Engine):
+        self.llm, self.engine = llm, engine
+        self.text = ""
+        self.last_source = "local"
+
+    def __call__(self, ev: TokenEvent) -> tuple[str, dict, dict]:
+        self.text += ev.text
+        if ev.stats is None:  # a token; its text may be "" (part of a character, or of a possible stop string)
+            self.last_source = ev.source
+            return ev.text, ev.as_dict(), {"source": ev.source}
+        # the closing event: any held-back text, usage and stats
+        return ev.text, self.llm._final_raw(self.engine, ev), {"source": self.last_source,
+                                                                "finish_reason": ev.finish_reason}
+
+
+class CollabLLM(LLM):
+    """A small local MLX model writes the answer; its hard tokens go to a cloud model (any LiteLLM model).
+
+    Example:
+        .. code-block:: python
+
+            from llama_index.core import Settings
+            from llamaindex_collab import CollabLLM
+
+            Settings.llm = CollabLLM(cloud_model="gpt-4o-mini", budget=0.07)
+            print(Settings.llm.complete("What is the capital of France?"))
+
+    Without ``cloud_model`` it runs local only. The local model defaults to the bundled
+    SmolLM2-135M-Instruct and loads on first use (shared by every instance with the same spec);
+    constructing the class is cheap, but an unknown cloud model string or a missing API key raises
+    ``collab_core.errors.CloudConfigError`` right here, before any work.
+
+    ``complete(prompt)`` sends the prompt as a user message through the model's chat template (with the
+    generation prompt); ``complete(prompt, formatted=True)`` sends it as is. ``chat`` always uses the chat
+    template. Per call, ``max_tokens``, ``temperature``, ``stop`` and the core's generation options
+    (``seed``, ``top_p``, ``local_only``, ``max_cloud_calls``, ``deadline_s``) may be passed as keywords.
+    """
+
+    local_model: str | None = Field(
+        default=None,
+        description="Local model: HF repo id, mlx-lm folder or .gguf file (default: bundled SmolLM2-135M-Instruct).")
+    cloud_model: str | None = Field(
+        default=None, description="LiteLLM model string of the cloud model (None: local only).")
+    api_base: str | None = Field(default=None, description="Base URL of the cloud API.")
+    api_key: SecretStr | None = Field(
+        default=None, exclude=True, repr=False,
+        description="Cloud API key; default: the provider's environment variable (read by LiteLLM).")
+    threshold: float | None = Field(default=None, description="Route tokens whose routing score exceeds this.")
+    budget: float | None = Field(default=None, description="Target share of tokens written by the cloud.")
+    router: Any = Field(default=None, description="A collab_core Router or a router spec string.")
+    pipeline: Literal["sync", "async"] = Field(
+        default="async", description="async: keep drafting locally while the cloud works; sync: wait.")
+    temperature: float = Field(default=0.0, ge=0.0, description="Sampling temperature (0: greedy).")
+    max_tokens: int = Field(default=256, gt=0, description="Most tokens to generate.")
+    timeout: float = Field(default=10.0, gt=0, description="Seconds per cloud call.")
+    max_retries: int = Field(default=2, ge=0, description="Retries per cloud call.")
+    stop: list[str] | None = Field(default=None, description="Stop sequences (not included in the output).")
+    span_tokens: int = Field(default=4, gt=0, description="Tokens the cloud writes per routed position.")
+    strategy: str = Field(default="auto", description="How the cloud continues the answer (see collab_core.cloud).")
+
+    def __init__(self, **data: Any) -> None:
+        super().__init__(**data)
+        # Validates the cloud settings (CloudConfigError) without loading the local model.
+        self._engine()
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "CollabLLM"
+
+    # -- engine ------------------------------------------------------------------------------------------
+    def _engine(self) -> Engine:
+        """The shared engine for the current settings (a dictionary look-up after the first call)."""
+        return engine_for(EngineParams(
+            local_model=self.local_model, cloud_model=self.cloud_model, api_base=self.api_base,
+            api_key=self.api_key.get_secret_value() if self.api_key else None, threshold=self.threshold,
+            budget=self.budget, router=self.router, pipeline=self.pipeline, timeout=self.timeout,
+            max_retries=self.max_retries, span_tokens=self.span_tokens, strategy=self.strategy))
+
+    def _options(self, kwargs: dict[str, Any], **fixed: Any) -> dict[str, Any]:
+        kwargs = dict(kwargs)
+        stop = kwargs.pop("stop", None)
+        return generation_options(kwargs.pop("max_tokens", None) or self.max_tokens,
+                                  kwargs.pop("temperature", self.temperature),
+                                  stop if stop is not None else self.stop, **{**kwargs, **fixed})
+
+    def _completion_prompt(self, prompt: str, formatted: bool) -> tuple[str, dict[str, Any]]:
+        """(engine prompt, fixed options): a plain prompt becomes a user message in the chat template."""
+        if formatted:
+            return prompt, {"chat": False}
+        if self.query_wrapper_prompt is not None:
+            prompt = self.query_wrapper_prompt.format(query_str=prompt)
+        if self.completion_to_prompt not in (None, default_completion_to_prompt):
+            return self.completion_to_prompt(prompt), {"chat": False}  # the user formats it
+        return prompt, {"system": self.system_prompt} if self.system_prompt else {}
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        """Loads the local model on first access (``context_window`` comes from its config)."""
+        engine = self._engine()
+        return LLMMetadata(context_window=engine.local_model.context_window, num_output=self.max_tokens,
+                           is_chat_model=True, is_function_calling_model=False, model_name=engine.model_name)
+
+    def to_payload(self) -> dict[str, Any]:
+        """What the callback decorators report about this LLM (never the API key).
+
+        They call it at the start of every call, async ones on the event loop: before the local model is
+        loaded this is built from the settings alone, so it never blocks the loop on a model load.
+        """
+        engine = self._engine()
+        if engine.loaded:
+            return super().to_payload()
+        name = self.local_model or DEFAULT_LOCAL_NAME
+        return {"class_name": self.class_name(), "num_output": self.max_tokens, "is_chat_model": True,
+                "is_function_calling_model": False,
+                "model_name": f"{name}+{self.cloud_model}" if self.cloud_model else name}
+
+    # -- results -------------------------------------------------------------------------------------------
+    @staticmethod
+    def _usage(stats) -> dict[str, int]:
+        u = usage(stats)
+        return {"prompt_tokens": u["input_tokens"], "completion_tokens": u["output_tokens"],
+                "total_tokens": u["total_tokens"]}
+
+    def _final_raw(self, engine: Engine, ev: TokenEvent | Generation) -> dict[str, Any]:
+        return {"usage": self._usage(ev.stats), "collab": collab_metadata(ev.stats),
+                "finish_reason": ev.finish_reason, "model": engine.model_name}
+
+    def _generation_raw(self, engine: Engine, gen: Generation) -> dict[str, Any]:
+        raw = self._final_raw(engine, gen)
+        raw["collab"]["token_sources"] = [e.source for e in gen.events if e.token >= 0]
+        return raw
+
+    def _completion(self, engine: Engine, gen: Generation) -> CompletionResponse:
+        return CompletionResponse(text=gen.text, raw=self._generation_raw(engine, gen),
+                                  additional_kwargs={"finish_reason": gen.finish_reason})
+
+    def _chat(self, engine: Engine, gen: Generation) -> ChatResponse:
+        return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=gen.text),
+                            raw=self._generation_raw(engine, gen),
+                            additional_kwargs={"finish_reason": gen.finish_reason})
+
+    @staticmethod
+    def _stream_completions(chunks: _Chunks, delta: str, raw: dict, extra: dict) -> CompletionResponse:
+        return CompletionResponse(text=chunks.text, delta=delta, raw=raw, additional_kwargs=extra)
+
+    @staticmethod
+    def _stream_chats(chunks: _Chunks, delta: str, raw: dict, extra: dict) -> ChatResponse:
+        return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=chunks.text), delta=delta,
+                            raw=raw, additional_kwargs=extra)
+
+    def _sync_stream(self, prompt: Any, options: dict, make) -> Iterator:
+        engine = self._engine()
+        chunks = _Chunks(self, engine)
+
+        def gen():
+            events = engine.stream(prompt, **options)
+            try:
+                for ev in events:
+                    yield make(chunks, *chunks(ev))
+            finally:
+                events.close()  # releases the engine at once if the caller stops early
+
+        return gen()
+
+    def _async_stream(self, prompt: Any, options: dict, make) -> AsyncIterator:
+        engine = self._engine()
+        chunks = _Chunks(self, engine)
+
+        async def gen():
+            async with aclosing(engine.astream(prompt, **options)) as events:
+                async for ev in events:
+                    yield make(chunks, *chunks(ev))
+
+        return gen()
+
+    # -- completion ------------------------------------------------------------------------------------------
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        text, fixed = self._completion_prompt(prompt, formatted)
+        engine = self._engine()
+        return self._completion(engine, engine.generate(text, **self._options(kwargs, **fixed)))
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+        text, fixed = self._completion_prompt(prompt, formatted)
+        return self._sync_stream(text, self._options(kwargs, **fixed), self._stream_completions)
+
+    @llm_completion_callback()
+    async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        text, fixed = self._completion_prompt(prompt, formatted)
+        engine = self._engine()
+        return self._completion(engine, await engine.agenerate(text, **self._options(kwargs, **fixed)))
+
+    @llm_completion_callback()
+    async def astream_complete(self, prompt: str, formatted: bool = False,
+                               **kwargs: Any) -> CompletionResponseAsyncGen:
+        text, fixed = self._completion_prompt(prompt, formatted)
+        return self._async_stream(text, self._options(kwargs, **fixed), self._stream_completions)
+
+    # -- chat: the message list goes through the model's chat template, with the generation prompt ---------
+    @llm_chat_callback()
+    def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        engine = self._engine()
+        return self._chat(engine, engine.generate(to_engine_messages(messages), **self._options(kwargs)))
+
+    @llm_chat_callback()
+    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        return self._sync_stream(to_engine_messages(messages), self._options(kwargs), self._stream_chats)
+
+    @llm_chat_callback()
+    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        engine = self._engine()
+        return self._chat(engine, await engine.agenerate(to_engine_messages(messages), **self._options(kwargs)))
+
+    @llm_chat_callback()
+    async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
+        return self._async_stream(to_engine_messages(messages), self._options(kwargs), self._stream_chats)
+
+
+__all__ = ["CollabLLM", "to_engine_messages"]
