@@ -314,7 +314,8 @@ def main() -> None:
     finally:
         if standin is not None:
             standin.stop()
-    rows = [r for r in (json.loads(x) for x in rows_path.read_text().splitlines()) if r["id"] in ids]
+    latest = {(r["mode"], r["id"]): r for r in (json.loads(x) for x in rows_path.read_text().splitlines())}
+    rows = [r for r in latest.values() if r["id"] in ids]  # one row per (mode, question): the latest
     summary = summarize(rows, modes)
     meta = {"questions": len(questions), "data": str(args.data), "seed": args.seed, "local": lm.name,
             "cloud": args.cloud_model, "max_tokens": args.max_tokens, "pipeline": args.pipeline}
