@@ -8,7 +8,7 @@ scoring or cloud logic lives in the adapters.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .cloud import CloudConfig
@@ -24,7 +24,7 @@ class EngineParams:
     local_model: str | None = None
     cloud_model: str | None = None
     api_base: str | None = None
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)
     threshold: float | None = None
     budget: float | None = None
     router: Any = None  # a Router object or a spec string
@@ -33,6 +33,19 @@ class EngineParams:
     max_retries: int = 2
     span_tokens: int = 4
     strategy: str = "auto"
+
+    @classmethod
+    def from_settings(cls, obj: Any, **overrides: Any) -> EngineParams:
+        """Read the fields of the same names off an adapter instance (a ``SecretStr`` key is unwrapped)."""
+        import dataclasses
+
+        vals = {}
+        for f in dataclasses.fields(cls):
+            v = overrides[f.name] if overrides.get(f.name) is not None else getattr(obj, f.name, f.default)
+            if f.name == "api_key" and hasattr(v, "get_secret_value"):
+                v = v.get_secret_value()
+            vals[f.name] = f.default if v is None and f.default is not None else v
+        return cls(**vals)
 
     def key(self) -> tuple:
         router = self.router if isinstance(self.router, (str, type(None))) else id(self.router)

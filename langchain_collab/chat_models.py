@@ -88,11 +88,7 @@ class CollabLLM(BaseChatModel):
 
     # -- engine ------------------------------------------------------------------------------------------
     def _engine(self, cloud_model: str | None = None) -> Engine:
-        return engine_for(EngineParams(
-            local_model=self.local_model, cloud_model=cloud_model or self.cloud_model, api_base=self.api_base,
-            api_key=self.api_key.get_secret_value() if self.api_key else None, threshold=self.threshold,
-            budget=self.budget, router=self.router, pipeline=self.pipeline, timeout=self.timeout or 10.0,
-            max_retries=self.max_retries, span_tokens=self.span_tokens, strategy=self.strategy))
+        return engine_for(EngineParams.from_settings(self, cloud_model=cloud_model))
 
     def _options(self, stop: list[str] | None, kwargs: dict) -> dict:
         return generation_options(kwargs.get("max_tokens", self.max_tokens),

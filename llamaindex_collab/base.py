@@ -147,11 +147,7 @@ class CollabLLM(LLM):
     # -- engine ------------------------------------------------------------------------------------------
     def _engine(self) -> Engine:
         """The shared engine for the current settings (a dictionary look-up after the first call)."""
-        return engine_for(EngineParams(
-            local_model=self.local_model, cloud_model=self.cloud_model, api_base=self.api_base,
-            api_key=self.api_key.get_secret_value() if self.api_key else None, threshold=self.threshold,
-            budget=self.budget, router=self.router, pipeline=self.pipeline, timeout=self.timeout,
-            max_retries=self.max_retries, span_tokens=self.span_tokens, strategy=self.strategy))
+        return engine_for(EngineParams.from_settings(self))
 
     def _options(self, kwargs: dict[str, Any], **fixed: Any) -> dict[str, Any]:
         kwargs = dict(kwargs)
