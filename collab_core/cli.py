@@ -5,6 +5,7 @@
     collab prepare [--local-model SPEC]      fetch/convert the local model ahead of time
     collab demo                              a few answers with the stand-in cloud on loopback
     collab standin [--port 8080]             serve the stand-in cloud model until interrupted
+    collab bench csqa|overhead|routing_latency|blas [ARGS]   the benchmarks in benchmarks/
     collab blas fetch|status                 OpenBLAS for MLX on a Linux CPU
 """
 
@@ -65,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("standin", help="serve the stand-in cloud model on 127.0.0.1 until interrupted")
     s.add_argument("--port", type=int, default=8080)
+
+    bench = sub.add_parser("bench", help="run a benchmark from benchmarks/ (in a source checkout)",
+                           add_help=False)
+    bench.add_argument("name", choices=["csqa", "overhead", "routing_latency", "blas"])
+    bench.add_argument("rest", nargs=argparse.REMAINDER)
 
     b = sub.add_parser("blas", help="OpenBLAS for MLX on a Linux CPU")
     b.add_argument("action", choices=["fetch", "status"])
@@ -159,6 +165,21 @@ def cmd_standin(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """``collab bench csqa --limit 50`` runs ``benchmarks/csqa.py --limit 50`` (benchmarks ship with the source)."""
+    import runpy
+    from pathlib import Path
+
+    for root in (Path.cwd(), Path(__file__).resolve().parent.parent):
+        script = root / "benchmarks" / f"{args.name}.py"
+        if script.exists():
+            sys.argv = [str(script), *args.rest]
+            runpy.run_path(str(script), run_name="__main__")
+            return 0
+    print("collab: benchmarks/ not found: run this from a source checkout of collab-decoding", file=sys.stderr)
+    return 2
+
+
 def cmd_prepare(args: argparse.Namespace) -> int:
     from .loading import load_local_model
 
@@ -184,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         commands = {"run": cmd_run, "prepare": cmd_prepare, "blas": cmd_blas, "demo": cmd_demo,
-                    "standin": cmd_standin}
+                    "standin": cmd_standin, "bench": cmd_bench}
         return commands[args.command](args)
     except CollabError as exc:
         print(f"collab: error: {exc}", file=sys.stderr)
