@@ -70,7 +70,7 @@ def extract(answer: str, q: dict) -> str | None:
     return None
 
 
-def seed_generate(lm, client: CloudClient, text: str, threshold: float, max_tokens: int) -> dict:
+def seed_generate(lm, client: CloudClient, text: str, threshold: float, max_tokens: int, stop: str = "\n") -> dict:
     """The seed's transport: no KV cache, full prefix per routed token, first cloud token kept."""
     import mlx.core as mx
 
@@ -107,12 +107,12 @@ def seed_generate(lm, client: CloudClient, text: str, threshold: float, max_toke
         if nxt in lm.eos_token_ids:
             break
         out.append(nxt)
-        if "\n" in tok.decode(out):
+        if stop and stop in tok.decode(out):
             break
     return {"text": tok.decode(out), "tokens": len(out), "time_s": time.perf_counter() - t0, **stats}
 
 
-def calibrate_budget(lm, budget: float, n: int, max_tokens: int) -> BudgetRouter:
+def calibrate_budget(lm, budget: float, n: int, max_tokens: int, stop: str = "\n") -> BudgetRouter:
     router = BudgetRouter(budget)
     eng = Engine(lm, router="never")
     scorer = ConfidenceScorer()
@@ -120,7 +120,7 @@ def calibrate_budget(lm, budget: float, n: int, max_tokens: int) -> BudgetRouter
     scores = []
     for q in load_questions(TRAIN_DATA, n, seed=123):
         for i, ev in enumerate(e for e in eng.stream(prompt_text(lm, q), chat=False, max_tokens=max_tokens,
-                                                      stop=["\n"]) if e.token >= 0):
+                                                      stop=[stop] if stop else []) if e.token >= 0):
             scores.append(scorer(TokenSignal(ev.confidence, i, ev.token)))
     router.calibrate(scores)
     return router
@@ -144,7 +144,7 @@ def run_mode(mode: str, lm, questions, args, cloud_cfg, done: set, rows_file, ca
     elif mode.startswith("budget:"):
         b = float(mode.split(":")[1])
         if b not in calib_cache:
-            calib_cache[b] = calibrate_budget(lm, b, args.calibration, args.max_tokens)
+            calib_cache[b] = calibrate_budget(lm, b, args.calibration, args.max_tokens, args.stop)
         engine = Engine(lm, cloud=cloud_cfg, router=calib_cache[b], pipeline=args.pipeline, cache=False)
     for q in tqdm(todo, desc=mode, file=sys.stderr):
         row = answer_one(mode, lm, q, args, engine, client)
@@ -160,7 +160,7 @@ def run_mode(mode: str, lm, questions, args, cloud_cfg, done: set, rows_file, ca
 def answer_one(mode: str, lm, q: dict, args, engine, client) -> dict:
     text = prompt_text(lm, q)
     if engine is not None:
-        g = engine.generate(text, chat=False, max_tokens=args.max_tokens, stop=["\n"])
+        g = engine.generate(text, chat=False, max_tokens=args.max_tokens, stop=[args.stop] if args.stop else [])
         s = g.stats
         row = {"answer": g.text, "tokens": s.total_tokens, "cloud_tokens": s.cloud_tokens,
                "cloud_calls": s.cloud_calls, "cloud_failures": s.cloud_failures, "errors": s.cloud_errors,
@@ -178,13 +178,13 @@ def answer_one(mode: str, lm, q: dict, args, engine, client) -> dict:
                     "errors": [str(exc)], "cloud_in": 0, "cloud_out": 0, "cost": 0.0,
                     "time_s": time.perf_counter() - t0, "mode": mode, "id": q["id"], "pred": None,
                     "gold": q["answerKey"], "correct": False}
-        answer = span.text.split("\n")[0]
+        answer = span.text.split(args.stop)[0] if args.stop else span.text
         n = len(lm.tokenizer.encode(answer, add_special_tokens=False))
         row = {"answer": answer, "tokens": n, "cloud_tokens": n, "cloud_calls": 1, "cloud_failures": 0,
                "cloud_in": span.input_tokens, "cloud_out": span.output_tokens, "cost": span.cost_usd,
                "time_s": time.perf_counter() - t0}
     else:
-        r = seed_generate(lm, client, text, float(mode.split(":")[1]), args.max_tokens)
+        r = seed_generate(lm, client, text, float(mode.split(":")[1]), args.max_tokens, args.stop)
         row = {"answer": r["text"], "tokens": r["tokens"], "cloud_tokens": r["cloud_tokens"],
                "cloud_calls": r["cloud_calls"], "cloud_failures": r["cloud_failures"],
                "cloud_in": r["cloud_in"], "cloud_out": r["cloud_out"], "cost": r["cost"], "time_s": r["time_s"]}
@@ -280,6 +280,8 @@ def main() -> None:
     ap.add_argument("--budgets", default="0.07")
     ap.add_argument("--seed-thresholds", default="0.7")
     ap.add_argument("--max-tokens", type=int, default=6)
+    ap.add_argument("--stop", default="\n", help='stop sequence ("" for free-form answers up to --max-tokens)')
+    ap.add_argument("--skip", default="", help="modes to leave out, e.g. cloud")
     ap.add_argument("--calibration", type=int, default=40, help="training questions for budget calibration")
     ap.add_argument("--pipeline", default="async")
     ap.add_argument("--local-model", default=None)
@@ -293,6 +295,7 @@ def main() -> None:
     modes = ["small", "cloud"] + [f"threshold:{t}" for t in args.thresholds.split(",") if t] + \
             [f"budget:{b}" for b in args.budgets.split(",") if b] + \
             [f"seed:{t}" for t in args.seed_thresholds.split(",") if t]
+    modes = [m for m in modes if m not in args.skip.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
     rows_path = args.out / "rows.jsonl"
     rows = [json.loads(x) for x in rows_path.read_text().splitlines()] if rows_path.exists() else []
@@ -318,7 +321,7 @@ def main() -> None:
     rows = [r for r in latest.values() if r["id"] in ids]  # one row per (mode, question): the latest
     summary = summarize(rows, modes)
     meta = {"questions": len(questions), "data": str(args.data), "seed": args.seed, "local": lm.name,
-            "cloud": args.cloud_model, "max_tokens": args.max_tokens, "pipeline": args.pipeline}
+            "cloud": args.cloud_model, "max_tokens": args.max_tokens, "stop": args.stop, "pipeline": args.pipeline}
     lines = write_reports(summary, args.out, meta)
     print("\n".join(lines))
     h = headline(summary)
