@@ -249,7 +249,8 @@ class BudgetRouter(Router):
 
 
 def make_router(spec: str | Router | None, *, threshold: float | None = None, budget: float | None = None) -> Router:
-    """A router from an object, a spec string (``never``, ``threshold:0.5``, ``budget:0.07``) or the
+    """A router from an object, a spec string (``never``, ``threshold:0.5``, ``budget:0.07``,
+    ``learned:PATH`` -- with ``budget=`` it holds that budget on the learned score) or the
     ``threshold``/``budget`` shortcuts."""
     if isinstance(spec, Router):
         return spec
@@ -264,4 +265,11 @@ def make_router(spec: str | Router | None, *, threshold: float | None = None, bu
         return ThresholdRouter(float(arg) if arg else (threshold if threshold is not None else 0.5))
     if name == "budget":
         return BudgetRouter(float(arg) if arg else (budget if budget is not None else 0.07))
-    raise ValueError(f"unknown router {spec!r}: use never, threshold:T or budget:B")
+    if name == "learned":
+        from .learned import LearnedScorer
+
+        scorer = LearnedScorer(arg)
+        if budget is not None:
+            return BudgetRouter(budget, scorer=scorer)
+        return ThresholdRouter(0.5 if threshold is None else threshold, scorer=scorer)
+    raise ValueError(f"unknown router {spec!r}: use never, threshold:T, budget:B or learned:PATH")
