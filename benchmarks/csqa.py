@@ -149,7 +149,8 @@ def run_mode(mode: str, lm, questions, args, cloud_cfg, done: set, rows_file, ca
     for q in tqdm(todo, desc=mode, file=sys.stderr):
         row = answer_one(mode, lm, q, args, engine, client)
         if row["cloud_failures"] and standin is not None and not standin.healthy():
-            # mlx_lm.server's worker can die ("generation thread died"): restart it and redo the question
+            # mlx_lm.server 0.32.2 kills its generation thread on an exact repeat of a cached prompt ("Sequence N
+            # has an empty prompt"), then answers 404 "generation thread died": restart it and redo the question
             print(f"\nstand-in cloud unhealthy during {mode}; restarting it", file=sys.stderr)
             standin.restart()
             row = answer_one(mode, lm, q, args, engine, client)
