@@ -66,10 +66,17 @@ def collect(args) -> None:
                 sig = TokenSignal(step.confidence, i, tid, step.hidden)
                 partial = lm.tokenizer.decode(answer)
                 piece = lm.tokenizer.decode(answer + [tid])[len(partial):]
+                req = SpanRequest(messages=[], prompt_text=text, partial=partial)
                 try:
-                    span = client.continue_span(SpanRequest(messages=[], prompt_text=text, partial=partial))
+                    span = client.continue_span(req)
                 except CloudError:
-                    break
+                    if cloud.healthy():
+                        break
+                    cloud.restart()  # mlx_lm.server's generation thread died (see csqa.py): restart, retry once
+                    try:
+                        span = client.continue_span(req)
+                    except CloudError:
+                        break
                 xs.append(L.features(sig, log_v))
                 ys.append(0.0 if agrees(piece, span.text) else 1.0)
                 conf.append([sig.confidence.max_prob, sig.confidence.entropy, sig.confidence.margin])
