@@ -13,7 +13,6 @@ from typing import Any
 
 from .cloud import CloudConfig
 from .engine import Engine, GenerationConfig
-from .router import Router
 from .stats import GenerationStats
 
 
@@ -72,8 +71,7 @@ def engine_for(params: EngineParams) -> Engine:
                 cloud = CloudConfig(model=params.cloud_model, api_base=params.api_base, api_key=params.api_key,
                                     timeout_s=params.timeout, max_retries=params.max_retries,
                                     span_tokens=params.span_tokens, strategy=params.strategy)
-            router = params.router if isinstance(params.router, Router) else params.router
-            eng = Engine(params.local_model, cloud=cloud, router=router, threshold=params.threshold,
+            eng = Engine(params.local_model, cloud=cloud, router=params.router, threshold=params.threshold,
                          budget=params.budget, pipeline=params.pipeline)
             _ENGINES[key] = eng
         return eng
