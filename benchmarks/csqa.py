@@ -25,6 +25,7 @@ Results: ``OUT/rows.jsonl`` (one line per question and mode; re-running resumes)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import re
@@ -137,8 +138,7 @@ def run_mode(mode: str, lm, questions, args, cloud_cfg, done: set, rows_file, ca
     if mode == "small":
         engine = Engine(lm, router="never")
     elif mode == "cloud" or mode.startswith("seed:"):
-        client = CloudClient(CloudConfig(**{**cloud_cfg.__dict__, "span_tokens": args.max_tokens
-                                            if mode == "cloud" else 1}))
+        client = CloudClient(dataclasses.replace(cloud_cfg, span_tokens=args.max_tokens if mode == "cloud" else 1))
     elif mode.startswith("threshold:"):
         engine = Engine(lm, cloud=cloud_cfg, router=mode, pipeline=args.pipeline, cache=False)
     elif mode.startswith("budget:"):

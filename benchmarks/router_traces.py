@@ -30,7 +30,7 @@ from collab_core import load_local_model
 from collab_core.cloud import CloudClient, CloudConfig, SpanRequest
 from collab_core.decoder import StepDecoder
 from collab_core.errors import CloudError
-from collab_core.router import ConfidenceScorer, TokenSignal
+from collab_core.router import TokenSignal
 
 sys.path.insert(0, str(Path(__file__).parent))
 from csqa import TRAIN_DATA, load_questions, prompt_text  # noqa: E402
@@ -103,8 +103,6 @@ def train(args) -> None:
     import mlx.core as mx
 
     learned = np.array(mx.sigmoid(model(mx.array(x[idx])).squeeze(-1)))
-    scorer = ConfidenceScorer(importance=False)
-    scorer.bind(lm)
     confidence = 1.0 - x[idx, -3]  # 1 - max_prob, the confidence router's uncertainty
     curve = []
     for share in (0.05, 0.1, 0.2, 0.3, 0.5):

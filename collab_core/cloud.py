@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import re
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -191,7 +190,6 @@ class CloudClient:
         self.config = config
         self.strategy = (choose_strategy(config.model, config.api_base)
                          if config.strategy == "auto" else config.strategy)
-        self._lock = threading.Lock()
 
     # -- validation, up front --------------------------------------------------------------------------
     def validate(self) -> None:

@@ -252,7 +252,6 @@ class _Run:
     def __init__(self, engine: Engine, prompt, cfg: GenerationConfig):
         self.e = engine
         self.cfg = cfg
-        self.prompt = prompt
         self.t0 = time.perf_counter()
         self.lm = engine.local_model
         self.prompt_text, self.ids = render_prompt(self.lm, prompt, chat=cfg.chat, system=cfg.system)
