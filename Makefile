@@ -38,6 +38,7 @@ test: $(STAMP)
 
 bench: $(STAMP) blas
 	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/learned_cost.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check collab_core langchain_collab llamaindex_collab tests benchmarks examples

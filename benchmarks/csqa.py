@@ -9,6 +9,8 @@ Without ``--cloud-model`` it starts the stand-in cloud (mlx_lm.server + Qwen2.5-
 * ``small``: the local model alone;  ``cloud``: the cloud model alone (same prompt, via LiteLLM);
 * ``threshold:T``: routed, threshold router;  ``budget:B``: routed, budget router calibrated on
   training questions (never the evaluation ones);
+* ``learned-budget:B`` / ``learned:T``: routed by the learned router (``--router PATH``, default the one
+  shipped for the local model), budget-calibrated the same way / thresholded on its probability;
 * ``seed:T``: the seed system's transport at threshold T -- no local KV cache (the whole sequence is
   re-run for every token), the full detokenized prefix sent for each routed token, first returned token
   kept.
@@ -27,8 +29,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import random
-import re
 import sys
 import time
 from pathlib import Path
@@ -36,39 +36,13 @@ from pathlib import Path
 import collab_core  # noqa: F401  (first: OpenBLAS before mlx)
 from collab_core import Engine, load_local_model
 from collab_core.cloud import CloudClient, CloudConfig
-from collab_core.decoder import render_prompt
-from collab_core.router import BudgetRouter, ConfidenceScorer, TokenSignal
+from collab_core.csqa import extract, load_questions, prompt_text
+from collab_core.learned import LearnedScorer
+from collab_core.router import BudgetRouter, ConfidenceScorer, ThresholdRouter, TokenSignal
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "commonsenseqa_dev_400.jsonl"
 TRAIN_DATA = ROOT.parent / "shared" / "data" / "commonsenseqa_train_2049.jsonl"
-PREFILL = "The answer is"
-
-
-def load_questions(path: Path, limit: int | None, seed: int) -> list[dict]:
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    random.Random(seed).shuffle(rows)
-    return rows[:limit] if limit else rows
-
-
-def user_message(q: dict) -> str:
-    choices = "\n".join(f"{lab}) {txt}" for lab, txt in zip(q["choices"]["label"], q["choices"]["text"]))
-    return f"Question: {q['question']}\nChoices:\n{choices}\nAnswer with the letter of the correct choice."
-
-
-def prompt_text(lm, q: dict) -> str:
-    return render_prompt(lm, [{"role": "user", "content": user_message(q)}])[0] + PREFILL
-
-
-def extract(answer: str, q: dict) -> str | None:
-    m = re.search(r"\b([A-E])\b", answer)
-    if m:
-        return m.group(1)
-    low = answer.lower()
-    for lab, txt in zip(q["choices"]["label"], q["choices"]["text"]):
-        if txt.lower() in low:
-            return lab
-    return None
 
 
 def seed_generate(lm, client: CloudClient, text: str, threshold: float, max_tokens: int, stop: str = "\n") -> dict:
@@ -113,17 +87,11 @@ def seed_generate(lm, client: CloudClient, text: str, threshold: float, max_toke
     return {"text": tok.decode(out), "tokens": len(out), "time_s": time.perf_counter() - t0, **stats}
 
 
-def calibrate_budget(lm, budget: float, n: int, max_tokens: int, stop: str = "\n") -> BudgetRouter:
-    router = BudgetRouter(budget)
-    eng = Engine(lm, router="never")
-    scorer = ConfidenceScorer()
-    scorer.bind(lm)
-    scores = []
-    for q in load_questions(TRAIN_DATA, n, seed=123):
-        for i, ev in enumerate(e for e in eng.stream(prompt_text(lm, q), chat=False, max_tokens=max_tokens,
-                                                      stop=[stop] if stop else []) if e.token >= 0):
-            scores.append(scorer(TokenSignal(ev.confidence, i, ev.token)))
-    router.calibrate(scores)
+def calibrate_budget(lm, budget: float, n: int, max_tokens: int, stop: str = "\n", scorer=None) -> BudgetRouter:
+    """A budget router calibrated on ``n`` training questions (never the evaluation ones)."""
+    router = BudgetRouter(budget, scorer=scorer)
+    router.calibrate_on(lm, [prompt_text(lm, q) for q in load_questions(TRAIN_DATA, n, seed=123)],
+                        max_tokens=max_tokens, stop=stop)
     return router
 
 
@@ -141,11 +109,15 @@ def run_mode(mode: str, lm, questions, args, cloud_cfg, done: set, rows_file, ca
         client = CloudClient(dataclasses.replace(cloud_cfg, span_tokens=args.max_tokens if mode == "cloud" else 1))
     elif mode.startswith("threshold:"):
         engine = Engine(lm, cloud=cloud_cfg, router=mode, pipeline=args.pipeline, cache=False)
-    elif mode.startswith("budget:"):
+    elif mode.startswith(("budget:", "learned-budget:")):
         b = float(mode.split(":")[1])
-        if b not in calib_cache:
-            calib_cache[b] = calibrate_budget(lm, b, args.calibration, args.max_tokens, args.stop)
-        engine = Engine(lm, cloud=cloud_cfg, router=calib_cache[b], pipeline=args.pipeline, cache=False)
+        if mode not in calib_cache:
+            scorer = LearnedScorer(args.router) if mode.startswith("learned") else None
+            calib_cache[mode] = calibrate_budget(lm, b, args.calibration, args.max_tokens, args.stop, scorer)
+        engine = Engine(lm, cloud=cloud_cfg, router=calib_cache[mode], pipeline=args.pipeline, cache=False)
+    elif mode.startswith("learned:"):
+        router = ThresholdRouter(float(mode.split(":")[1]), scorer=LearnedScorer(args.router))
+        engine = Engine(lm, cloud=cloud_cfg, router=router, pipeline=args.pipeline, cache=False)
     for q in tqdm(todo, desc=mode, file=sys.stderr):
         row = answer_one(mode, lm, q, args, engine, client)
         if row["cloud_failures"] and standin is not None and not standin.healthy():
@@ -235,7 +207,7 @@ def write_reports(summary: dict, out: Path, meta: dict) -> list[str]:
         fig, ax = plt.subplots(figsize=(6, 4))
         routed = {m: s for m, s in summary.items() if m not in ("small", "cloud")}
         for m, s in routed.items():
-            ax.scatter(s["routed_share"] * 100, s["accuracy"], label=m, marker="s" if m.startswith("seed") else "o")
+            ax.scatter(s["routed_share"] * 100, s["accuracy"], label=m, marker="s" if m.startswith("seed") else "^" if m.startswith("learned") else "o")
         if "small" in summary:
             ax.axhline(summary["small"]["accuracy"], ls="--", color="gray", label="small only")
         if "cloud" in summary:
@@ -254,7 +226,8 @@ def write_reports(summary: dict, out: Path, meta: dict) -> list[str]:
 def headline(summary: dict) -> dict:
     small = summary.get("small", {}).get("accuracy")
     cloud = summary.get("cloud", {}).get("accuracy")
-    routed = [s for m, s in summary.items() if m.startswith(("threshold", "budget")) and s["routed_share"] <= 0.07]
+    routed = [s for m, s in summary.items() if m.startswith(("threshold", "budget", "learned"))
+              and s["routed_share"] <= 0.07]
     best = max((s["accuracy"] for s in routed), default=None)
     h = {"small_accuracy": small, "cloud_accuracy": cloud, "best_routed_accuracy_at_7pct": best}
     if small and best is not None:
@@ -262,6 +235,9 @@ def headline(summary: dict) -> dict:
     if small is not None and cloud is not None and best is not None and cloud != small:
         h["gap_closed_at_7pct"] = (best - small) / (cloud - small)
     for m, s in summary.items():
+        if m.startswith("learned-budget:") and "budget:" + m.split(":")[1] in summary:
+            conf = summary["budget:" + m.split(":")[1]]  # same budget, confidence score: accuracy difference
+            h[f"learned_minus_confidence_at_budget_{m.split(':')[1]}"] = s["accuracy"] - conf["accuracy"]
         if m.startswith("seed:"):
             ours = summary.get("threshold:" + m.split(":")[1])
             if ours:
@@ -280,6 +256,9 @@ def main() -> None:
     ap.add_argument("--thresholds", default="0.5,0.7,0.85")
     ap.add_argument("--budgets", default="0.07")
     ap.add_argument("--seed-thresholds", default="0.7")
+    ap.add_argument("--learned-budgets", default="", help="budgets for the learned router (beside --budgets)")
+    ap.add_argument("--learned-thresholds", default="", help="thresholds on the learned router's probability")
+    ap.add_argument("--router", default=None, help="learned router folder (default: the one shipped for the model)")
     ap.add_argument("--max-tokens", type=int, default=6)
     ap.add_argument("--stop", default="\n", help='stop sequence ("" for free-form answers up to --max-tokens)')
     ap.add_argument("--skip", default="", help="modes to leave out, e.g. cloud")
@@ -295,6 +274,8 @@ def main() -> None:
     questions = load_questions(args.data, args.limit, args.seed)
     modes = ["small", "cloud"] + [f"threshold:{t}" for t in args.thresholds.split(",") if t] + \
             [f"budget:{b}" for b in args.budgets.split(",") if b] + \
+            [f"learned-budget:{b}" for b in args.learned_budgets.split(",") if b] + \
+            [f"learned:{t}" for t in args.learned_thresholds.split(",") if t] + \
             [f"seed:{t}" for t in args.seed_thresholds.split(",") if t]
     modes = [m for m in modes if m not in args.skip.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)

@@ -5,8 +5,10 @@
     collab prepare [--local-model SPEC]      fetch/convert the local model ahead of time
     collab demo                              a few answers with the stand-in cloud on loopback
     collab standin [--port 8080]             serve the stand-in cloud model until interrupted
-    collab bench csqa|overhead|routing_latency|blas [ARGS]   the benchmarks in benchmarks/
+    collab bench csqa|overhead|routing_latency|blas|learned_cost [ARGS]   the benchmarks in benchmarks/
     collab blas fetch|status                 OpenBLAS for MLX on a Linux CPU
+    collab router collect [--data FILE] [--limit N] [--traces DIR]    traces for the learned router
+    collab router train [--traces DIR] [--out DIR] [--label outcome|disagree]
 """
 
 from __future__ import annotations
@@ -69,11 +71,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="run a benchmark from benchmarks/ (in a source checkout)",
                            add_help=False)
-    bench.add_argument("name", choices=["csqa", "overhead", "routing_latency", "blas"])
+    bench.add_argument("name", choices=["csqa", "overhead", "routing_latency", "blas", "learned_cost"])
     bench.add_argument("rest", nargs=argparse.REMAINDER)
 
     b = sub.add_parser("blas", help="OpenBLAS for MLX on a Linux CPU")
     b.add_argument("action", choices=["fetch", "status"])
+
+    r = sub.add_parser("router", help="collect traces for the learned router and train it")
+    r.add_argument("action", choices=["collect", "train"])
+    r.add_argument("--local-model", default=None)
+    r.add_argument("--traces", default=None, help="trace folder (default: in the cache, per local model)")
+    r.add_argument("--data", default=None,
+                   help="JSONL of CommonsenseQA training questions or {id, prompt} rows (default: the shared "
+                        "commonsenseqa_train_2049.jsonl when found). Never the evaluation questions.")
+    r.add_argument("--limit", type=int, default=400, help="prompts to collect (collect)")
+    r.add_argument("--max-tokens", type=int, default=6, help="answer tokens per prompt (collect)")
+    r.add_argument("--cloud-model", default=None, help="LiteLLM model string (default: the stand-in on loopback)")
+    r.add_argument("--api-base", default=None)
+    r.add_argument("--out", default=None, help="router folder to write (train; default: next to the traces)")
+    r.add_argument("--label", choices=["outcome", "disagree"], default="outcome",
+                   help="outcome: CITER's label (the cloud's token turns a wrong answer right); disagree: "
+                        "the cloud would write another token")
+    r.add_argument("--epochs", type=int, default=60)
+    r.add_argument("--hidden", type=int, default=64)
     return parser
 
 
@@ -201,11 +221,69 @@ def cmd_blas(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_data(given: str | None):
+    from pathlib import Path
+
+    if given:
+        return Path(given)
+    name = Path("shared") / "data" / "commonsenseqa_train_2049.jsonl"
+    for root in (Path.cwd(), Path.cwd().parent, Path(__file__).resolve().parent.parent.parent):
+        if (root / name).exists():
+            return root / name
+    raise CollabError("no training prompts found: pass --data FILE.jsonl (CommonsenseQA training layout or "
+                      "{\"id\", \"prompt\"} rows)")
+
+
+def cmd_router(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .loading import load_local_model
+    from .weights import cache_dir
+
+    lm = load_local_model(args.local_model)
+    traces = Path(args.traces) if args.traces else cache_dir() / "router-traces" / lm.fingerprint[7:23]
+    if args.action == "train":
+        from .learned import train_router
+
+        out = Path(args.out) if args.out else traces.parent / f"router-{traces.name}"
+        report = train_router(lm, traces, out, label=args.label, epochs=args.epochs, hidden=args.hidden)
+        print(report.table())
+        print(f"router written to {out} (use router=\"learned:{out}\")")
+        return 0
+    from contextlib import ExitStack
+
+    from .cloud import CloudClient, CloudConfig
+    from .traces import TraceCollector, jsonl_tasks
+
+    tasks = jsonl_tasks(lm, _train_data(args.data), args.limit)
+    with ExitStack() as stack:
+        on_error = None
+        if not args.cloud_model:
+            from .standin import StandinCloud
+
+            cloud = stack.enter_context(StandinCloud())
+            args.cloud_model, args.api_base = cloud.model, cloud.api_base
+
+            def on_error(exc) -> bool:  # mlx_lm.server's generation thread can die (see standin.py): restart
+                if cloud.healthy():
+                    return False
+                cloud.restart()
+                return True
+        # span of max_tokens: one call labels every position up to the first disagreement
+        client = CloudClient(CloudConfig(model=args.cloud_model, api_base=args.api_base,
+                                         span_tokens=max(2, args.max_tokens), timeout_s=60))
+        client.validate()
+        col = TraceCollector(lm, client, traces, max_tokens=args.max_tokens, on_cloud_error=on_error)
+        written = col.run(tasks)
+    print(f"{written} new traces ({col.calls} cloud calls) in {traces}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         commands = {"run": cmd_run, "prepare": cmd_prepare, "blas": cmd_blas, "demo": cmd_demo,
-                    "standin": cmd_standin, "bench": cmd_bench}
+                    "standin": cmd_standin, "bench": cmd_bench, "router": cmd_router}
         return commands[args.command](args)
     except CollabError as exc:
         print(f"collab: error: {exc}", file=sys.stderr)

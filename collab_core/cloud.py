@@ -215,6 +215,15 @@ class CloudClient:
         return None
 
     # -- request shaping -------------------------------------------------------------------------------
+    def cache_key(self, req: SpanRequest) -> str:
+        """The span cache's key for ``req``: everything that shapes the cloud's answer, nothing else."""
+        from .cache import span_key
+
+        cc = self.config
+        return span_key(cc.model, cc.api_base, self.strategy, cc.span_tokens, cc.temperature,
+                        req.prompt_text if self.strategy == "completion" else req.messages, req.partial,
+                        req.word_start if self.strategy in ("instruct", "prefill") else None)
+
     def build(self, req: SpanRequest) -> tuple[str, dict]:
         """(call kind, keyword arguments for litellm) -- the stable prefix always comes first."""
         cfg = self.config

@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .cache import SpanCache, span_key
+from .cache import SpanCache
 from .cloud import CloudClient, CloudConfig, CloudSpan, SpanRequest, messages_for
 from .decoder import Step, StepDecoder, greedy, render_prompt
 from .errors import CloudConfigError, CloudError, ContextOverflowError
@@ -326,10 +326,7 @@ class _Run:
 
     def _start_cloud(self, word_start: bool | None) -> None:
         req = self._request(word_start)
-        cc = self.cloud.config
-        key = span_key(cc.model, cc.api_base, self.cloud.strategy, cc.span_tokens, cc.temperature,
-                       req.prompt_text if self.cloud.strategy == "completion" else req.messages, req.partial,
-                       req.word_start if self.cloud.strategy in ("instruct", "prefill") else None)
+        key = self.cloud.cache_key(req)
         cached = self.e.cache.get(key) if self.e.cache is not None else None
         if cached is not None:
             self.stats.cloud_cache_hits += 1

@@ -8,7 +8,9 @@ A router file is a folder: ``weights.safetensors`` (the MLP) and ``router.json``
 layout, the fingerprint of the local model it was trained for, training metrics). Loading it for another
 local model raises ``RouterLoadError``.
 
-Trace collection (``collab router collect``) and the shipped router for the default pair are not in yet.
+Traces come from ``collab router collect`` (``traces.py``), training from ``collab router train``
+(``train_router``). ``make_router("learned")`` uses the router shipped in ``collab_core/routers/`` for the
+local model, when there is one.
 """
 
 from __future__ import annotations
@@ -54,20 +56,32 @@ class TrainResult:
     held_out: int
 
 
-def train(x: np.ndarray, y: np.ndarray, *, hidden: int = 64, epochs: int = 60, lr: float = 1e-3,
-          held_out: float = 0.2, seed: int = 0, batch: int = 256):
-    """Fit the MLP on features ``x`` (n, d) and labels ``y`` (n,) in {0, 1}; returns (model, TrainResult)."""
+def split_groups(groups: np.ndarray, held_out: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(train, held-out) position indices; whole prompts go to one side, so held-out prompts are unseen."""
+    uniq = np.unique(groups)
+    rng = np.random.default_rng(seed)
+    val_groups = set(rng.permutation(uniq)[: max(1, int(round(len(uniq) * held_out)))].tolist())
+    is_val = np.array([g in val_groups for g in groups])
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def train(x: np.ndarray, y: np.ndarray, *, groups: np.ndarray | None = None, hidden: int = 64, epochs: int = 60,
+          lr: float = 1e-3, weight_decay: float = 1e-2, held_out: float = 0.2, seed: int = 0, batch: int = 256):
+    """Fit the MLP on features ``x`` (n, d) and labels ``y`` (n,) in {0, 1}.
+
+    The held-out split is by ``groups`` (the prompt of each position) when given, else by position.
+    Returns (model, TrainResult, held-out indices)."""
     import mlx.core as mx
     import mlx.nn as nn
     import mlx.optimizers as optim
 
     rng = np.random.default_rng(seed)
-    idx = rng.permutation(len(x))
-    n_val = max(1, int(len(x) * held_out))
-    val, tr = idx[:n_val], idx[n_val:]
+    if groups is None:
+        groups = np.arange(len(x))
+    tr, val = split_groups(groups, held_out, seed)
     mx.random.seed(seed)
     model = _mlp(x.shape[1], hidden)
-    opt = optim.Adam(learning_rate=lr)
+    opt = optim.AdamW(learning_rate=lr, weight_decay=weight_decay)
     pos_weight = float((1 - y[tr].mean()) / max(y[tr].mean(), 1e-6))  # balance rare positives
 
     def loss_fn(m, xb, yb):
@@ -84,16 +98,108 @@ def train(x: np.ndarray, y: np.ndarray, *, hidden: int = 64, epochs: int = 60, l
             _, grads = step(model, xs[b], ys[b])
             opt.update(model, grads)
             mx.eval(model.parameters(), opt.state)
-    p = np.array(mx.sigmoid(model(mx.array(x[val])).squeeze(-1)))
+    p = predict(model, x[val])
     pred, gold = p >= 0.5, y[val].astype(bool)
     tp = float((pred & gold).sum())
     result = TrainResult(precision=tp / max(1.0, float(pred.sum())), recall=tp / max(1.0, float(gold.sum())),
-                         accuracy=float((pred == gold).mean()), positives=float(gold.mean()), held_out=n_val)
-    return model, result
+                         accuracy=float((pred == gold).mean()), positives=float(gold.mean()), held_out=len(val))
+    return model, result, val
+
+
+def predict(model, x: np.ndarray) -> np.ndarray:
+    import mlx.core as mx
+
+    return np.array(mx.sigmoid(model(mx.array(x)).squeeze(-1)))
+
+
+SHARES = (0.02, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.5)
+
+
+def share_curve(scores: dict[str, np.ndarray], y: np.ndarray, *, group: np.ndarray, disagree: np.ndarray,
+                alt_ok: np.ndarray, local_ok: np.ndarray, shares=SHARES) -> list[dict]:
+    """Each score routes its top ``share`` of positions. Per share and score: ``caught`` (share of label-1
+    positions routed) and, where gold outcomes are known, ``accuracy``: the simulated answer accuracy when
+    the first routed position where the cloud disagrees takes the cloud's token (as in the traces' ``alt_ok``),
+    others keep the local answer. Ties are broken by position order, so both scores route exactly k."""
+    rows = []
+    have_gold = not np.isnan(local_ok).any()
+    groups = np.unique(group)
+    for share in shares:
+        k = max(1, int(round(share * len(y))))
+        row: dict = {"routed_share": share}
+        for name, s in scores.items():
+            routed = np.zeros(len(y), bool)
+            routed[np.argsort(-s, kind="stable")[:k]] = True
+            row[f"caught_{name}"] = round(float(y[routed].sum() / max(1.0, y.sum())), 4)
+            if have_gold:
+                right = 0
+                for g in groups:
+                    idx = np.flatnonzero(group == g)
+                    hit = [i for i in idx if routed[i] and disagree[i] == 1]
+                    right += bool(alt_ok[hit[0]]) if hit else bool(local_ok[idx[0]])
+                row[f"accuracy_{name}"] = round(right / len(groups), 4)
+        rows.append(row)
+    return rows
+
+
+@dataclass
+class TrainReport:
+    label: str
+    result: TrainResult
+    positions: int
+    prompts: int
+    held_out_prompts: int
+    curve: list[dict]
+    local_accuracy: float | None
+
+    def as_dict(self) -> dict:
+        return {"label": self.label, **self.result.__dict__, "positions": self.positions, "prompts": self.prompts,
+                "held_out_prompts": self.held_out_prompts, "local_accuracy": self.local_accuracy,
+                "curve": self.curve}
+
+    def table(self) -> str:
+        r = self.result
+        lines = [f"label={self.label} prompts={self.prompts} positions={self.positions} "
+                 f"held-out prompts={self.held_out_prompts} ({r.held_out} positions, {r.positives:.1%} positive)",
+                 f"held-out at p>=0.5: precision={r.precision:.3f} recall={r.recall:.3f} accuracy={r.accuracy:.3f}"]
+        if self.local_accuracy is not None:
+            lines.append(f"held-out local-only answer accuracy={self.local_accuracy:.3f}")
+        acc = "accuracy_learned" in self.curve[0]
+        lines.append("routed share | caught: learned / confidence" + (" | accuracy: learned / confidence" if acc else ""))
+        for c in self.curve:
+            line = f"{c['routed_share']:>12.0%} | {c['caught_learned']:.3f} / {c['caught_confidence']:.3f}"
+            if acc:
+                line += f" | {c['accuracy_learned']:.3f} / {c['accuracy_confidence']:.3f}"
+            lines.append(line)
+        return "\n".join(lines)
+
+
+def train_router(lm, traces: str | Path, out: str | Path, *, label: str = "outcome", hidden: int = 64,
+                 epochs: int = 60, seed: int = 0) -> TrainReport:
+    """Train on a trace folder (``collab router collect``), compare with the confidence score on held-out
+    prompts at equal routed share, and save the router (trained on the training split only, so the report
+    describes the saved file) to ``out``."""
+    from .traces import load_traces
+
+    t = load_traces(traces)
+    if t.model != lm.fingerprint:
+        raise RouterLoadError(f"traces in {traces} were collected with local model {t.model}, not {lm.fingerprint}")
+    y = t.labels(label)
+    model, res, val = train(t.x, y, groups=t.group, hidden=hidden, epochs=epochs, seed=seed)
+    scores = {"learned": predict(model, t.x[val]), "confidence": t.conf_score[val]}
+    curve = share_curve(scores, y[val], group=t.group[val], disagree=t.disagree[val], alt_ok=t.alt_ok[val],
+                        local_ok=t.local_ok[val])
+    gold = not np.isnan(t.local_ok).any()
+    val_groups = np.unique(t.group[val])
+    report = TrainReport(label, res, len(y), len(t.ids), len(val_groups), curve,
+                         float(np.mean([t.local_ok[t.group == g][0] for g in val_groups])) if gold else None)
+    save(model, out, model_fingerprint=lm.fingerprint, model_name=lm.name, in_dim=t.x.shape[1], hidden=hidden,
+         metrics=report.as_dict())
+    return report
 
 
 def save(model, path: str | Path, *, model_fingerprint: str, in_dim: int, hidden: int,
-         metrics: dict[str, Any] | None = None) -> Path:
+         metrics: dict[str, Any] | None = None, model_name: str = "") -> Path:
     import mlx.core as mx
     from mlx.utils import tree_flatten
 
@@ -101,39 +207,69 @@ def save(model, path: str | Path, *, model_fingerprint: str, in_dim: int, hidden
     out.mkdir(parents=True, exist_ok=True)
     mx.save_safetensors(str(out / "weights.safetensors"), dict(tree_flatten(model.parameters())))
     (out / "router.json").write_text(json.dumps({
-        "format_version": FORMAT_VERSION, "model_fingerprint": model_fingerprint, "in_dim": in_dim,
+        "format_version": FORMAT_VERSION, "model_fingerprint": model_fingerprint, "model_name": model_name,
+        "in_dim": in_dim,
         "hidden": hidden, "features": "rmsnorm(hidden_state) + [max_prob, entropy/ln(V), margin]",
         "metrics": metrics or {}}, indent=2))
     return out
 
 
+SHIPPED = Path(__file__).resolve().parent / "routers"
+
+
+def shipped_router(model_fingerprint: str) -> Path | None:
+    """The router shipped with the package for this local model, if there is one."""
+    for meta in sorted(SHIPPED.glob("*/router.json")):
+        try:
+            if json.loads(meta.read_text()).get("model_fingerprint") == model_fingerprint:
+                return meta.parent
+        except (OSError, ValueError):
+            continue
+    return None
+
+
 class LearnedScorer:
-    """Scores a position with a trained router MLP: P(needs the cloud). Needs the hidden state."""
+    """Scores a position with a trained router MLP: P(needs the cloud). Needs the hidden state.
+
+    ``path=None`` uses the router shipped for the local model (found at ``bind``)."""
 
     needs_hidden = True
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path | None = None):
+        self.path = Path(path) if path else None
+        self.model = None
+        self._log_vocab = 1.0
+        if self.path is not None:
+            self._load(self.path)
+
+    def _load(self, path: Path) -> None:
         import mlx.core as mx
         from mlx.utils import tree_unflatten
 
-        self.path = Path(path)
-        meta_file = self.path / "router.json"
+        meta_file = path / "router.json"
         if not meta_file.exists():
-            raise RouterLoadError(f"no router at {self.path} (router.json missing)")
+            raise RouterLoadError(f"no router at {path} (router.json missing)")
         try:
             self.meta = json.loads(meta_file.read_text())
             if self.meta.get("format_version") != FORMAT_VERSION:
                 raise RouterLoadError(f"router format {self.meta.get('format_version')} is not supported")
             self.model = _mlp(int(self.meta["in_dim"]), int(self.meta["hidden"]))
-            weights = mx.load(str(self.path / "weights.safetensors"))
+            weights = mx.load(str(path / "weights.safetensors"))
             self.model.update(tree_unflatten(list(weights.items())))
         except RouterLoadError:
             raise
         except Exception as exc:
-            raise RouterLoadError(f"router at {self.path} is unreadable: {exc}") from exc
-        self._log_vocab = 1.0
+            raise RouterLoadError(f"router at {path} is unreadable: {exc}") from exc
 
     def bind(self, lm) -> None:
+        if self.path is None:
+            found = shipped_router(lm.fingerprint)
+            if found is None:
+                raise RouterLoadError(
+                    f"no router ships for local model {lm.name} ({lm.fingerprint}): train one with "
+                    "`collab router collect` then `collab router train`, and pass router=\"learned:PATH\"")
+            self.path = found
+            self._load(found)
         want = self.meta["model_fingerprint"]
         if lm.fingerprint != want:
             raise RouterLoadError(
@@ -149,5 +285,7 @@ class LearnedScorer:
 
         if sig.hidden is None:
             raise RouterLoadError("the learned router needs the hidden state (the engine passes it when asked)")
+        if self.model is None:
+            raise RouterLoadError("the learned router is not bound to a local model yet (bind(lm) first)")
         x = mx.array(features(sig, self._log_vocab))[None]
         return float(mx.sigmoid(self.model(x)).item())

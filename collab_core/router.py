@@ -214,6 +214,24 @@ class BudgetRouter(Router):
         self._update_threshold()
         return self.threshold
 
+    def calibrate_on(self, lm, prompts: Iterable[str], *, max_tokens: int = 64, stop: str | None = None) -> float:
+        """Calibrate on this router's scores of the local model's own greedy answers to ``prompts`` (rendered
+        prompt strings, fed as is). Use prompts like the ones to be served, never the evaluation ones."""
+        from .decoder import StepDecoder
+
+        self.bind(lm)
+        dec = StepDecoder(lm, want_hidden=self.needs_hidden)
+        scores = []
+        for prompt in prompts:
+            step, answer = dec.prefill(lm.tokenizer.encode(prompt, add_special_tokens=False)), []
+            while len(answer) < max_tokens and step.token_id not in lm.eos_token_ids:
+                scores.append(self.score(TokenSignal(step.confidence, len(answer), step.token_id, step.hidden)))
+                answer.append(step.token_id)
+                if stop and stop in lm.tokenizer.decode(answer):
+                    break
+                step = dec.step(step.token_id)
+        return self.calibrate(scores)
+
     def _update_threshold(self) -> None:
         if not self.scores:
             return
@@ -250,7 +268,8 @@ class BudgetRouter(Router):
 
 def make_router(spec: str | Router | None, *, threshold: float | None = None, budget: float | None = None) -> Router:
     """A router from an object, a spec string (``never``, ``threshold:0.5``, ``budget:0.07``,
-    ``learned:PATH`` -- with ``budget=`` it holds that budget on the learned score) or the
+    ``learned:PATH``, ``learned`` for the shipped one -- with ``budget=`` it holds that budget on the learned
+    score) or the
     ``threshold``/``budget`` shortcuts."""
     if isinstance(spec, Router):
         return spec
@@ -268,8 +287,8 @@ def make_router(spec: str | Router | None, *, threshold: float | None = None, bu
     if name == "learned":
         from .learned import LearnedScorer
 
-        scorer = LearnedScorer(arg)
+        scorer = LearnedScorer(arg or None)  # no path: the router shipped for the local model
         if budget is not None:
             return BudgetRouter(budget, scorer=scorer)
         return ThresholdRouter(0.5 if threshold is None else threshold, scorer=scorer)
-    raise ValueError(f"unknown router {spec!r}: use never, threshold:T, budget:B or learned:PATH")
+    raise ValueError(f"unknown router {spec!r}: use never, threshold:T, budget:B, learned or learned:PATH")

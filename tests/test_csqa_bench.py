@@ -3,6 +3,8 @@
 import importlib.util
 from pathlib import Path
 
+from collab_core import csqa as task
+
 spec = importlib.util.spec_from_file_location("csqa", Path(__file__).parent.parent / "benchmarks" / "csqa.py")
 csqa = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(csqa)
@@ -12,16 +14,16 @@ Q = {"id": "q1", "question": "Where do you keep plates?", "answerKey": "A",
 
 
 def test_prompt_lists_every_choice():
-    msg = csqa.user_message(Q)
+    msg = task.user_message(Q)
     assert "Where do you keep plates?" in msg and "A) cupboard" in msg and "E) market" in msg
 
 
 def test_extraction_letter_then_choice_text_else_invalid():
-    assert csqa.extract(" A) cupboard.", Q) == "A"
-    assert csqa.extract(" D.", Q) == "D"
-    assert csqa.extract(" the dishwasher", Q) == "D"
-    assert csqa.extract(" I am not sure", Q) is None
-    assert csqa.extract(" Apples", Q) is None  # a capital letter inside a word is not an answer
+    assert task.extract(" A) cupboard.", Q) == "A"
+    assert task.extract(" D.", Q) == "D"
+    assert task.extract(" the dishwasher", Q) == "D"
+    assert task.extract(" I am not sure", Q) is None
+    assert task.extract(" Apples", Q) is None  # a capital letter inside a word is not an answer
 
 
 def test_summary_and_headline():
@@ -36,9 +38,11 @@ def test_summary_and_headline():
         rows.append({"mode": "budget:0.07", "id": str(i), "tokens": 20, "cloud_tokens": 1 if i < 2 else 0,
                      "cloud_calls": 1 if i < 2 else 0, "cloud_failures": 0, "cloud_in": 0, "cloud_out": 0,
                      "cost": 0.0, "time_s": 1.5, "pred": "A", "correct": i < 4})
-    s = csqa.summarize(rows, ["small", "cloud", "budget:0.07"])
+        rows.append({**rows[-1], "mode": "learned-budget:0.07", "correct": i < 5})
+    s = csqa.summarize(rows, ["small", "cloud", "budget:0.07", "learned-budget:0.07"])
     assert s["small"]["accuracy"] == 0.2 and s["small"]["invalid_rate"] == 0.8
     assert s["budget:0.07"]["routed_share"] == 2 / 200
     h = csqa.headline(s)
-    assert h["relative_gain_at_7pct"] == (0.4 - 0.2) / 0.2
-    assert h["gap_closed_at_7pct"] == (0.4 - 0.2) / (0.6 - 0.2)
+    assert h["relative_gain_at_7pct"] == (0.5 - 0.2) / 0.2  # the best routed mode within 7%
+    assert h["gap_closed_at_7pct"] == (0.5 - 0.2) / (0.6 - 0.2)
+    assert abs(h["learned_minus_confidence_at_budget_0.07"] - 0.1) < 1e-12

@@ -14,9 +14,32 @@ def test_training_learns_a_separable_rule():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2000, 16)).astype(np.float32)
     y = (x[:, 0] + 0.5 * x[:, 1] > 0.8).astype(np.float32)  # a minority class, as "needs the cloud" is
-    _, res = L.train(x, y, epochs=40)
+    _, res, val = L.train(x, y, epochs=40)
     assert res.accuracy > 0.9 and res.recall > 0.8 and res.precision > 0.6
-    assert 0.1 < res.positives < 0.4 and res.held_out == 400
+    assert 0.1 < res.positives < 0.4 and res.held_out == 400 == len(val)
+
+
+def test_held_out_split_keeps_prompts_whole():
+    groups = np.repeat(np.arange(50), 4)
+    tr, val = L.split_groups(groups, 0.2, seed=3)
+    assert len(val) == 40 and not set(groups[tr]) & set(groups[val])
+    assert sorted(np.concatenate([tr, val]).tolist()) == list(range(200))
+
+
+def test_share_curve_routes_equal_counts_and_simulates_outcomes():
+    # two prompts of 3 positions; prompt 0 is wrong locally, right if position 1 takes the cloud's token
+    y = np.array([0, 1, 0, 0, 0, 0], np.float32)
+    group = np.array([0, 0, 0, 1, 1, 1])
+    disagree = np.array([0, 1, 0, 1, 0, 0], np.float32)
+    alt_ok = np.array([np.nan, 1, np.nan, 0, np.nan, np.nan], np.float32)
+    local_ok = np.array([0, 0, 0, 1, 1, 1], np.float32)
+    good = np.array([0.1, 0.9, 0.2, 0.3, 0.0, 0.0])
+    bad = np.array([0.1, 0.2, 0.3, 0.9, 0.0, 0.0])  # routes prompt 1's disagreement: right answer -> wrong
+    rows = L.share_curve({"good": good, "bad": bad}, y, group=group, disagree=disagree, alt_ok=alt_ok,
+                         local_ok=local_ok, shares=(1 / 6, 0.5))
+    assert rows[0]["caught_good"] == 1.0 and rows[0]["caught_bad"] == 0.0
+    assert rows[0]["accuracy_good"] == 1.0 and rows[0]["accuracy_bad"] == 0.0
+    assert rows[1]["accuracy_bad"] == 0.5  # 3 routed: both disagreements, each prompt takes its first
 
 
 def _traces(lm, prompts, n=24):
@@ -39,7 +62,7 @@ def router_dir(tiny_lm, tmp_path_factory):
     sigs, x = _traces(tiny_lm, ["What is the capital of France?", "Name a fruit.", "Why is the sky blue?",
                                 "Count to ten.", "Describe rain."])
     y = np.array([s.confidence.max_prob < 0.3 for s in sigs], dtype=np.float32)  # stand-in label
-    model, res = L.train(x, y, epochs=80, hidden=32)
+    model, res, _ = L.train(x, y, epochs=80, hidden=32)
     path = L.save(model, tmp_path_factory.mktemp("router") / "r", model_fingerprint=tiny_lm.fingerprint,
                   in_dim=x.shape[1], hidden=32, metrics=res.__dict__)
     return path, sigs, y, res
@@ -83,3 +106,77 @@ def test_learned_router_drives_the_engine(tiny_lm, router_dir):
     assert quiet.stats.cloud_calls == 0
     scores = [e.score for e in gen.events if e.score is not None]
     assert scores and all(0.0 <= s <= 1.0 for s in scores)  # the MLP's probabilities, per local token
+
+
+# -- traces: labels from a scripted cloud on loopback ------------------------------------------------------
+def test_collect_labels_disagreements_and_outcomes(tiny_lm, tmp_path):
+    from collab_core.cloud import CloudClient, CloudConfig
+    from collab_core.decoder import render_prompt
+    from collab_core.traces import TraceCollector, TraceTask, load_traces
+
+    prompt = render_prompt(tiny_lm, "Tell me a story.")[0]  # 4 whole-character tokens (no byte pieces)
+    ids = tiny_lm.tokenizer.encode(prompt, add_special_tokens=False)
+    dec = StepDecoder(tiny_lm)
+    step, local = dec.prefill(ids), []
+    for _ in range(4):
+        local.append(step.token_id)
+        step = dec.step(step.token_id)
+    text = tiny_lm.tokenizer.decode(local)
+    cut = len(tiny_lm.tokenizer.decode(local[:2]))
+    assert tiny_lm.eos_token_ids.isdisjoint(local) and text[cut:cut + 1] != "Q"
+
+    cloud_answer = text[:cut] + "QQ" + text[cut:]  # the cloud writes QQ where the local third token goes
+
+    def reply(body):  # the cloud's answer where the partial answer agrees with it, else the local one's rest
+        partial = body["prompt"][len(prompt):]
+        return cloud_answer[len(partial):] if cloud_answer.startswith(partial) else text[len(partial):]
+
+    def check(answer):  # "right" means: the cloud's Q replaced the local third token
+        return answer[cut:].startswith("Q")
+
+    with FakeCloud(reply=reply, finish_reason="stop") as fc:
+        client = CloudClient(CloudConfig(model="text-completion-openai/fake", api_base=fc.url, span_tokens=6))
+        col = TraceCollector(tiny_lm, client, tmp_path / "tr", max_tokens=4, stop="")
+        rec = col.collect_one(TraceTask("q1", prompt, check))
+        calls = len(fc.requests)
+        # collecting again into the same folder answers from its span cache: no new call
+        again = TraceCollector(tiny_lm, client, tmp_path / "tr", max_tokens=4, stop="")
+        assert again.collect_one(TraceTask("q1", prompt, check))["disagree"].tolist() == rec["disagree"].tolist()
+        assert len(fc.requests) == calls and again.calls == 0
+    assert rec["disagree"].tolist() == [0, 0, 1, 0]
+    assert calls == 2  # one call labels positions 0-2, the next one position 3
+    assert rec["local_ok"] == 0 and rec["alt_ok"][2] == 1 and np.isnan(rec["alt_ok"][[0, 1, 3]]).all()
+    assert rec["x"].shape == (4, tiny_lm.config["hidden_size"] + 3) and rec["conf_score"].shape == (4,)
+    t = load_traces(tmp_path / "tr")
+    assert t.labels("outcome").tolist() == [0, 0, 1, 0] and t.ids == ["q1"]
+    assert t.labels("disagree").sum() == 1
+
+
+def test_budget_calibration_on_the_learned_score(tiny_lm, router_dir):
+    path, sigs, _, _ = router_dir
+    prompts = ["Tell me a story.", "Count to ten."]
+    router = BudgetRouter(0.1, scorer=L.LearnedScorer(path))
+    threshold = router.calibrate_on(tiny_lm, prompts, max_tokens=10)
+    scores = np.fromiter(router.scores, float)
+    assert len(scores) == 20 and router.calibrated  # one learned score per greedy position
+    assert threshold == pytest.approx(np.quantile(scores, 1 - 0.1 / 2.0))
+
+
+def test_no_shipped_router_for_an_unknown_model(tiny_lm):
+    router = make_router("learned", budget=0.07)
+    with pytest.raises(L.RouterLoadError, match="no router ships for local model"):
+        router.bind(tiny_lm)
+
+
+@pytest.mark.smollm
+def test_shipped_router_for_the_default_model(smollm):
+    path = L.shipped_router(smollm.fingerprint)
+    assert path is not None and (path / "weights.safetensors").stat().st_size < 1_000_000
+    meta = __import__("json").loads((path / "router.json").read_text())
+    assert meta["metrics"]["label"] in ("outcome", "disagree") and meta["metrics"]["held_out_prompts"] >= 50
+    router = make_router("learned", budget=0.07)
+    router.bind(smollm)
+    dec = StepDecoder(smollm, want_hidden=True)
+    step = dec.prefill(encode_prompt(smollm, "Where do you keep plates? Answer with a letter."))
+    p = router.score(TokenSignal(step.confidence, 0, step.token_id, step.hidden))
+    assert 0.0 <= p <= 1.0

@@ -1,0 +1,271 @@
+"""Router traces: where the local model's next token differs from the cloud model's, and whether it matters.
+
+``collect`` runs the local model greedily over prompts and records, at every position it writes:
+
+* the router features (hidden state + confidence signals, ``learned.features``) and the raw signals;
+* ``disagree``: would the cloud model have written something else here? The cloud is asked, through the same
+  LiteLLM leg and span cache as the engine, to continue the prompt + the local answer so far; its text is
+  compared with the local tokens' text (tokenizers differ), so one call labels every position up to the
+  first disagreement, and the next call starts there;
+* where a gold check is known (CommonsenseQA training questions): ``local_ok`` (is the local answer right?)
+  and, at each disagreement, ``alt_ok`` -- is the answer right when the cloud writes this one token and the
+  local model goes on? That is CITER's preference label: a disagreement only "needs the cloud" when taking
+  the cloud's token turns a wrong answer into a right one.
+
+One ``.npz`` per prompt in the output folder; an interrupted run resumes (prompts with a file are skipped,
+cloud answers already received come from a SQLite span cache in the same folder).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .cache import SpanCache
+from .cloud import CloudClient, CloudSpan, SpanRequest
+from .decoder import StepDecoder
+from .errors import CloudError
+from .learned import features
+from .router import ConfidenceScorer, TokenSignal
+from .text import splice
+
+TRACE_VERSION = 1
+
+
+@dataclass
+class TraceTask:
+    id: str
+    prompt: str  # rendered prompt (chat template applied, any prefill included)
+    check: Callable[[str], bool] | None = None  # is this answer right? (enables the outcome label)
+
+
+def csqa_tasks(lm, path: str | Path, limit: int | None = None, seed: int = 7) -> list[TraceTask]:
+    """CommonsenseQA questions as trace tasks (use training questions, never the evaluation ones)."""
+    from . import csqa
+
+    return [TraceTask(q["id"], csqa.prompt_text(lm, q), (lambda a, q=q: csqa.is_correct(a, q)))
+            for q in csqa.load_questions(path, limit, seed)]
+
+
+def jsonl_tasks(lm, path: str | Path, limit: int | None = None, seed: int = 7) -> list[TraceTask]:
+    """Tasks from a JSONL file: CommonsenseQA rows, or ``{"id": ..., "prompt": ...}`` rows (chat-templated)."""
+    from . import csqa
+    from .decoder import render_prompt
+
+    rows = csqa.load_questions(path, limit, seed)
+    if rows and "choices" in rows[0]:
+        return csqa_tasks(lm, path, limit, seed)
+    return [TraceTask(str(r.get("id", i)), render_prompt(lm, r["prompt"])[0]) for i, r in enumerate(rows)]
+
+
+def _norm(s: str) -> str:
+    return s.lstrip()
+
+
+class TraceCollector:
+    """Collects traces for one (local model, cloud model) pair into ``out``."""
+
+    def __init__(self, lm, client: CloudClient, out: str | Path, *, max_tokens: int = 6, stop: str = "\n",
+                 on_cloud_error: Callable[[CloudError], bool] | None = None):
+        self.lm, self.client, self.out = lm, client, Path(out)
+        self.max_tokens, self.stop = max_tokens, stop
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.cache = SpanCache(path=self.out / "spans.sqlite")
+        self.on_cloud_error = on_cloud_error  # return True to retry the call once (e.g. after a restart)
+        self.log_vocab = math.log(max(2, lm.config.get("vocab_size") or 32000))
+        self.dec = StepDecoder(lm, want_hidden=True)
+        self.confidence = ConfidenceScorer()
+        self.confidence.bind(lm)
+        self.calls = 0
+
+    # -- local side ------------------------------------------------------------------------------------
+    def _text(self, ids) -> str:
+        return self.lm.tokenizer.decode(list(ids))
+
+    def _greedy(self, prompt_ids: list[int], answer: list[int], record: bool = False):
+        """Continue ``answer`` greedily to EOS / stop / max_tokens; returns (answer, signals per new position)."""
+        answer = list(answer)
+        step = self.dec.prefill(prompt_ids + answer) if answer else self.dec.prefill(prompt_ids)
+        sigs = []
+        while len(answer) < self.max_tokens:
+            tid = step.token_id
+            if tid in self.lm.eos_token_ids:
+                break
+            if record:
+                sigs.append((tid, step.confidence, np.array(step.hidden, dtype=np.float32)))
+            answer.append(tid)
+            if self.stop and self.stop in self._text(answer):
+                break
+            step = self.dec.step(tid)
+        return answer, sigs
+
+    def _answer_text(self, answer) -> str:
+        text = self._text(answer)
+        return text.split(self.stop)[0] if self.stop else text
+
+    # -- cloud side ------------------------------------------------------------------------------------
+    def _cloud(self, prompt: str, partial: str) -> CloudSpan | None:
+        req = SpanRequest(messages=[{"role": "user", "content": prompt}], prompt_text=prompt, partial=partial)
+        key = self.client.cache_key(req)
+        span = self.cache.get(key)
+        if span is not None:
+            return span
+        for attempt in (0, 1):
+            try:
+                self.calls += 1
+                span = self.client.continue_span(req)
+                break
+            except CloudError as exc:
+                if attempt or self.on_cloud_error is None or not self.on_cloud_error(exc):
+                    return None
+        if span.text or span.ends_answer:
+            self.cache.put(key, span)
+        return span
+
+    # -- one prompt ------------------------------------------------------------------------------------
+    def collect_one(self, task: TraceTask) -> dict | None:
+        tok = self.lm.tokenizer
+        prompt_ids = list(tok.encode(task.prompt, add_special_tokens=False))
+        answer, sigs = self._greedy(prompt_ids, [], record=True)
+        n = len(answer)
+        if n == 0:
+            return None
+        local_text = self._answer_text(answer)
+        local_ok = task.check(local_text) if task.check else None
+        disagree = np.full(n, np.nan, np.float32)
+        alt_ok = np.full(n, np.nan, np.float32)
+        cloud_next = [""] * n
+        j = 0
+        while j < n:
+            partial = self._text(answer[:j])
+            span = self._cloud(task.prompt, partial)
+            if span is None:
+                break  # cloud unreachable: keep the positions labelled so far
+            c = _norm(span.text)
+            finished = span.ends_answer
+            if self.stop and self.stop in c:
+                c, finished = c.split(self.stop)[0], True
+            k = j
+            while k < n:
+                piece = _norm(self._text(answer[: k + 1])[len(partial):])
+                ended = bool(self.stop) and self.stop in piece  # the local answer stops at this token
+                piece = piece.split(self.stop)[0] if ended else piece
+                if c.startswith(piece) and (not ended or (finished and piece == c)):
+                    disagree[k] = 0.0
+                    k += 1
+                    continue
+                if piece.startswith(c) and not finished and k > j:
+                    break  # the cloud's text ran out before this token: ask again from here
+                disagree[k] = 1.0
+                before = _norm(self._text(answer[:k])[len(partial):])
+                rest = c[len(before):]
+                if k == j and self._text(answer[: k + 1])[len(partial):][:1].isspace() and rest[:1] != " ":
+                    rest = " " + rest  # mlx_lm.server and Anthropic trim a leading space
+                cloud_next[k] = rest
+                if task.check is not None:
+                    alt_ok[k] = float(self._alt_outcome(prompt_ids, answer[:k], rest, task.check))
+                k += 1
+                break
+            j = k
+        labelled = ~np.isnan(disagree)
+        if not labelled.any():
+            return None
+        m = int(np.argmin(labelled)) if not labelled.all() else n  # keep the labelled prefix
+        rec = {
+            "x": np.stack([features_of(s, self.log_vocab) for s in sigs[:m]]),
+            "conf": np.array([[s[1].max_prob, s[1].entropy, s[1].margin] for s in sigs[:m]], np.float32),
+            "conf_score": np.array([self.confidence(TokenSignal(s[1], i, s[0])) for i, s in enumerate(sigs[:m])],
+                                   np.float32),  # the confidence router's score, for comparison
+            "token": np.array([s[0] for s in sigs[:m]], np.int64),
+            "disagree": disagree[:m],
+            "alt_ok": alt_ok[:m],
+            "local_ok": np.float32(np.nan if local_ok is None else float(local_ok)),
+            "meta": json.dumps({"version": TRACE_VERSION, "id": task.id, "model": self.lm.fingerprint,
+                                "cloud": self.client.config.model, "local_text": local_text,
+                                "cloud_next": cloud_next[:m]}),
+        }
+        np.savez(self.out / f"{_safe(task.id)}.npz", **rec)
+        return rec
+
+    def _alt_outcome(self, prompt_ids, head: list[int], cloud_text: str, check) -> bool:
+        """Is the answer right if the cloud writes its next token here and the local model goes on?"""
+        n_back, new_ids = splice(self.lm.tokenizer, head, cloud_text)
+        if not new_ids:
+            return check(self._answer_text(head))
+        alt = list(head[: len(head) - n_back]) + list(new_ids[: n_back + 1])
+        alt, _ = self._greedy(prompt_ids, alt)
+        return check(self._answer_text(alt))
+
+    def run(self, tasks: Iterable[TraceTask], progress: bool = True) -> int:
+        """Collect every task without a trace file yet; returns how many were written."""
+        todo = [t for t in tasks if not (self.out / f"{_safe(t.id)}.npz").exists()]
+        it = todo
+        if progress:
+            from tqdm import tqdm
+
+            it = tqdm(todo, desc="collect", file=sys.stderr)
+        written = 0
+        for task in it:
+            written += self.collect_one(task) is not None
+        return written
+
+
+def features_of(sig: tuple, log_vocab: float) -> np.ndarray:
+    tid, conf, hidden = sig
+    return features(TokenSignal(conf, 0, tid, hidden), log_vocab)
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)[:120]
+
+
+@dataclass
+class Traces:
+    """Every trace file of a folder, concatenated; ``group`` is the prompt index of each position."""
+
+    x: np.ndarray
+    conf: np.ndarray
+    conf_score: np.ndarray
+    token: np.ndarray
+    disagree: np.ndarray
+    alt_ok: np.ndarray
+    local_ok: np.ndarray  # per position (the prompt's value repeated)
+    group: np.ndarray
+    ids: list[str]
+    model: str
+
+    def labels(self, kind: str = "outcome") -> np.ndarray:
+        """``disagree``: the cloud would write something else; ``outcome`` (CITER): it disagrees and its token
+        turns a wrong local answer into a right one."""
+        if kind == "disagree":
+            return self.disagree.astype(np.float32)
+        if kind == "outcome":
+            if np.isnan(self.local_ok).any():
+                raise ValueError("outcome labels need a gold check (CommonsenseQA-style traces); use disagree")
+            return ((self.disagree == 1) & (self.local_ok == 0) & (self.alt_ok == 1)).astype(np.float32)
+        raise ValueError(f"unknown label kind {kind!r}: disagree or outcome")
+
+
+def load_traces(folder: str | Path) -> Traces:
+    files = sorted(Path(folder).glob("*.npz"))
+    if not files:
+        raise FileNotFoundError(f"no traces in {folder}: run `collab router collect` first")
+    parts, ids, models = [], [], set()
+    for f in files:
+        d = np.load(f)
+        meta = json.loads(str(d["meta"]))
+        models.add(meta["model"])
+        ids.append(meta["id"])
+        parts.append(d)
+    if len(models) > 1:
+        raise ValueError(f"traces in {folder} come from several local models: {sorted(models)}")
+    cat = {k: np.concatenate([p[k] for p in parts]) for k in ("x", "conf", "conf_score", "token", "disagree", "alt_ok")}
+    sizes = [len(p["disagree"]) for p in parts]
+    return Traces(**cat, local_ok=np.repeat([float(p["local_ok"]) for p in parts], sizes).astype(np.float32),
+                  group=np.repeat(np.arange(len(parts)), sizes), ids=ids, model=models.pop())
