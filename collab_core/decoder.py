@@ -13,7 +13,7 @@ sequence reuses the cache for that prefix.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from .loading import LocalModel
@@ -217,6 +217,25 @@ class StepDecoder:
     @property
     def context_window(self) -> int:
         return self.lm.context_window
+
+
+def greedy_answer(dec: StepDecoder, prompt_ids: Sequence[int], answer: Sequence[int] = (), *, max_tokens: int,
+                  stop: str | None = None) -> Iterator[tuple[int, Step]]:
+    """The local model's greedy answer after ``prompt_ids`` (+ an ``answer`` already begun): yields each new
+    token with the Step that proposed it, until EOS, ``stop`` in the text, or ``max_tokens`` answer tokens.
+    For offline work (calibration, traces); serving goes through the engine."""
+    lm = dec.lm
+    answer = list(answer)
+    step = dec.prefill(list(prompt_ids) + answer)
+    while len(answer) < max_tokens:
+        tid = step.token_id
+        if tid in lm.eos_token_ids:
+            return
+        yield tid, step
+        answer.append(tid)
+        if stop and stop in lm.tokenizer.decode(answer):
+            return
+        step = dec.step(tid)
 
 
 def render_prompt(lm: LocalModel, prompt: str | Sequence[dict] | Sequence[int], *,

@@ -217,19 +217,15 @@ class BudgetRouter(Router):
     def calibrate_on(self, lm, prompts: Iterable[str], *, max_tokens: int = 64, stop: str | None = None) -> float:
         """Calibrate on this router's scores of the local model's own greedy answers to ``prompts`` (rendered
         prompt strings, fed as is). Use prompts like the ones to be served, never the evaluation ones."""
-        from .decoder import StepDecoder
+        from .decoder import StepDecoder, greedy_answer
 
         self.bind(lm)
         dec = StepDecoder(lm, want_hidden=self.needs_hidden)
         scores = []
         for prompt in prompts:
-            step, answer = dec.prefill(lm.tokenizer.encode(prompt, add_special_tokens=False)), []
-            while len(answer) < max_tokens and step.token_id not in lm.eos_token_ids:
-                scores.append(self.score(TokenSignal(step.confidence, len(answer), step.token_id, step.hidden)))
-                answer.append(step.token_id)
-                if stop and stop in lm.tokenizer.decode(answer):
-                    break
-                step = dec.step(step.token_id)
+            ids = lm.tokenizer.encode(prompt, add_special_tokens=False)
+            for i, (tid, step) in enumerate(greedy_answer(dec, ids, max_tokens=max_tokens, stop=stop)):
+                scores.append(self.score(TokenSignal(step.confidence, i, tid, step.hidden)))
         return self.calibrate(scores)
 
     def _update_threshold(self) -> None:

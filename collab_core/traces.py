@@ -29,7 +29,7 @@ import numpy as np
 
 from .cache import SpanCache
 from .cloud import CloudClient, CloudSpan, SpanRequest
-from .decoder import StepDecoder
+from .decoder import StepDecoder, greedy_answer
 from .errors import CloudError
 from .learned import features
 from .router import ConfidenceScorer, TokenSignal
@@ -90,19 +90,11 @@ class TraceCollector:
 
     def _greedy(self, prompt_ids: list[int], answer: list[int], record: bool = False):
         """Continue ``answer`` greedily to EOS / stop / max_tokens; returns (answer, signals per new position)."""
-        answer = list(answer)
-        step = self.dec.prefill(prompt_ids + answer) if answer else self.dec.prefill(prompt_ids)
-        sigs = []
-        while len(answer) < self.max_tokens:
-            tid = step.token_id
-            if tid in self.lm.eos_token_ids:
-                break
+        answer, sigs = list(answer), []
+        for tid, step in greedy_answer(self.dec, prompt_ids, answer, max_tokens=self.max_tokens, stop=self.stop):
             if record:
                 sigs.append((tid, step.confidence, np.array(step.hidden, dtype=np.float32)))
             answer.append(tid)
-            if self.stop and self.stop in self._text(answer):
-                break
-            step = self.dec.step(tid)
         return answer, sigs
 
     def _answer_text(self, answer) -> str:
