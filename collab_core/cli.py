@@ -40,7 +40,7 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
                    help="API key (default: the provider's usual variable, e.g. OPENAI_API_KEY)")
     c.add_argument("--threshold", type=float, default=None, help="route when score >= THRESHOLD (default 0.5)")
     c.add_argument("--budget", type=float, default=None, help="hold the routed share of tokens at or under BUDGET")
-    c.add_argument("--router", default=None, help="router spec: never | threshold:T | budget:B")
+    c.add_argument("--router", default=None, help="router spec: never | threshold:T | budget:B | learned | learned:PATH (learned + --budget B holds B on the learned score)")
     c.add_argument("--strategy", default="auto", help="completion | prefill | prefix | continue | instruct")
     c.add_argument("--span-tokens", type=int, default=4, help="cloud tokens per routed span")
     c.add_argument("--pipeline", choices=["async", "sync"], default="async")

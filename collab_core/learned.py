@@ -193,13 +193,18 @@ def train_router(lm, traces: str | Path, out: str | Path, *, label: str = "outco
     val_groups = np.unique(t.group[val])
     report = TrainReport(label, res, len(y), len(t.ids), len(val_groups), curve,
                          float(np.mean([t.local_ok[t.group == g][0] for g in val_groups])) if gold else None)
+    train_idx = np.setdiff1d(np.arange(len(y)), val)
+    quantiles = np.quantile(predict(model, t.x[train_idx]), np.linspace(0, 1, 201))
     save(model, out, model_fingerprint=lm.fingerprint, model_name=lm.name, in_dim=t.x.shape[1], hidden=hidden,
-         metrics=report.as_dict())
+         metrics=report.as_dict(), score_quantiles=[round(float(q), 6) for q in quantiles])
     return report
 
 
 def save(model, path: str | Path, *, model_fingerprint: str, in_dim: int, hidden: int,
-         metrics: dict[str, Any] | None = None, model_name: str = "") -> Path:
+         metrics: dict[str, Any] | None = None, model_name: str = "",
+         score_quantiles: list[float] | None = None) -> Path:
+    """Write a router folder. ``score_quantiles`` (the score distribution on training positions) lets a budget
+    router start calibrated."""
     import mlx.core as mx
     from mlx.utils import tree_flatten
 
@@ -210,7 +215,7 @@ def save(model, path: str | Path, *, model_fingerprint: str, in_dim: int, hidden
         "format_version": FORMAT_VERSION, "model_fingerprint": model_fingerprint, "model_name": model_name,
         "in_dim": in_dim,
         "hidden": hidden, "features": "rmsnorm(hidden_state) + [max_prob, entropy/ln(V), margin]",
-        "metrics": metrics or {}}, indent=2))
+        "score_quantiles": score_quantiles or [], "metrics": metrics or {}}, indent=2))
     return out
 
 
@@ -279,6 +284,11 @@ class LearnedScorer:
         if hidden_size and int(hidden_size) + 3 != int(self.meta["in_dim"]):
             raise RouterLoadError(f"router expects hidden size {int(self.meta['in_dim']) - 3}, model has {hidden_size}")
         self._log_vocab = math.log(max(2, lm.config.get("vocab_size") or 32000))
+
+    @property
+    def calibration_scores(self) -> list[float] | None:
+        """Quantiles of this router's scores on its training positions (``BudgetRouter`` starts from them)."""
+        return (self.meta.get("score_quantiles") or None) if self.model is not None else None
 
     def __call__(self, sig: TokenSignal) -> float:
         import mlx.core as mx

@@ -204,6 +204,9 @@ class BudgetRouter(Router):
 
     def bind(self, lm) -> None:
         self.scorer.bind(lm)
+        prior = getattr(self.scorer, "calibration_scores", None)  # a trained scorer brings its score distribution
+        if prior is not None and not self.calibrated:
+            self.calibrate(prior)
 
     def score(self, sig: TokenSignal) -> float:
         return self.scorer(sig)
@@ -220,6 +223,7 @@ class BudgetRouter(Router):
         from .decoder import StepDecoder, greedy_answer
 
         self.bind(lm)
+        self.scores.clear()  # these scores replace any prior the scorer brought
         dec = StepDecoder(lm, want_hidden=self.needs_hidden)
         scores = []
         for prompt in prompts:

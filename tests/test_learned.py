@@ -63,8 +63,9 @@ def router_dir(tiny_lm, tmp_path_factory):
                                 "Count to ten.", "Describe rain."])
     y = np.array([s.confidence.max_prob < 0.3 for s in sigs], dtype=np.float32)  # stand-in label
     model, res, _ = L.train(x, y, epochs=80, hidden=32)
+    quantiles = np.quantile(L.predict(model, x), np.linspace(0, 1, 201)).tolist()
     path = L.save(model, tmp_path_factory.mktemp("router") / "r", model_fingerprint=tiny_lm.fingerprint,
-                  in_dim=x.shape[1], hidden=32, metrics=res.__dict__)
+                  in_dim=x.shape[1], hidden=32, metrics=res.__dict__, score_quantiles=quantiles)
     return path, sigs, y, res
 
 
@@ -160,6 +161,16 @@ def test_budget_calibration_on_the_learned_score(tiny_lm, router_dir):
     scores = np.fromiter(router.scores, float)
     assert len(scores) == 20 and router.calibrated  # one learned score per greedy position
     assert threshold == pytest.approx(np.quantile(scores, 1 - 0.1 / 2.0))
+
+
+def test_budget_router_starts_from_the_router_files_score_distribution(tiny_lm, router_dir):
+    path = router_dir[0]
+    router = make_router(f"learned:{path}", budget=0.1)
+    assert not router.calibrated
+    router.bind(tiny_lm)
+    prior = router.scorer.meta["score_quantiles"]
+    assert router.calibrated and len(prior) == 201
+    assert router.threshold == pytest.approx(np.quantile(prior, 1 - 0.1 / 2.0))
 
 
 def test_no_shipped_router_for_an_unknown_model(tiny_lm):
