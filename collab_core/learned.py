@@ -56,21 +56,22 @@ class TrainResult:
     held_out: int
 
 
-def split_groups(groups: np.ndarray, held_out: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(train, held-out) position indices; whole prompts go to one side, so held-out prompts are unseen."""
-    uniq = np.unique(groups)
-    rng = np.random.default_rng(seed)
-    val_groups = set(rng.permutation(uniq)[: max(1, int(round(len(uniq) * held_out)))].tolist())
+def split_groups(groups: np.ndarray, folds: int = 5, fold: int = 0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(train, held-out) position indices for ``fold`` of ``folds``; whole prompts go to one side, so
+    held-out prompts are unseen, and each prompt is held out in exactly one fold."""
+    uniq = np.random.default_rng(seed).permutation(np.unique(groups))
+    val_groups = set(uniq[fold::folds].tolist())
     is_val = np.array([g in val_groups for g in groups])
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
 
-def train(x: np.ndarray, y: np.ndarray, *, groups: np.ndarray | None = None, hidden: int = 64, epochs: int = 60,
-          lr: float = 1e-3, weight_decay: float = 1e-2, held_out: float = 0.2, seed: int = 0, batch: int = 256):
+def train(x: np.ndarray, y: np.ndarray, *, groups: np.ndarray | None = None, fold: int = 0, folds: int = 5,
+          hidden: int = 64, epochs: int = 60, lr: float = 1e-3, weight_decay: float = 1e-2, seed: int = 0,
+          batch: int = 256, holdout: bool = True):
     """Fit the MLP on features ``x`` (n, d) and labels ``y`` (n,) in {0, 1}.
 
-    The held-out split is by ``groups`` (the prompt of each position) when given, else by position.
-    Returns (model, TrainResult, held-out indices)."""
+    Held out: ``fold`` of ``folds``, split by ``groups`` (the prompt of each position) when given, else by
+    position; ``holdout=False`` trains on everything. Returns (model, TrainResult, held-out indices)."""
     import mlx.core as mx
     import mlx.nn as nn
     import mlx.optimizers as optim
@@ -78,7 +79,9 @@ def train(x: np.ndarray, y: np.ndarray, *, groups: np.ndarray | None = None, hid
     rng = np.random.default_rng(seed)
     if groups is None:
         groups = np.arange(len(x))
-    tr, val = split_groups(groups, held_out, seed)
+    tr, val = split_groups(groups, folds, fold, seed)
+    if not holdout:
+        tr, val = np.arange(len(x)), np.arange(0)
     mx.random.seed(seed)
     model = _mlp(x.shape[1], hidden)
     opt = optim.AdamW(learning_rate=lr, weight_decay=weight_decay)
@@ -98,12 +101,16 @@ def train(x: np.ndarray, y: np.ndarray, *, groups: np.ndarray | None = None, hid
             _, grads = step(model, xs[b], ys[b])
             opt.update(model, grads)
             mx.eval(model.parameters(), opt.state)
-    p = predict(model, x[val])
-    pred, gold = p >= 0.5, y[val].astype(bool)
+    return model, classification(predict(model, x[val]), y[val]), val
+
+
+def classification(p: np.ndarray, y: np.ndarray) -> TrainResult:
+    """Precision / recall / accuracy of ``p >= 0.5`` against labels ``y``."""
+    pred, gold = p >= 0.5, y.astype(bool)
     tp = float((pred & gold).sum())
-    result = TrainResult(precision=tp / max(1.0, float(pred.sum())), recall=tp / max(1.0, float(gold.sum())),
-                         accuracy=float((pred == gold).mean()), positives=float(gold.mean()), held_out=len(val))
-    return model, result, val
+    return TrainResult(precision=tp / max(1.0, float(pred.sum())), recall=tp / max(1.0, float(gold.sum())),
+                       accuracy=float((pred == gold).mean()) if len(y) else float("nan"),
+                       positives=float(gold.mean()) if len(y) else float("nan"), held_out=len(y))
 
 
 def predict(model, x: np.ndarray) -> np.ndarray:
@@ -145,25 +152,25 @@ def share_curve(scores: dict[str, np.ndarray], y: np.ndarray, *, group: np.ndarr
 @dataclass
 class TrainReport:
     label: str
-    result: TrainResult
+    result: TrainResult  # pooled over the folds' held-out prompts (out-of-fold predictions)
     positions: int
     prompts: int
-    held_out_prompts: int
+    folds: int
     curve: list[dict]
     local_accuracy: float | None
 
     def as_dict(self) -> dict:
         return {"label": self.label, **self.result.__dict__, "positions": self.positions, "prompts": self.prompts,
-                "held_out_prompts": self.held_out_prompts, "local_accuracy": self.local_accuracy,
-                "curve": self.curve}
+                "folds": self.folds, "local_accuracy": self.local_accuracy, "curve": self.curve}
 
     def table(self) -> str:
         r = self.result
-        lines = [f"label={self.label} prompts={self.prompts} positions={self.positions} "
-                 f"held-out prompts={self.held_out_prompts} ({r.held_out} positions, {r.positives:.1%} positive)",
-                 f"held-out at p>=0.5: precision={r.precision:.3f} recall={r.recall:.3f} accuracy={r.accuracy:.3f}"]
+        lines = [f"label={self.label} prompts={self.prompts} positions={self.positions} ({r.positives:.1%} positive); "
+                 f"{self.folds}-fold cross-validation by prompt: every figure below is on prompts the scoring "
+                 "model did not see",
+                 f"at p>=0.5: precision={r.precision:.3f} recall={r.recall:.3f} accuracy={r.accuracy:.3f}"]
         if self.local_accuracy is not None:
-            lines.append(f"held-out local-only answer accuracy={self.local_accuracy:.3f}")
+            lines.append(f"local-only answer accuracy={self.local_accuracy:.3f}")
         acc = "accuracy_learned" in self.curve[0]
         lines.append("routed share | caught: learned / confidence" + (" | accuracy: learned / confidence" if acc else ""))
         for c in self.curve:
@@ -175,26 +182,29 @@ class TrainReport:
 
 
 def train_router(lm, traces: str | Path, out: str | Path, *, label: str = "outcome", hidden: int = 64,
-                 epochs: int = 60, seed: int = 0) -> TrainReport:
-    """Train on a trace folder (``collab router collect``), compare with the confidence score on held-out
-    prompts at equal routed share, and save the router (trained on the training split only, so the report
-    describes the saved file) to ``out``."""
+                 epochs: int = 60, folds: int = 5, seed: int = 0) -> TrainReport:
+    """Train on a trace folder (``collab router collect``) and save the router to ``out``.
+
+    Evaluation is ``folds``-fold cross-validation by prompt: each fold's model scores its held-out prompts, and
+    the pooled out-of-fold scores are compared with the confidence score at equal routed share. The saved
+    router is then trained on every prompt (the cross-validated figures estimate how it does on new ones)."""
     from .traces import load_traces
 
     t = load_traces(traces)
     if t.model != lm.fingerprint:
         raise RouterLoadError(f"traces in {traces} were collected with local model {t.model}, not {lm.fingerprint}")
     y = t.labels(label)
-    model, res, val = train(t.x, y, groups=t.group, hidden=hidden, epochs=epochs, seed=seed)
-    scores = {"learned": predict(model, t.x[val]), "confidence": t.conf_score[val]}
-    curve = share_curve(scores, y[val], group=t.group[val], disagree=t.disagree[val], alt_ok=t.alt_ok[val],
-                        local_ok=t.local_ok[val])
+    oof = np.zeros(len(y), np.float32)
+    for f in range(folds):
+        model, _, val = train(t.x, y, groups=t.group, fold=f, folds=folds, hidden=hidden, epochs=epochs, seed=seed)
+        oof[val] = predict(model, t.x[val])
+    curve = share_curve({"learned": oof, "confidence": t.conf_score}, y, group=t.group, disagree=t.disagree,
+                        alt_ok=t.alt_ok, local_ok=t.local_ok)
     gold = not np.isnan(t.local_ok).any()
-    val_groups = np.unique(t.group[val])
-    report = TrainReport(label, res, len(y), len(t.ids), len(val_groups), curve,
-                         float(np.mean([t.local_ok[t.group == g][0] for g in val_groups])) if gold else None)
-    train_idx = np.setdiff1d(np.arange(len(y)), val)
-    quantiles = np.quantile(predict(model, t.x[train_idx]), np.linspace(0, 1, 201))
+    local = float(np.mean([t.local_ok[t.group == g][0] for g in np.unique(t.group)])) if gold else None
+    report = TrainReport(label, classification(oof, y), len(y), len(t.ids), folds, curve, local)
+    model, _, _ = train(t.x, y, hidden=hidden, epochs=epochs, seed=seed, holdout=False)
+    quantiles = np.quantile(predict(model, t.x), np.linspace(0, 1, 201))
     save(model, out, model_fingerprint=lm.fingerprint, model_name=lm.name, in_dim=t.x.shape[1], hidden=hidden,
          metrics=report.as_dict(), score_quantiles=[round(float(q), 6) for q in quantiles])
     return report

@@ -21,9 +21,11 @@ def test_training_learns_a_separable_rule():
 
 def test_held_out_split_keeps_prompts_whole():
     groups = np.repeat(np.arange(50), 4)
-    tr, val = L.split_groups(groups, 0.2, seed=3)
+    tr, val = L.split_groups(groups, folds=5, fold=1, seed=3)
     assert len(val) == 40 and not set(groups[tr]) & set(groups[val])
     assert sorted(np.concatenate([tr, val]).tolist()) == list(range(200))
+    held = [set(groups[L.split_groups(groups, folds=5, fold=f, seed=3)[1]]) for f in range(5)]
+    assert set().union(*held) == set(range(50)) and sum(map(len, held)) == 50  # each prompt held out once
 
 
 def test_share_curve_routes_equal_counts_and_simulates_outcomes():
@@ -184,10 +186,40 @@ def test_shipped_router_for_the_default_model(smollm):
     path = L.shipped_router(smollm.fingerprint)
     assert path is not None and (path / "weights.safetensors").stat().st_size < 1_000_000
     meta = __import__("json").loads((path / "router.json").read_text())
-    assert meta["metrics"]["label"] in ("outcome", "disagree") and meta["metrics"]["held_out_prompts"] >= 50
+    assert meta["metrics"]["label"] in ("outcome", "disagree") and meta["metrics"]["prompts"] >= 200
+    assert meta["metrics"]["folds"] == 5 and len(meta["score_quantiles"]) == 201
     router = make_router("learned", budget=0.07)
     router.bind(smollm)
     dec = StepDecoder(smollm, want_hidden=True)
     step = dec.prefill(encode_prompt(smollm, "Where do you keep plates? Answer with a letter."))
     p = router.score(TokenSignal(step.confidence, 0, step.token_id, step.hidden))
     assert 0.0 <= p <= 1.0
+
+
+def test_train_router_cross_validates_and_writes_a_loadable_router(tiny_lm, tmp_path):
+    """Synthetic traces where the label hides in the hidden state and the confidence score is noise: the
+    cross-validated learned curve must beat confidence, and the saved router must load and bind."""
+    import json
+
+    from collab_core.traces import TRACE_VERSION
+
+    rng = np.random.default_rng(1)
+    d = tiny_lm.config["hidden_size"] + 3
+    for i in range(60):
+        n = 4
+        x = rng.normal(size=(n, d)).astype(np.float32)
+        x[:, 0] *= 3.0  # a strong direction
+        disagree = (x[:, 0] > 2.0).astype(np.float32)
+        np.savez(tmp_path / f"q{i}.npz", x=x, conf=np.zeros((n, 3), np.float32),
+                 conf_score=rng.random(n).astype(np.float32), token=np.zeros(n, np.int64), disagree=disagree,
+                 alt_ok=np.where(disagree == 1, 1.0, np.nan).astype(np.float32), local_ok=np.float32(0),
+                 meta=json.dumps({"version": TRACE_VERSION, "id": f"q{i}", "model": tiny_lm.fingerprint}))
+    report = L.train_router(tiny_lm, tmp_path, tmp_path / "router", label="outcome", epochs=40)
+    assert report.prompts == 60 and report.positions == 240 and report.folds == 5
+    at20 = next(c for c in report.curve if c["routed_share"] == 0.2)
+    assert at20["caught_learned"] > at20["caught_confidence"] + 0.2
+    assert at20["accuracy_learned"] > at20["accuracy_confidence"]
+    assert "5-fold" in report.table()
+    scorer = L.LearnedScorer(tmp_path / "router")
+    scorer.bind(tiny_lm)
+    assert scorer.meta["metrics"]["curve"] == report.curve and len(scorer.calibration_scores) == 201
