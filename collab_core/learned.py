@@ -119,6 +119,17 @@ def predict(model, x: np.ndarray) -> np.ndarray:
     return np.array(mx.sigmoid(model(mx.array(x)).squeeze(-1)))
 
 
+def auc(scores: np.ndarray, y: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney, ties counted half); NaN when one class is missing."""
+    y = np.asarray(y).astype(bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if not n_pos or not n_neg:
+        return float("nan")
+    _, inv, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2.0)[inv]  # average rank of each tied group, 1-based
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
 SHARES = (0.02, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.5)
 
 
@@ -158,25 +169,28 @@ class TrainReport:
     folds: int
     curve: list[dict]
     local_accuracy: float | None
+    auc: dict[str, float]
 
     def as_dict(self) -> dict:
         return {"label": self.label, **self.result.__dict__, "positions": self.positions, "prompts": self.prompts,
-                "folds": self.folds, "local_accuracy": self.local_accuracy, "curve": self.curve}
+                "folds": self.folds, "local_accuracy": self.local_accuracy, "auc": self.auc, "curve": self.curve}
 
     def table(self) -> str:
         r = self.result
         lines = [f"label={self.label} prompts={self.prompts} positions={self.positions} ({r.positives:.1%} positive); "
                  f"{self.folds}-fold cross-validation by prompt: every figure below is on prompts the scoring "
                  "model did not see",
-                 f"at p>=0.5: precision={r.precision:.3f} recall={r.recall:.3f} accuracy={r.accuracy:.3f}"]
+                 f"at p>=0.5: precision={r.precision:.3f} recall={r.recall:.3f} accuracy={r.accuracy:.3f}",
+                 "AUC: " + " / ".join(f"{k} {v:.3f}" for k, v in self.auc.items())]
         if self.local_accuracy is not None:
             lines.append(f"local-only answer accuracy={self.local_accuracy:.3f}")
         acc = "accuracy_learned" in self.curve[0]
-        lines.append("routed share | caught: learned / confidence" + (" | accuracy: learned / confidence" if acc else ""))
+        names = [n for n in ("learned", "confidence", "oracle") if f"caught_{n}" in self.curve[0]]
+        lines.append(f"routed share | caught: {' / '.join(names)}" + (f" | accuracy: {' / '.join(names)}" if acc else ""))
         for c in self.curve:
-            line = f"{c['routed_share']:>12.0%} | {c['caught_learned']:.3f} / {c['caught_confidence']:.3f}"
+            line = f"{c['routed_share']:>12.0%} | " + " / ".join(f"{c['caught_' + n]:.3f}" for n in names)
             if acc:
-                line += f" | {c['accuracy_learned']:.3f} / {c['accuracy_confidence']:.3f}"
+                line += " | " + " / ".join(f"{c['accuracy_' + n]:.3f}" for n in names)
             lines.append(line)
         return "\n".join(lines)
 
@@ -198,15 +212,18 @@ def train_router(lm, traces: str | Path, out: str | Path, *, label: str = "outco
     for f in range(folds):
         model, _, val = train(t.x, y, groups=t.group, fold=f, folds=folds, hidden=hidden, epochs=epochs, seed=seed)
         oof[val] = predict(model, t.x[val])
-    curve = share_curve({"learned": oof, "confidence": t.conf_score}, y, group=t.group, disagree=t.disagree,
-                        alt_ok=t.alt_ok, local_ok=t.local_ok)
+    oracle = y + 1e-3 * t.conf_score  # routes the labelled positions first: the headroom any score could reach
+    curve = share_curve({"learned": oof, "confidence": t.conf_score, "oracle": oracle}, y, group=t.group,
+                        disagree=t.disagree, alt_ok=t.alt_ok, local_ok=t.local_ok)
     gold = not np.isnan(t.local_ok).any()
     local = float(np.mean([t.local_ok[t.group == g][0] for g in np.unique(t.group)])) if gold else None
-    report = TrainReport(label, classification(oof, y), len(y), len(t.ids), folds, curve, local)
+    report = TrainReport(label, classification(oof, y), len(y), len(t.ids), folds, curve, local,
+                         {"learned": auc(oof, y), "confidence": auc(t.conf_score, y)})
     model, _, _ = train(t.x, y, hidden=hidden, epochs=epochs, seed=seed, holdout=False)
     quantiles = np.quantile(predict(model, t.x), np.linspace(0, 1, 201))
     save(model, out, model_fingerprint=lm.fingerprint, model_name=lm.name, in_dim=t.x.shape[1], hidden=hidden,
-         metrics=report.as_dict(), score_quantiles=[round(float(q), 6) for q in quantiles])
+         metrics={**report.as_dict(), "cloud": t.clouds, "trained": {"epochs": epochs, "seed": seed}},
+         score_quantiles=[round(float(q), 6) for q in quantiles])
     return report
 
 

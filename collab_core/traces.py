@@ -231,6 +231,7 @@ class Traces:
     group: np.ndarray
     ids: list[str]
     model: str
+    clouds: list[str]  # the cloud model(s) that labelled them
 
     def labels(self, kind: str = "outcome") -> np.ndarray:
         """``disagree``: the cloud would write something else; ``outcome`` (CITER): it disagrees and its token
@@ -248,11 +249,12 @@ def load_traces(folder: str | Path) -> Traces:
     files = sorted(Path(folder).glob("*.npz"))
     if not files:
         raise FileNotFoundError(f"no traces in {folder}: run `collab router collect` first")
-    parts, ids, models = [], [], set()
+    parts, ids, models, clouds = [], [], set(), set()
     for f in files:
         d = np.load(f)
         meta = json.loads(str(d["meta"]))
         models.add(meta["model"])
+        clouds.add(meta.get("cloud", "?"))
         ids.append(meta["id"])
         parts.append(d)
     if len(models) > 1:
@@ -260,4 +262,4 @@ def load_traces(folder: str | Path) -> Traces:
     cat = {k: np.concatenate([p[k] for p in parts]) for k in ("x", "conf", "conf_score", "token", "disagree", "alt_ok")}
     sizes = [len(p["disagree"]) for p in parts]
     return Traces(**cat, local_ok=np.repeat([float(p["local_ok"]) for p in parts], sizes).astype(np.float32),
-                  group=np.repeat(np.arange(len(parts)), sizes), ids=ids, model=models.pop())
+                  group=np.repeat(np.arange(len(parts)), sizes), ids=ids, model=models.pop(), clouds=sorted(clouds))

@@ -19,6 +19,15 @@ def test_training_learns_a_separable_rule():
     assert 0.1 < res.positives < 0.4 and res.held_out == 400 == len(val)
 
 
+def test_auc_counts_ties_half_and_matches_pairwise_definition():
+    rng = np.random.default_rng(2)
+    s = rng.integers(0, 5, 300).astype(float)  # many ties
+    y = rng.random(300) < 0.3
+    pairwise = ((s[y][:, None] > s[~y][None]).mean() + 0.5 * (s[y][:, None] == s[~y][None]).mean())
+    assert L.auc(s, y) == pytest.approx(pairwise)
+    assert L.auc(np.array([0.1, 0.9]), np.array([0, 1])) == 1.0 and np.isnan(L.auc(s, np.zeros(300)))
+
+
 def test_held_out_split_keeps_prompts_whole():
     groups = np.repeat(np.arange(50), 4)
     tr, val = L.split_groups(groups, folds=5, fold=1, seed=3)
@@ -219,7 +228,8 @@ def test_train_router_cross_validates_and_writes_a_loadable_router(tiny_lm, tmp_
     at20 = next(c for c in report.curve if c["routed_share"] == 0.2)
     assert at20["caught_learned"] > at20["caught_confidence"] + 0.2
     assert at20["accuracy_learned"] > at20["accuracy_confidence"]
-    assert "5-fold" in report.table()
+    assert "5-fold" in report.table() and report.auc["learned"] > report.auc["confidence"] + 0.2
     scorer = L.LearnedScorer(tmp_path / "router")
     scorer.bind(tiny_lm)
     assert scorer.meta["metrics"]["curve"] == report.curve and len(scorer.calibration_scores) == 201
+    assert scorer.meta["metrics"]["cloud"] == ["?"]  # these synthetic traces name no cloud
