@@ -30,12 +30,16 @@ import numpy as np
 from .cache import SpanCache
 from .cloud import CloudClient, CloudSpan, SpanRequest
 from .decoder import StepDecoder, greedy_answer
-from .errors import CloudError
+from .errors import CloudError, CollabError
 from .learned import features
 from .router import ConfidenceScorer, TokenSignal
 from .text import splice
 
 TRACE_VERSION = 1
+
+
+class TraceError(CollabError):
+    """No traces, traces from several local models, or a label the traces cannot give."""
 
 
 @dataclass
@@ -240,15 +244,15 @@ class Traces:
             return self.disagree.astype(np.float32)
         if kind == "outcome":
             if np.isnan(self.local_ok).any():
-                raise ValueError("outcome labels need a gold check (CommonsenseQA-style traces); use disagree")
+                raise TraceError("outcome labels need a gold check (CommonsenseQA-style traces); use --label disagree")
             return ((self.disagree == 1) & (self.local_ok == 0) & (self.alt_ok == 1)).astype(np.float32)
-        raise ValueError(f"unknown label kind {kind!r}: disagree or outcome")
+        raise TraceError(f"unknown label kind {kind!r}: disagree or outcome")
 
 
 def load_traces(folder: str | Path) -> Traces:
     files = sorted(Path(folder).glob("*.npz"))
     if not files:
-        raise FileNotFoundError(f"no traces in {folder}: run `collab router collect` first")
+        raise TraceError(f"no traces in {folder}: run `collab router collect` first")
     parts, ids, models, clouds = [], [], set(), set()
     for f in files:
         d = np.load(f)
@@ -258,7 +262,7 @@ def load_traces(folder: str | Path) -> Traces:
         ids.append(meta["id"])
         parts.append(d)
     if len(models) > 1:
-        raise ValueError(f"traces in {folder} come from several local models: {sorted(models)}")
+        raise TraceError(f"traces in {folder} come from several local models: {sorted(models)}")
     cat = {k: np.concatenate([p[k] for p in parts]) for k in ("x", "conf", "conf_score", "token", "disagree", "alt_ok")}
     sizes = [len(p["disagree"]) for p in parts]
     return Traces(**cat, local_ok=np.repeat([float(p["local_ok"]) for p in parts], sizes).astype(np.float32),

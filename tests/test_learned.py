@@ -233,3 +233,10 @@ def test_train_router_cross_validates_and_writes_a_loadable_router(tiny_lm, tmp_
     scorer.bind(tiny_lm)
     assert scorer.meta["metrics"]["curve"] == report.curve and len(scorer.calibration_scores) == 201
     assert scorer.meta["metrics"]["cloud"] == ["?"]  # these synthetic traces name no cloud
+
+
+def test_cli_router_train_without_traces_is_a_clear_error(tiny_dir, tmp_path, capsys):
+    from collab_core import cli
+
+    assert cli.main(["router", "train", "--local-model", str(tiny_dir), "--traces", str(tmp_path / "none")]) == 2
+    assert "no traces in" in capsys.readouterr().err
