@@ -12,8 +12,9 @@
   local model goes on? That is CITER's preference label: a disagreement only "needs the cloud" when taking
   the cloud's token turns a wrong answer into a right one.
 
-One ``.npz`` per prompt in the output folder; an interrupted run resumes (prompts with a file are skipped,
-cloud answers already received come from a SQLite span cache in the same folder).
+One ``.npz`` per prompt in the output folder, written only once every position is labelled; an interrupted run
+resumes (prompts with a file are skipped, cloud answers already received come from a SQLite span cache in the same
+folder), and a prompt whose cloud call failed is retried by the next run.
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ class TraceCollector:
             partial = self._text(answer[:j])
             span = self._cloud(task.prompt, partial)
             if span is None:
-                break  # cloud unreachable: keep the positions labelled so far
+                return None  # cloud unreachable: no file, so a later run retries (labelled spans are cached)
             c = _norm(span.text)
             finished = span.ends_answer
             if self.stop and self.stop in c:
@@ -169,22 +170,18 @@ class TraceCollector:
                 k += 1
                 break
             j = k
-        labelled = ~np.isnan(disagree)
-        if not labelled.any():
-            return None
-        m = int(np.argmin(labelled)) if not labelled.all() else n  # keep the labelled prefix
         rec = {
-            "x": np.stack([features_of(s, self.log_vocab) for s in sigs[:m]]),
-            "conf": np.array([[s[1].max_prob, s[1].entropy, s[1].margin] for s in sigs[:m]], np.float32),
-            "conf_score": np.array([self.confidence(TokenSignal(s[1], i, s[0])) for i, s in enumerate(sigs[:m])],
+            "x": np.stack([features_of(s, self.log_vocab) for s in sigs]),
+            "conf": np.array([[s[1].max_prob, s[1].entropy, s[1].margin] for s in sigs], np.float32),
+            "conf_score": np.array([self.confidence(TokenSignal(s[1], i, s[0])) for i, s in enumerate(sigs)],
                                    np.float32),  # the confidence router's score, for comparison
-            "token": np.array([s[0] for s in sigs[:m]], np.int64),
-            "disagree": disagree[:m],
-            "alt_ok": alt_ok[:m],
+            "token": np.array([s[0] for s in sigs], np.int64),
+            "disagree": disagree,
+            "alt_ok": alt_ok,
             "local_ok": np.float32(np.nan if local_ok is None else float(local_ok)),
             "meta": json.dumps({"version": TRACE_VERSION, "id": task.id, "model": self.lm.fingerprint,
                                 "cloud": self.client.config.model, "local_text": local_text,
-                                "cloud_next": cloud_next[:m]}),
+                                "cloud_next": cloud_next}),
         }
         np.savez(self.out / f"{_safe(task.id)}.npz", **rec)
         return rec

@@ -1,5 +1,7 @@
 """The learned router: MLX training, the router file, the model-fingerprint check, use in the engine."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -157,6 +159,17 @@ def test_collect_labels_disagreements_and_outcomes(tiny_lm, tmp_path):
         assert len(fc.requests) == calls and again.calls == 0
     assert rec["disagree"].tolist() == [0, 0, 1, 0]
     assert calls == 2  # one call labels positions 0-2, the next one position 3
+    assert json.loads(str(np.load(tmp_path / "tr" / "q1.npz")["meta"]))["cloud_next"][2].startswith("QQ")
+
+    # the second call fails (401 is not retried): no file, and the next run resumes from the cached first span
+    with FakeCloud(reply=reply, finish_reason="stop") as fc:
+        fc.faults.extend(["none", "401"])
+        client = CloudClient(CloudConfig(model="text-completion-openai/fake", api_base=fc.url, span_tokens=6))
+        col = TraceCollector(tiny_lm, client, tmp_path / "tr3", max_tokens=4, stop="")
+        assert col.run([TraceTask("q1", prompt, check)], progress=False) == 0
+        assert not (tmp_path / "tr3" / "q1.npz").exists() and len(fc.requests) == 2
+        assert col.run([TraceTask("q1", prompt, check)], progress=False) == 1
+        assert len(fc.requests) == 3  # only the failed call was repeated
     assert rec["local_ok"] == 0 and rec["alt_ok"][2] == 1 and np.isnan(rec["alt_ok"][[0, 1, 3]]).all()
     assert rec["x"].shape == (4, tiny_lm.config["hidden_size"] + 3) and rec["conf_score"].shape == (4,)
     t = load_traces(tmp_path / "tr")
@@ -194,7 +207,7 @@ def test_no_shipped_router_for_an_unknown_model(tiny_lm):
 def test_shipped_router_for_the_default_model(smollm):
     path = L.shipped_router(smollm.fingerprint)
     assert path is not None and (path / "weights.safetensors").stat().st_size < 1_000_000
-    meta = __import__("json").loads((path / "router.json").read_text())
+    meta = json.loads((path / "router.json").read_text())
     assert meta["metrics"]["label"] in ("outcome", "disagree") and meta["metrics"]["prompts"] >= 200
     assert meta["metrics"]["folds"] == 5 and len(meta["score_quantiles"]) == 201
     router = make_router("learned", budget=0.07)
@@ -208,8 +221,6 @@ def test_shipped_router_for_the_default_model(smollm):
 def test_train_router_cross_validates_and_writes_a_loadable_router(tiny_lm, tmp_path):
     """Synthetic traces where the label hides in the hidden state and the confidence score is noise: the
     cross-validated learned curve must beat confidence, and the saved router must load and bind."""
-    import json
-
     from collab_core.traces import TRACE_VERSION
 
     rng = np.random.default_rng(1)
