@@ -1,12 +1,13 @@
 """A learned router (CITER-style): a small MLP on the local model's last hidden state and confidence signals.
 
-It predicts "this position needs the cloud" (the cloud model would have written a different next token) and
-plugs into the router interface as a scorer: ``ThresholdRouter(scorer=...)`` or ``BudgetRouter(scorer=...)``
-(``make_router("learned:PATH")`` builds the former). Training is plain MLX, no torch.
+It predicts "this position needs the cloud" (by default CITER's label: the cloud's token here turns a wrong
+answer right; or: the cloud would have written something else) and plugs into the router interface as a scorer:
+``ThresholdRouter(scorer=...)`` or ``BudgetRouter(scorer=...)`` (``make_router("learned:PATH")`` builds the
+former, with ``budget=`` the latter). Training is plain MLX, no torch.
 
 A router file is a folder: ``weights.safetensors`` (the MLP) and ``router.json`` (format version, feature
-layout, the fingerprint of the local model it was trained for, training metrics). Loading it for another
-local model raises ``RouterLoadError``.
+layout, the fingerprint of the local model it was trained for, the training report, score quantiles for budget
+calibration). Loading it for another local model raises ``RouterLoadError``.
 
 Traces come from ``collab router collect`` (``traces.py``), training from ``collab router train``
 (``train_router``). ``make_router("learned")`` uses the router shipped in ``collab_core/routers/`` for the
