@@ -57,6 +57,10 @@ class SpanCache:
                             "input_tokens": 0, "output_tokens": 0})
 
     def put(self, key: str, span: CloudSpan) -> None:
+        """Remember ``span`` -- unless it says nothing (no text and not the end of the answer): a transient
+        empty reply must be asked again, not replayed."""
+        if not (span.text or span.ends_answer):
+            return
         with self._lock:
             self._remember(key, span)
             if self._db is not None:

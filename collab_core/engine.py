@@ -362,7 +362,7 @@ class _Run:
             self.stats.cloud_output_tokens += span.output_tokens
             self.stats.cost_usd += span.cost_usd
             self.failures_in_row = 0
-            if self.e.cache is not None and inf.key is not None and (span.text or span.ends_answer):
+            if self.e.cache is not None and inf.key is not None:
                 self.e.cache.put(inf.key, span)
         return span
 

@@ -50,22 +50,16 @@ class TraceTask:
     check: Callable[[str], bool] | None = None  # is this answer right? (enables the outcome label)
 
 
-def csqa_tasks(lm, path: str | Path, limit: int | None = None, seed: int = 7) -> list[TraceTask]:
-    """CommonsenseQA questions as trace tasks (use training questions, never the evaluation ones)."""
-    from . import csqa
-
-    return [TraceTask(q["id"], csqa.prompt_text(lm, q), (lambda a, q=q: csqa.is_correct(a, q)))
-            for q in csqa.load_questions(path, limit, seed)]
-
-
 def jsonl_tasks(lm, path: str | Path, limit: int | None = None, seed: int = 7) -> list[TraceTask]:
-    """Tasks from a JSONL file: CommonsenseQA rows, or ``{"id": ..., "prompt": ...}`` rows (chat-templated)."""
+    """Tasks from a JSONL file (shuffled with ``seed``, the first ``limit``): CommonsenseQA rows, with their gold
+    check (use training questions, never the evaluation ones), or ``{"id": ..., "prompt": ...}`` rows
+    (chat-templated, no check)."""
     from . import csqa
     from .decoder import render_prompt
 
     rows = csqa.load_questions(path, limit, seed)
     if rows and "choices" in rows[0]:
-        return csqa_tasks(lm, path, limit, seed)
+        return [TraceTask(q["id"], csqa.prompt_text(lm, q), (lambda a, q=q: csqa.is_correct(a, q))) for q in rows]
     return [TraceTask(str(r.get("id", i)), render_prompt(lm, r["prompt"])[0]) for i, r in enumerate(rows)]
 
 
@@ -98,7 +92,7 @@ class TraceCollector:
         answer, sigs = list(answer), []
         for tid, step in greedy_answer(self.dec, prompt_ids, answer, max_tokens=self.max_tokens, stop=self.stop):
             if record:
-                sigs.append((tid, step.confidence, np.array(step.hidden, dtype=np.float32)))
+                sigs.append(TokenSignal(step.confidence, len(answer), tid, np.array(step.hidden, dtype=np.float32)))
             answer.append(tid)
         return answer, sigs
 
@@ -121,8 +115,7 @@ class TraceCollector:
             except CloudError as exc:
                 if attempt or self.on_cloud_error is None or not self.on_cloud_error(exc):
                     return None
-        if span.text or span.ends_answer:
-            self.cache.put(key, span)
+        self.cache.put(key, span)
         return span
 
     # -- one prompt ------------------------------------------------------------------------------------
@@ -171,11 +164,11 @@ class TraceCollector:
                 break
             j = k
         rec = {
-            "x": np.stack([features_of(s, self.log_vocab) for s in sigs]),
-            "conf": np.array([[s[1].max_prob, s[1].entropy, s[1].margin] for s in sigs], np.float32),
-            "conf_score": np.array([self.confidence(TokenSignal(s[1], i, s[0])) for i, s in enumerate(sigs)],
-                                   np.float32),  # the confidence router's score, for comparison
-            "token": np.array([s[0] for s in sigs], np.int64),
+            "x": np.stack([features(s, self.log_vocab) for s in sigs]),
+            "conf": np.array([[s.confidence.max_prob, s.confidence.entropy, s.confidence.margin] for s in sigs],
+                             np.float32),
+            "conf_score": np.array([self.confidence(s) for s in sigs], np.float32),  # for comparison
+            "token": np.array([s.token_id for s in sigs], np.int64),
             "disagree": disagree,
             "alt_ok": alt_ok,
             "local_ok": np.float32(np.nan if local_ok is None else float(local_ok)),
@@ -207,11 +200,6 @@ class TraceCollector:
         for task in it:
             written += self.collect_one(task) is not None
         return written
-
-
-def features_of(sig: tuple, log_vocab: float) -> np.ndarray:
-    tid, conf, hidden = sig
-    return features(TokenSignal(conf, 0, tid, hidden), log_vocab)
 
 
 def _safe(name: str) -> str:
