@@ -19,7 +19,8 @@ import sys
 CHILD = r"""
 import json, sys, time
 import collab_core
-from collab_core import Engine, blas, load_local_model
+from collab_core import Engine, load_local_model
+from collab_core.local import blas
 lm = load_local_model(sys.argv[1] or None)
 engine = Engine(lm)
 prompt = "Summarise the following text in one sentence. " + " ".join(

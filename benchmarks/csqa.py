@@ -35,10 +35,11 @@ from pathlib import Path
 
 import collab_core  # noqa: F401  (first: OpenBLAS before mlx)
 from collab_core import Engine, load_local_model
-from collab_core.cloud import CloudClient, CloudConfig
-from collab_core.csqa import extract, load_questions, prompt_text
-from collab_core.learned import LearnedScorer
-from collab_core.router import BudgetRouter, ConfidenceScorer, ThresholdRouter, TokenSignal
+from collab_core.cloud.client import CloudClient, CloudConfig
+from collab_core.router import BudgetRouter, ThresholdRouter
+from collab_core.scoring import ConfidenceScorer, LearnedScorer, TokenSignal
+from collab_core.training import calibrate_on
+from collab_core.training.csqa import extract, load_questions, prompt_text
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "commonsenseqa_dev_400.jsonl"
@@ -65,7 +66,7 @@ def seed_generate(lm, client: CloudClient, text: str, threshold: float, max_toke
         conf = unpack_summary(packed.tolist(), top.tolist())
         nxt = conf.top_ids[0]
         if scorer(TokenSignal(conf, len(out), nxt)) >= threshold:
-            from collab_core.cloud import SpanRequest
+            from collab_core.cloud.client import SpanRequest
 
             stats["cloud_calls"] += 1
             try:
@@ -90,7 +91,7 @@ def seed_generate(lm, client: CloudClient, text: str, threshold: float, max_toke
 def calibrate_budget(lm, budget: float, n: int, max_tokens: int, stop: str = "\n", scorer=None) -> BudgetRouter:
     """A budget router calibrated on ``n`` training questions (never the evaluation ones)."""
     router = BudgetRouter(budget, scorer=scorer)
-    router.calibrate_on(lm, [prompt_text(lm, q) for q in load_questions(TRAIN_DATA, n, seed=123)],
+    calibrate_on(router, lm, [prompt_text(lm, q) for q in load_questions(TRAIN_DATA, n, seed=123)],
                         max_tokens=max_tokens, stop=stop)
     return router
 
@@ -140,7 +141,7 @@ def answer_one(mode: str, lm, q: dict, args, engine, client) -> dict:
                "cloud_in": s.cloud_input_tokens, "cloud_out": s.cloud_output_tokens, "cost": s.cost_usd,
                "time_s": s.time_total_s}
     elif mode == "cloud":
-        from collab_core.cloud import SpanRequest
+        from collab_core.cloud.client import SpanRequest
         from collab_core.errors import CloudError
 
         t0 = time.perf_counter()
@@ -286,7 +287,7 @@ def main() -> None:
 
     standin = None
     if not args.cloud_model:
-        from collab_core.standin import StandinCloud
+        from collab_core.devtools.standin import StandinCloud
 
         standin = StandinCloud().start()
         args.cloud_model, args.api_base = standin.model, standin.api_base

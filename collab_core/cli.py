@@ -14,40 +14,41 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
-from . import blas
 from .errors import CollabError
+from .local import blas
+from .settings import EngineSettings, GenerationConfig
+
+_TYPES = {"float": float, "int": int}
+
+
+def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    """One flag per ``EngineSettings`` field (``--local-model``, ``--cloud-model``, ``--budget``, ...)."""
+    c = p.add_argument_group("local model and cloud routing")
+    for f in dataclasses.fields(EngineSettings):
+        kind = _TYPES.get(str(f.type).split(" ")[0], str)
+        opts = {"choices": f.metadata["choices"]} if "choices" in f.metadata else {}
+        c.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default, help=f.metadata["help"], **opts)
 
 
 def _add_generation_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--local-model", default=None,
-                   help="HF repo id, mlx-lm folder or .gguf file (default: bundled SmolLM2-135M-Instruct)")
-    p.add_argument("--max-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--stop", action="append", default=[], help="stop sequence (repeatable)")
-    p.add_argument("--system", default=None, help="system message")
-    p.add_argument("--raw", action="store_true", help="do not apply the chat template")
-    c = p.add_argument_group("cloud routing")
-    c.add_argument("--cloud-model", default=None,
-                   help="LiteLLM model string, e.g. gpt-4o-mini, anthropic/claude-sonnet-4-5, deepseek/deepseek-chat, "
-                        "hosted_vllm/NAME, text-completion-openai/NAME (omit: local only)")
-    c.add_argument("--api-base", default=None, help="base URL of the cloud API (e.g. http://127.0.0.1:8080/v1)")
-    c.add_argument("--api-key", default=None,
-                   help="API key (default: the provider's usual variable, e.g. OPENAI_API_KEY)")
-    c.add_argument("--threshold", type=float, default=None, help="route when score >= THRESHOLD (default 0.5)")
-    c.add_argument("--budget", type=float, default=None, help="hold the routed share of tokens at or under BUDGET")
-    c.add_argument("--router", default=None, help="router spec: never | threshold:T | budget:B | learned | learned:PATH (learned + --budget B holds B on the learned score)")
-    c.add_argument("--strategy", default="auto", help="completion | prefill | prefix | continue | instruct")
-    c.add_argument("--span-tokens", type=int, default=4, help="cloud tokens per routed span")
-    c.add_argument("--pipeline", choices=["async", "sync"], default="async")
-    c.add_argument("--timeout", type=float, default=10.0, help="seconds per cloud call")
-    c.add_argument("--deadline", type=float, default=None, help="seconds per request after which the cloud is not waited for")
-    c.add_argument("--max-cloud-calls", type=int, default=None)
-    c.add_argument("--local-only", action="store_true", help="never call the cloud")
+    """The engine's flags and one per ``GenerationConfig`` option (``--raw`` is ``chat=False``)."""
+    _add_engine_args(p)
+    g = p.add_argument_group("generation")
+    g.add_argument("--max-tokens", type=int, default=256)
+    g.add_argument("--temperature", type=float, default=0.0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--stop", action="append", default=[], help="stop sequence (repeatable)")
+    g.add_argument("--system", default=None, help="system message")
+    g.add_argument("--raw", action="store_true", help="do not apply the chat template")
+    g.add_argument("--local-only", action="store_true", help="never call the cloud")
+    g.add_argument("--max-cloud-calls", type=int, default=None, help="cloud calls per request, at most")
+    g.add_argument("--deadline", type=float, default=None,
+                   help="seconds per request after which the cloud is not waited for")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,20 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def engine_from_args(args: argparse.Namespace):
-    from .cloud import CloudConfig
-    from .engine import Engine, GenerationConfig
+def generation_config(args: argparse.Namespace) -> GenerationConfig:
+    return GenerationConfig(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
+                            seed=args.seed, stop=tuple(args.stop), chat=False if args.raw else None,
+                            system=args.system, local_only=args.local_only, max_cloud_calls=args.max_cloud_calls,
+                            deadline_s=args.deadline)
 
-    cfg = GenerationConfig(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
-                           seed=args.seed, stop=tuple(args.stop), chat=False if args.raw else None,
-                           system=args.system, local_only=args.local_only, max_cloud_calls=args.max_cloud_calls,
-                           deadline_s=args.deadline)
-    cloud = None
-    if args.cloud_model:
-        cloud = CloudConfig(model=args.cloud_model, api_base=args.api_base, api_key=args.api_key,
-                            strategy=args.strategy, span_tokens=args.span_tokens, timeout_s=args.timeout)
-    return Engine(args.local_model, cloud=cloud, router=args.router, threshold=args.threshold,
-                  budget=args.budget, pipeline=args.pipeline, config=cfg)
+
+def engine_from_args(args: argparse.Namespace):
+    from .engine import Engine
+
+    return Engine.from_settings(EngineSettings.from_object(args), config=generation_config(args))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -124,16 +122,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     out = Console(highlight=False)
     err = Console(stderr=True, highlight=False)
-    last = None
-    for ev in engine.stream(args.prompt):
-        out.print(Text(ev.text, style="bold magenta" if ev.source == "cloud" else ""), end="")
-        last = ev
-    out.print()
-    if last is not None and last.stats is not None:
-        err.print(Text(f"[{engine.model_name}] {last.stats.summary_line()}", style="dim"))
-        for line in last.stats.cloud_errors[:3]:
-            err.print(Text(f"  cloud: {line}", style="yellow"))
+    final = _show(out, engine.stream(args.prompt))
+    err.print(Text(f"[{engine.model_name}] {final.stats.summary_line()}", style="dim"))
+    for line in final.stats.cloud_errors[:3]:
+        err.print(Text(f"  cloud: {line}", style="yellow"))
     return 0
+
+
+def _show(out, events):
+    """Print a stream, the cloud's tokens in magenta; returns its ``FinalEvent``."""
+    from rich.text import Text
+
+    from .engine import FinalEvent
+
+    for ev in events:
+        if isinstance(ev, FinalEvent):
+            out.print(Text(ev.text))
+            return ev
+        out.print(Text(ev.text, style="bold magenta" if ev.source == "cloud" else ""), end="")
+    raise AssertionError("a stream ends with its FinalEvent")  # pragma: no cover
 
 
 DEMO_QUESTIONS = [
@@ -149,7 +156,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.text import Text
 
-    from .standin import StandinCloud
+    from .devtools.standin import StandinCloud
 
     out = Console(highlight=False)
     with StandinCloud() as cloud:
@@ -161,19 +168,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
         out.print(Text("cloud-written tokens are shown in magenta", style="dim"))
         for q in DEMO_QUESTIONS:
             out.print(Text(f"\n> {q}", style="bold"))
-            last = None
-            for ev in engine.stream(q):
-                out.print(Text(ev.text, style="bold magenta" if ev.source == "cloud" else ""), end="")
-                last = ev
-            out.print()
-            out.print(Text(last.stats.summary_line(), style="dim"))
+            final = _show(out, engine.stream(q))
+            out.print(Text(final.stats.summary_line(), style="dim"))
     return 0
 
 
 def cmd_standin(args: argparse.Namespace) -> int:
     import time
 
-    from .standin import StandinCloud
+    from .devtools.standin import StandinCloud
 
     with StandinCloud(port=args.port) as cloud:
         print(f"stand-in cloud ready: --cloud-model {cloud.model} --api-base {cloud.api_base}", flush=True)
@@ -201,7 +204,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from .loading import load_local_model
+    from .local.loading import load_local_model
 
     lm = load_local_model(args.local_model)
     print(f"{lm.name}: ready ({lm.form}) at {lm.path or lm.spec}")
@@ -237,13 +240,13 @@ def _train_data(given: str | None):
 def cmd_router(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .loading import load_local_model
-    from .weights import cache_dir
+    from .local.loading import load_local_model
+    from .local.weights import cache_dir
 
     lm = load_local_model(args.local_model)
     traces = Path(args.traces) if args.traces else cache_dir() / "router-traces" / lm.fingerprint[7:23]
     if args.action == "train":
-        from .learned import train_router
+        from .training.train import train_router
 
         out = Path(args.out) if args.out else traces.parent / f"router-{traces.name}"
         report = train_router(lm, traces, out, label=args.label, epochs=args.epochs, hidden=args.hidden)
@@ -252,14 +255,14 @@ def cmd_router(args: argparse.Namespace) -> int:
         return 0
     from contextlib import ExitStack
 
-    from .cloud import CloudClient, CloudConfig
-    from .traces import TraceCollector, jsonl_tasks
+    from .cloud.client import CloudClient, CloudConfig
+    from .training.traces import TraceCollector, jsonl_tasks
 
     tasks = jsonl_tasks(lm, _train_data(args.data), args.limit)
     with ExitStack() as stack:
         on_error = None
         if not args.cloud_model:
-            from .standin import StandinCloud
+            from .devtools.standin import StandinCloud
 
             cloud = stack.enter_context(StandinCloud())
             args.cloud_model, args.api_base = cloud.model, cloud.api_base

@@ -1,10 +1,51 @@
-"""Typed errors. Every failure the library raises on purpose is a ``CollabError``."""
+"""Every failure the library raises on purpose, in one tree.
+
+::
+
+    CollabError
+    ├── ConfigError (also ValueError) -- a bad argument or setting, raised before any work starts
+    │   ├── CloudConfigError -- the cloud cannot be used as configured (unknown model string, missing key)
+    │   ├── EmptyPromptError -- the prompt (or message list) has no content
+    │   ├── ContextOverflowError -- the prompt does not fit the local model's context window
+    │   └── UnsupportedInputError -- input the local model cannot take (an image, audio)
+    ├── ModelLoadError -- a local model spec could not be resolved, fetched, verified or converted
+    │   └── UnsupportedModelError -- a readable file with an architecture or tensor type we cannot convert
+    ├── RouterLoadError -- a router file is missing, malformed, or trained for another local model
+    ├── TraceError -- router traces are missing, mixed, or cannot give the label asked for
+    ├── CloudError -- one cloud call failed after retries (the engine catches it and uses the local token)
+    └── ProcessError -- a helper process we started (the stand-in cloud) failed to start or died
+
+A ``ConfigError`` is also a ``ValueError``, so ``except ValueError`` keeps working for bad arguments.
+"""
 
 from __future__ import annotations
 
 
 class CollabError(Exception):
     """Base class of every error this library raises on purpose."""
+
+
+class ConfigError(CollabError, ValueError):
+    """A bad argument or setting (unknown option, out-of-range value), raised before any work starts."""
+
+
+class CloudConfigError(ConfigError):
+    """The cloud model cannot be used as configured: unknown model string, missing API key, bad option.
+
+    Raised up front, before any local decoding starts.
+    """
+
+
+class EmptyPromptError(ConfigError):
+    """The prompt (or the message list) has no content to generate from."""
+
+
+class ContextOverflowError(ConfigError):
+    """The prompt plus ``max_tokens`` does not fit the local model's context window."""
+
+
+class UnsupportedInputError(ConfigError):
+    """Input the local model cannot take: an image, audio, or another non-text content block."""
 
 
 class ModelLoadError(CollabError):
@@ -15,19 +56,12 @@ class UnsupportedModelError(ModelLoadError):
     """The model file is readable but uses an architecture or tensor type we cannot convert."""
 
 
-class EmptyPromptError(CollabError, ValueError):
-    """The prompt (or the message list) has no content to generate from."""
+class RouterLoadError(CollabError):
+    """The router file is missing, malformed, or was trained for another local model."""
 
 
-class ContextOverflowError(CollabError, ValueError):
-    """The prompt plus ``max_tokens`` does not fit the local model's context window."""
-
-
-class CloudConfigError(CollabError):
-    """The cloud model cannot be used as configured: unknown model string, missing API key, bad option.
-
-    Raised up front, before any local decoding starts.
-    """
+class TraceError(CollabError):
+    """No traces, traces from several local models, or a label the traces cannot give."""
 
 
 class CloudError(CollabError):
@@ -38,3 +72,7 @@ class CloudError(CollabError):
         self.attempts = attempts
         self.retryable = retryable
         self.kind = kind
+
+
+class ProcessError(CollabError):
+    """A process this library started (the stand-in cloud server) failed to start, or died."""

@@ -1,100 +1,48 @@
-"""What the framework adapters share: one engine per configuration, and the metadata they report.
+"""What the framework adapters share: the engines an adapter instance owns, and what they report.
 
-The LangChain and LlamaIndex classes hold their parameters and call ``engine_for(...)``; everything
-they report about a generation comes from ``usage(stats)`` and ``collab_metadata(stats)``. No routing,
-scoring or cloud logic lives in the adapters.
+The LangChain and LlamaIndex classes expose ``EngineSettings``' fields; each instance owns its engines
+(``OwnedEngines``: one for its settings, plus a few for per-call ``model=`` overrides, least recently used
+first out). Nothing is shared between instances but the loaded local model, so a budget is never shared by
+accident. Everything they report about a generation comes from ``usage(stats)`` and
+``collab_metadata(stats)``. No routing, scoring or cloud logic lives in the adapters.
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from collections import OrderedDict
 from typing import Any
 
-from .cloud import CloudConfig
-from .engine import Engine, GenerationConfig
+from .engine import Engine
+from .settings import EngineSettings
 from .stats import GenerationStats
 
 
-@dataclass(frozen=True)
-class EngineParams:
-    """The constructor parameters both adapters expose (LangChain's and LlamaIndex's names)."""
+class OwnedEngines:
+    """The engines of one adapter instance, keyed by their settings (never by a secret), at most ``size``."""
 
-    local_model: str | None = None
-    cloud_model: str | None = None
-    api_base: str | None = None
-    api_key: str | None = field(default=None, repr=False)
-    threshold: float | None = None
-    budget: float | None = None
-    router: Any = None  # a Router object or a spec string
-    pipeline: str = "async"
-    timeout: float = 10.0
-    max_retries: int = 2
-    span_tokens: int = 4
-    strategy: str = "auto"
+    def __init__(self, size: int = 4):
+        self.size = size
+        self._engines: OrderedDict[tuple, Engine] = OrderedDict()
+        self._lock = threading.Lock()
 
-    @classmethod
-    def from_settings(cls, obj: Any, **overrides: Any) -> EngineParams:
-        """Read the fields of the same names off an adapter instance (a ``SecretStr`` key is unwrapped)."""
-        import dataclasses
+    def get(self, settings: EngineSettings) -> Engine:
+        """The engine for ``settings``, built on first use. Building validates the cloud settings (unknown
+        model string, missing key: ``CloudConfigError``) but does not load the local model."""
+        key = settings.key()
+        with self._lock:
+            engine = self._engines.get(key)
+            if engine is None:
+                engine = Engine.from_settings(settings)
+                self._engines[key] = engine
+                while len(self._engines) > self.size:
+                    _, old = self._engines.popitem(last=False)
+                    old.close()
+            self._engines.move_to_end(key)
+            return engine
 
-        vals = {}
-        for f in dataclasses.fields(cls):
-            v = overrides[f.name] if overrides.get(f.name) is not None else getattr(obj, f.name, f.default)
-            if f.name == "api_key" and hasattr(v, "get_secret_value"):
-                v = v.get_secret_value()
-            vals[f.name] = f.default if v is None and f.default is not None else v
-        return cls(**vals)
-
-    def key(self) -> tuple:
-        router = self.router if isinstance(self.router, (str, type(None))) else id(self.router)
-        return (self.local_model, self.cloud_model, self.api_base, self.api_key, self.threshold, self.budget,
-                router, self.pipeline, self.timeout, self.max_retries, self.span_tokens, self.strategy)
-
-
-_ENGINES: dict[tuple, Engine] = {}
-_LOCK = threading.Lock()
-
-
-def engine_for(params: EngineParams) -> Engine:
-    """One engine per distinct configuration, shared by every adapter instance that uses it.
-
-    Building it validates the cloud settings (unknown model string, missing key: ``CloudConfigError``)
-    but does not load the local model; that happens on first use and is shared across engines too.
-    """
-    key = params.key()
-    with _LOCK:
-        eng = _ENGINES.get(key)
-        if eng is None:
-            cloud = None
-            if params.cloud_model:
-                cloud = CloudConfig(model=params.cloud_model, api_base=params.api_base, api_key=params.api_key,
-                                    timeout_s=params.timeout, max_retries=params.max_retries,
-                                    span_tokens=params.span_tokens, strategy=params.strategy)
-            eng = Engine(params.local_model, cloud=cloud, router=params.router, threshold=params.threshold,
-                         budget=params.budget, pipeline=params.pipeline)
-            _ENGINES[key] = eng
-        return eng
-
-
-# Role names used by LangChain (message.type) and LlamaIndex (MessageRole) -> the roles chat templates know.
-_ROLE_ALIASES = {"human": "user", "user": "user", "ai": "assistant", "assistant": "assistant", "chatbot": "assistant",
-                 "model": "assistant", "system": "system", "developer": "system", "tool": "tool", "function": "tool"}
-
-
-def chat_role(role: str) -> str:
-    """A framework's role name as a chat-template role (unknown roles are treated as the user's)."""
-    return _ROLE_ALIASES.get(str(role).lower(), "user")
-
-
-def generation_options(max_tokens: int | None, temperature: float | None, stop: list[str] | None,
-                       **extra: Any) -> dict:
-    """Per-call overrides for ``Engine.stream`` from the usual framework parameters."""
-    opts: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature}
-    if stop:
-        opts["stop"] = tuple(stop)
-    opts.update({k: v for k, v in extra.items() if k in GenerationConfig.__dataclass_fields__})
-    return {k: v for k, v in opts.items() if v is not None}
+    def __len__(self) -> int:
+        return len(self._engines)
 
 
 def usage(stats: GenerationStats) -> dict[str, int]:
@@ -103,11 +51,13 @@ def usage(stats: GenerationStats) -> dict[str, int]:
             "total_tokens": int(stats.prompt_tokens + stats.total_tokens)}
 
 
+_METADATA_KEYS = ("total_tokens", "cloud_tokens", "local_tokens", "routed_share", "cloud_calls", "cloud_failures",
+                  "cloud_cache_hits", "cloud_input_tokens", "cloud_output_tokens", "cost_usd", "rollbacks",
+                  "time_total_s", "time_prefill_s", "time_local_s", "time_cloud_wait_s", "time_cloud_hidden_s",
+                  "time_to_first_token_s", "span_wall_s", "cloud_errors", "cloud_disabled_reason")
+
+
 def collab_metadata(stats: GenerationStats) -> dict[str, Any]:
     """The routing stats reported by both adapters (``response_metadata["collab"]`` / ``raw["collab"]``)."""
     d = stats.as_dict()
-    keys = ("total_tokens", "cloud_tokens", "local_tokens", "routed_share", "cloud_calls", "cloud_failures",
-            "cloud_cache_hits", "cloud_input_tokens", "cloud_output_tokens", "cost_usd", "rollbacks",
-            "time_total_s", "time_prefill_s", "time_local_s", "time_cloud_wait_s", "time_cloud_hidden_s",
-            "time_to_first_token_s", "span_wall_s", "cloud_errors", "cloud_disabled_reason")
-    return {k: d[k] for k in keys}
+    return {k: d[k] for k in _METADATA_KEYS}

@@ -8,11 +8,11 @@ the cloud) and decides on it.
 * ``BudgetRouter`` -- hold the routed share of tokens at or under a target (e.g. 7%) by calibrating its
   threshold as a quantile of recent scores (from a calibration set and/or online), with a hard guard;
 * ``NeverRouter`` (local only), ``ScheduledRouter`` (fixed positions; tests and debugging);
-* any object with the same interface plugs in (a learned router reads ``TokenSignal.hidden``).
+* any object with the same interface plugs in.
 
-The default score is *uncertainty x importance*: uncertainty from max probability, entropy or top-2
-margin; importance is the probability-weighted share of the top-k candidates that are content tokens
-(whitespace and punctuation matter less than words and digits).
+Scores come from ``scoring`` (``ConfidenceScorer`` by default, ``LearnedScorer`` for ``learned``); a router
+only decides on them. Calibrating a budget router on the local model's own answers to sample prompts is
+offline work: ``collab_core.training.calibrate_on``.
 """
 
 from __future__ import annotations
@@ -20,60 +20,11 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from .scoring import Confidence
-
-
-@dataclass
-class TokenSignal:
-    confidence: Confidence
-    position: int  # index of this token in the answer
-    token_id: int  # the local model's proposal
-    hidden: Any = None  # last hidden state (MLX array) when the router needs it
-
-
-class ImportanceWeights:
-    """Per-vocabulary weights: 1.0 for tokens with letters or digits, ``low`` for whitespace/punctuation."""
-
-    def __init__(self, tokenizer, low: float = 0.25):
-        vocab_size = len(tokenizer.get_vocab()) if hasattr(tokenizer, "get_vocab") else tokenizer.vocab_size
-        ids = list(range(vocab_size))
-        pieces = tokenizer.convert_ids_to_tokens(ids) if hasattr(tokenizer, "convert_ids_to_tokens") else None
-        weights = np.full(vocab_size, low, dtype=np.float32)
-        special = set(getattr(tokenizer, "all_special_ids", []) or [])
-        for i in ids:
-            text = tokenizer.decode([i]) if pieces is None or pieces[i] is None else _piece_text(pieces[i])
-            if i not in special and any(ch.isalnum() for ch in text):
-                weights[i] = 1.0
-        self.weights = weights
-        self.low = low
-
-    def __call__(self, conf: Confidence) -> float:
-        if not conf.top_ids:
-            return 1.0
-        w = self.weights
-        num = sum(p * (w[i] if i < len(w) else 1.0) for i, p in zip(conf.top_ids, conf.top_probs))
-        den = sum(conf.top_probs)
-        return float(num / den) if den > 0 else 1.0
-
-
-def _piece_text(piece: str) -> str:
-    # byte-level BPE pieces spell bytes with printable stand-ins; letters/digits survive as themselves
-    return piece.replace("Ġ", " ").replace("Ċ", "\n").replace("▁", " ")
-
-
-_IMPORTANCE_CACHE: dict[int, ImportanceWeights] = {}
-
-
-def importance_for(lm) -> ImportanceWeights:
-    key = id(lm.tokenizer)
-    if key not in _IMPORTANCE_CACHE:
-        _IMPORTANCE_CACHE[key] = ImportanceWeights(lm.tokenizer)
-    return _IMPORTANCE_CACHE[key]
+from .errors import ConfigError
+from .scoring import ConfidenceScorer, TokenSignal
 
 
 class Router:
@@ -100,34 +51,6 @@ class Router:
 
     def describe(self) -> str:
         return self.name
-
-
-class ConfidenceScorer:
-    """uncertainty (from max_prob | entropy | margin) x importance."""
-
-    def __init__(self, signal: str = "max_prob", importance: bool = True):
-        if signal not in ("max_prob", "entropy", "margin"):
-            raise ValueError(f"signal must be max_prob, entropy or margin, not {signal!r}")
-        self.signal = signal
-        self.importance = importance
-        self._weights: ImportanceWeights | None = None
-        self._log_vocab = 1.0
-
-    def bind(self, lm) -> None:
-        if self.importance:
-            self._weights = importance_for(lm)
-        self._log_vocab = math.log(max(2, lm.config.get("vocab_size") or 32000))
-
-    def uncertainty(self, c: Confidence) -> float:
-        if self.signal == "max_prob":
-            return 1.0 - c.max_prob
-        if self.signal == "entropy":
-            return min(1.0, c.entropy / self._log_vocab)
-        return 1.0 - c.margin
-
-    def __call__(self, sig: TokenSignal) -> float:
-        u = self.uncertainty(sig.confidence)
-        return u * self._weights(sig.confidence) if self._weights is not None else u
 
 
 class NeverRouter(Router):
@@ -188,7 +111,7 @@ class BudgetRouter(Router):
                  window: int = 4096, min_observations: int = 64, initial_threshold: float = 0.6,
                  span_estimate: float = 2.0):
         if not 0.0 < budget <= 1.0:
-            raise ValueError("budget must be in (0, 1]")
+            raise ConfigError(f"budget must be in (0, 1], not {budget!r}")
         self.budget = budget
         self.scorer = scorer or ConfidenceScorer(signal, importance)
         self.needs_hidden = getattr(self.scorer, "needs_hidden", False)
@@ -216,21 +139,6 @@ class BudgetRouter(Router):
         self.calibrated = True
         self._update_threshold()
         return self.threshold
-
-    def calibrate_on(self, lm, prompts: Iterable[str], *, max_tokens: int = 64, stop: str | None = None) -> float:
-        """Calibrate on this router's scores of the local model's own greedy answers to ``prompts`` (rendered
-        prompt strings, fed as is). Use prompts like the ones to be served, never the evaluation ones."""
-        from .decoder import StepDecoder, greedy_answer
-
-        self.bind(lm)
-        self.scores.clear()  # these scores replace any prior the scorer brought
-        dec = StepDecoder(lm, want_hidden=self.needs_hidden)
-        scores = []
-        for prompt in prompts:
-            ids = lm.tokenizer.encode(prompt, add_special_tokens=False)
-            for i, (tid, step) in enumerate(greedy_answer(dec, ids, max_tokens=max_tokens, stop=stop)):
-                scores.append(self.score(TokenSignal(step.confidence, i, tid, step.hidden)))
-        return self.calibrate(scores)
 
     def _update_threshold(self) -> None:
         if not self.scores:
@@ -285,10 +193,10 @@ def make_router(spec: str | Router | None, *, threshold: float | None = None, bu
     if name == "budget":
         return BudgetRouter(float(arg) if arg else (budget if budget is not None else 0.07))
     if name == "learned":
-        from .learned import LearnedScorer
+        from .training.train import LearnedScorer
 
         scorer = LearnedScorer(arg or None)  # no path: the router shipped for the local model
         if budget is not None:
             return BudgetRouter(budget, scorer=scorer)
         return ThresholdRouter(0.5 if threshold is None else threshold, scorer=scorer)
-    raise ValueError(f"unknown router {spec!r}: use never, threshold:T, budget:B, learned or learned:PATH")
+    raise ConfigError(f"unknown router {spec!r}: use never, threshold:T, budget:B, learned or learned:PATH")

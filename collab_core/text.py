@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 
 
@@ -139,3 +140,42 @@ def splice(tokenizer, answer: Sequence[int], continuation: str, max_back: int = 
     joint = list(tokenizer.encode(frag_text + continuation, add_special_tokens=False))
     common = common_prefix_len(joint, frag_ids)
     return len(frag_ids) - common, joint[common:]
+
+
+def cut_to_word_boundary(text: str) -> str:
+    """Drop a trailing partial word (the span was cut by max_tokens), keeping at least one word."""
+    if not text or text[-1].isspace():
+        return text
+    m = re.search(r"\s\S*$", text)
+    if m is None or not text[: m.start()].strip():
+        return text
+    return text[: m.start()]
+
+
+def strip_echo(text: str, partial: str) -> str:
+    """Remove a repeated partial answer (or its tail) that a chat model echoed back."""
+    t = text
+    for cand in (partial, partial.strip()):
+        if cand and t.startswith(cand):
+            return t[len(cand):]
+    tail = partial.strip()[-40:]
+    if len(tail) >= 8 and tail in t[: len(tail) + 8]:
+        return t[t.index(tail) + len(tail):]
+    return t
+
+
+def fix_spacing(text: str, partial: str, word_start: bool | None) -> str:
+    """The word boundary between ``partial`` and a continuation ``text`` whose leading space a server may have
+    dropped (chat models drop it; Anthropic strips a prefill's trailing whitespace; ``mlx_lm.server`` trims
+    the first space of every completion). Decided from the partial answer and ``word_start``: does the local
+    model's own next token start a new word?"""
+    if not partial:
+        return text.lstrip()
+    if partial[-1].isspace():
+        return text.lstrip(" ")
+    stripped = text.lstrip(" ")
+    if word_start is True and stripped[:1].isalnum():
+        return " " + stripped
+    if word_start is False:
+        return stripped
+    return text

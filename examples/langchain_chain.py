@@ -35,7 +35,7 @@ def main() -> None:
     ap.add_argument("--question", default="Why do leaves change colour in autumn?")
     args = ap.parse_args()
     if args.standin:
-        from collab_core.standin import StandinCloud
+        from collab_core.devtools.standin import StandinCloud
 
         with StandinCloud() as cloud:
             chain = build_chain(cloud.model, cloud.api_base)

@@ -15,18 +15,13 @@ from langchain_core.language_models.chat_models import BaseChatModel, LangSmithP
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from pydantic import ConfigDict, Field, SecretStr, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
 import collab_core  # noqa: F401  (first: OpenBLAS before mlx on Linux)
-from collab_core.engine import Engine, TokenEvent
-from collab_core.integration import (
-    EngineParams,
-    chat_role,
-    collab_metadata,
-    engine_for,
-    generation_options,
-    usage,
-)
+from collab_core.engine import Engine, Event, FinalEvent, TokenEvent
+from collab_core.integration import OwnedEngines, collab_metadata, usage
+from collab_core.prompts import chat_role
+from collab_core.settings import EngineSettings, generation_options
 
 
 def _to_messages(messages: list[BaseMessage]) -> list[dict]:
@@ -73,11 +68,12 @@ class CollabLLM(BaseChatModel):
     strategy: str = "auto"
 
     model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True)
+    _engines: OwnedEngines = PrivateAttr(default_factory=OwnedEngines)
 
     @model_validator(mode="after")
     def _validate(self) -> CollabLLM:
         if self.api_key is None and self.cloud_model:
-            from collab_core.cloud import api_key_env_var
+            from collab_core.cloud.client import api_key_env_var
 
             var = api_key_env_var(self.cloud_model)
             if var and os.environ.get(var):
@@ -88,7 +84,8 @@ class CollabLLM(BaseChatModel):
 
     # -- engine ------------------------------------------------------------------------------------------
     def _engine(self, cloud_model: str | None = None) -> Engine:
-        return engine_for(EngineParams.from_settings(self, cloud_model=cloud_model))
+        """This instance's engine (``cloud_model``: a per-call ``model=`` override gets its own)."""
+        return self._engines.get(EngineSettings.from_object(self, cloud_model=cloud_model))
 
     def _options(self, stop: list[str] | None, kwargs: dict) -> dict:
         return generation_options(kwargs.get("max_tokens", self.max_tokens),
@@ -120,17 +117,17 @@ class CollabLLM(BaseChatModel):
 
     # -- results -------------------------------------------------------------------------------------------
     @staticmethod
-    def _usage(ev: TokenEvent) -> UsageMetadata:
+    def _usage(ev: FinalEvent) -> UsageMetadata:
         u = usage(ev.stats)
         return UsageMetadata(input_tokens=u["input_tokens"], output_tokens=u["output_tokens"],
                              total_tokens=u["total_tokens"])
 
-    def _final_metadata(self, engine: Engine, ev: TokenEvent) -> dict:
+    def _final_metadata(self, engine: Engine, ev: FinalEvent) -> dict:
         return {"model_name": engine.model_name, "finish_reason": ev.finish_reason,
                 "collab": collab_metadata(ev.stats)}
 
-    def _chunk(self, engine: Engine, ev: TokenEvent) -> ChatGenerationChunk:
-        if ev.stats is None:
+    def _chunk(self, engine: Engine, ev: Event) -> ChatGenerationChunk:
+        if isinstance(ev, TokenEvent):
             return ChatGenerationChunk(message=AIMessageChunk(
                 content=ev.text, response_metadata={"collab_sources": [ev.source]}))
         return ChatGenerationChunk(
@@ -138,10 +135,10 @@ class CollabLLM(BaseChatModel):
                                    response_metadata=self._final_metadata(engine, ev)),
             generation_info={"finish_reason": ev.finish_reason})
 
-    def _result(self, engine: Engine, events: list[TokenEvent]) -> ChatResult:
+    def _result(self, engine: Engine, events: list[Event]) -> ChatResult:
         last = events[-1]
         meta = self._final_metadata(engine, last)
-        meta["collab"]["token_sources"] = [e.source for e in events if e.token >= 0]
+        meta["collab"]["token_sources"] = [e.source for e in events if isinstance(e, TokenEvent)]
         msg = AIMessage(content="".join(e.text for e in events), usage_metadata=self._usage(last),
                         response_metadata=meta)
         return ChatResult(generations=[ChatGeneration(message=msg,

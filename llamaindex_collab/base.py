@@ -40,20 +40,16 @@ from llama_index.core.base.llms.types import (
     MessageRole,
     TextBlock,
 )
-from llama_index.core.bridge.pydantic import Field, SecretStr
+from llama_index.core.bridge.pydantic import Field, PrivateAttr, SecretStr
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.llm import LLM, default_completion_to_prompt
 
 import collab_core  # noqa: F401  (first: OpenBLAS before mlx on Linux)
-from collab_core.engine import Engine, Generation, TokenEvent
-from collab_core.integration import (
-    EngineParams,
-    chat_role,
-    collab_metadata,
-    engine_for,
-    generation_options,
-    usage,
-)
+from collab_core.engine import Engine, Event, FinalEvent, Generation, TokenEvent
+from collab_core.errors import UnsupportedInputError
+from collab_core.integration import OwnedEngines, collab_metadata, usage
+from collab_core.prompts import chat_role
+from collab_core.settings import EngineSettings, generation_options
 
 DEFAULT_LOCAL_NAME = "SmolLM2-135M-Instruct"
 
@@ -65,7 +61,7 @@ def to_engine_messages(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
         parts = []
         for block in m.blocks:
             if not isinstance(block, TextBlock):
-                raise ValueError(f"CollabLLM takes text only, not {type(block).__name__}")
+                raise UnsupportedInputError(f"CollabLLM takes text only, not {type(block).__name__}")
             parts.append(block.text)
         role = m.role.value if isinstance(m.role, MessageRole) else str(m.role)
         out.append({"role": chat_role(role), "content": "\n".join(parts)})
@@ -80,9 +76,9 @@ class _Chunks:
         self.text = ""
         self.last_source = "local"
 
-    def __call__(self, ev: TokenEvent) -> tuple[str, dict, dict]:
+    def __call__(self, ev: Event) -> tuple[str, dict, dict]:
         self.text += ev.text
-        if ev.stats is None:  # a token; its text may be "" (part of a character, or of a possible stop string)
+        if isinstance(ev, TokenEvent):  # a token; its text may be "" (part of a character, or of a possible stop string)
             self.last_source = ev.source
             return ev.text, ev.as_dict(), {"source": ev.source}
         # the closing event: any held-back text, usage and stats
@@ -103,7 +99,8 @@ class CollabLLM(LLM):
             print(Settings.llm.complete("What is the capital of France?"))
 
     Without ``cloud_model`` it runs local only. The local model defaults to the bundled
-    SmolLM2-135M-Instruct and loads on first use (shared by every instance with the same spec);
+    SmolLM2-135M-Instruct and loads on first use (the loaded model is shared by every instance with the same spec; each instance owns its engine, so
+    budgets are per instance);
     constructing the class is cheap, but an unknown cloud model string or a missing API key raises
     ``collab_core.errors.CloudConfigError`` right here, before any work.
 
@@ -133,7 +130,9 @@ class CollabLLM(LLM):
     max_retries: int = Field(default=2, ge=0, description="Retries per cloud call.")
     stop: list[str] | None = Field(default=None, description="Stop sequences (not included in the output).")
     span_tokens: int = Field(default=4, gt=0, description="Tokens the cloud writes per routed position.")
-    strategy: str = Field(default="auto", description="How the cloud continues the answer (see collab_core.cloud).")
+    strategy: str = Field(default="auto", description="How the cloud continues the answer (see collab_core.cloud.client).")
+
+    _engines: OwnedEngines = PrivateAttr(default_factory=OwnedEngines)
 
     def __init__(self, **data: Any) -> None:
         super().__init__(**data)
@@ -146,8 +145,8 @@ class CollabLLM(LLM):
 
     # -- engine ------------------------------------------------------------------------------------------
     def _engine(self) -> Engine:
-        """The shared engine for the current settings (a dictionary look-up after the first call)."""
-        return engine_for(EngineParams.from_settings(self))
+        """This instance's engine for its current settings (a dictionary look-up after the first call)."""
+        return self._engines.get(EngineSettings.from_object(self))
 
     def _options(self, kwargs: dict[str, Any], **fixed: Any) -> dict[str, Any]:
         kwargs = dict(kwargs)
@@ -194,13 +193,13 @@ class CollabLLM(LLM):
         return {"prompt_tokens": u["input_tokens"], "completion_tokens": u["output_tokens"],
                 "total_tokens": u["total_tokens"]}
 
-    def _final_raw(self, engine: Engine, ev: TokenEvent | Generation) -> dict[str, Any]:
+    def _final_raw(self, engine: Engine, ev: FinalEvent | Generation) -> dict[str, Any]:
         return {"usage": self._usage(ev.stats), "collab": collab_metadata(ev.stats),
                 "finish_reason": ev.finish_reason, "model": engine.model_name}
 
     def _generation_raw(self, engine: Engine, gen: Generation) -> dict[str, Any]:
         raw = self._final_raw(engine, gen)
-        raw["collab"]["token_sources"] = [e.source for e in gen.events if e.token >= 0]
+        raw["collab"]["token_sources"] = [e.source for e in gen.events]
         return raw
 
     def _completion(self, engine: Engine, gen: Generation) -> CompletionResponse:

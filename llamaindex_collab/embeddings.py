@@ -1,6 +1,6 @@
 """LlamaIndex embedding: ``CollabEmbedding``, a small local offline embedding from the local MLX model.
 
-It wraps ``collab_core.embedding.embed_texts``: mean-pooled, L2-normalised final hidden states of the
+It wraps ``collab_core.local.embedding.embed_texts``: mean-pooled, L2-normalised final hidden states of the
 local model (by default the bundled SmolLM2-135M-Instruct, so 576 dimensions). Nothing is downloaded and
 torch is not needed, which makes it handy for demos, tests and offline examples -- but it is a decoder's
 hidden states, not a trained sentence-embedding model. For real retrieval use any LlamaIndex embedding
@@ -16,8 +16,8 @@ from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 
 import collab_core  # noqa: F401  (first: OpenBLAS before mlx on Linux)
-from collab_core.embedding import DEFAULT_MAX_TOKENS, aembed_texts, embed_texts
-from collab_core.loading import LocalModel, load_local_model
+from collab_core.local.embedding import DEFAULT_MAX_TOKENS, aembed_texts, embed_texts
+from collab_core.local.loading import LocalModel, load_local_model
 
 
 class CollabEmbedding(BaseEmbedding):
@@ -68,7 +68,7 @@ class CollabEmbedding(BaseEmbedding):
     def _get_query_embedding(self, query: str) -> Embedding:
         return self._get_text_embeddings([query])[0]
 
-    # -- async: the forward passes run on a worker thread (collab_core.embedding.aembed_texts) -------------
+    # -- async: the forward passes run on a worker thread (collab_core.local.embedding.aembed_texts) -------------
     async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
         # before the first sync call the model is loaded there too, not on the event loop
         model = self._lm if self._lm is not None else self.local_model

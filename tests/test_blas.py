@@ -7,13 +7,13 @@ import sys
 
 import pytest
 
-from collab_core import blas
+from collab_core.local import blas
 
 SCRIPT = r"""
 import json, sys
 import collab_core
-from collab_core import blas
-from collab_core.loading import load_local_model
+from collab_core.local import blas
+from collab_core.local.loading import load_local_model
 import mlx.core as mx
 lm = load_local_model(sys.argv[1])
 ids = mx.array(lm.tokenizer.encode("The capital of France is Paris."))[None]

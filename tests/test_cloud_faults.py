@@ -1,4 +1,4 @@
-"""The cloud leg against a real HTTP peer on loopback (collab_core.testing.FakeCloud) with injected faults.
+"""The cloud leg against a real HTTP peer on loopback (collab_core.devtools.fakecloud.FakeCloud) with injected faults.
 
 Every fault must leave a complete answer (the local token is used), counted in the stats.
 """
@@ -8,10 +8,10 @@ import socket
 import pytest
 
 from collab_core import Engine
-from collab_core.cloud import CloudConfig
+from collab_core.cloud.client import CloudConfig
+from collab_core.devtools.fakecloud import FakeCloud
 from collab_core.errors import CloudConfigError
 from collab_core.router import ScheduledRouter
-from collab_core.testing import FakeCloud
 
 PROMPT = "What is the capital of France?"
 MODEL = "text-completion-openai/fake"
@@ -119,7 +119,7 @@ def test_cache_answers_identical_requests(tiny_lm, fake):
 
 
 def test_disk_cache_survives_a_new_engine(tiny_lm, fake, tmp_path):
-    from collab_core.cache import SpanCache
+    from collab_core.cloud.cache import SpanCache
 
     for _ in range(2):
         eng = Engine(tiny_lm, cloud=MODEL, api_base=fake.url, router=ScheduledRouter([3]), pipeline="sync",

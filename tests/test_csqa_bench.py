@@ -3,7 +3,7 @@
 import importlib.util
 from pathlib import Path
 
-from collab_core import csqa as task
+from collab_core.training import csqa as task
 
 spec = importlib.util.spec_from_file_location("csqa", Path(__file__).parent.parent / "benchmarks" / "csqa.py")
 csqa = importlib.util.module_from_spec(spec)

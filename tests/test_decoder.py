@@ -6,7 +6,8 @@ import mlx_lm
 import numpy as np
 import pytest
 
-from collab_core.decoder import StepDecoder, encode_prompt
+from collab_core.local.decoder import StepDecoder
+from collab_core.prompts import encode_prompt
 
 PROMPT = "What is the capital of France?"
 

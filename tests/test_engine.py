@@ -7,7 +7,7 @@ import sys
 import pytest
 from conftest import LoopTicker
 
-from collab_core import Engine
+from collab_core import Engine, FinalEvent, Generation, TokenEvent
 from collab_core.errors import ContextOverflowError, EmptyPromptError
 from collab_core.text import StopMatcher, TextStream
 
@@ -38,13 +38,15 @@ def test_text_stream_never_loses_spaces(tiny_lm):
 
 def test_engine_greedy_text_equals_decode_of_tokens(tiny_lm):
     eng = Engine(tiny_lm)
-    gen = eng.generate(PROMPT, max_tokens=20)
-    toks = [e.token for e in gen.events if e.token >= 0]
+    events = list(eng.stream(PROMPT, max_tokens=20))
+    gen = Generation.from_events(events, eng.model_name)
+    toks = [e.token for e in gen.events]
     assert gen.text == tiny_lm.tokenizer.decode(toks)
     assert gen.stats.total_tokens == len(toks) and gen.stats.cloud_tokens == 0
-    assert all(e.source == "local" and e.confidence is not None for e in gen.events if e.token >= 0)
-    assert gen.events[-1].finish_reason == gen.finish_reason and gen.events[-1].stats is gen.stats
-    assert sum(1 for e in gen.events if e.stats is not None) == 1
+    assert all(isinstance(e, TokenEvent) and e.source == "local" and e.confidence is not None for e in gen.events)
+    # the stream closes with exactly one FinalEvent, carrying the finish reason and the stats
+    assert isinstance(events[-1], FinalEvent) and sum(isinstance(e, FinalEvent) for e in events) == 1
+    assert events[-1].finish_reason == gen.finish_reason and events[-1].stats is gen.stats
     assert gen.finish_reason in ("stop", "length")
 
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from tiny import write_gguf
 
-from collab_core import gguf as conv
 from collab_core.errors import ModelLoadError, UnsupportedModelError
-from collab_core.loading import load_local_model, prepare_gguf
+from collab_core.local import gguf as conv
+from collab_core.local.loading import load_local_model, prepare_gguf
 
 
 def _logits(lm, text="The capital of France is Paris."):

@@ -10,9 +10,9 @@ from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, Sys
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
 
+from collab_core.devtools.fakecloud import FakeCloud
 from collab_core.errors import CloudConfigError
 from collab_core.router import ScheduledRouter
-from collab_core.testing import FakeCloud
 from langchain_collab import CollabLLM
 
 CLOUD = {"cloud_model": "text-completion-openai/default_model", "api_base": LOOPBACK_BASE}
@@ -61,7 +61,7 @@ PROMPT = "What is the capital of France?"
 
 
 def test_construction_is_cheap_and_shares_the_model(tiny_dir):
-    from collab_core.loading import _CACHE
+    from collab_core.local.loading import _CACHE
 
     before = dict(_CACHE)
     a = CollabLLM(local_model=str(tiny_dir), max_tokens=4)

@@ -6,17 +6,22 @@ import numpy as np
 import pytest
 
 from collab_core import Engine
-from collab_core import learned as L
-from collab_core.decoder import StepDecoder, encode_prompt
-from collab_core.router import BudgetRouter, ThresholdRouter, TokenSignal, make_router
-from collab_core.testing import FakeCloud
+from collab_core import scoring as S
+from collab_core.devtools.fakecloud import FakeCloud
+from collab_core.errors import RouterLoadError
+from collab_core.local.decoder import StepDecoder
+from collab_core.prompts import encode_prompt
+from collab_core.router import BudgetRouter, ThresholdRouter, make_router
+from collab_core.scoring import TokenSignal
+from collab_core.training import calibrate_on
+from collab_core.training import train as T
 
 
 def test_training_learns_a_separable_rule():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2000, 16)).astype(np.float32)
     y = (x[:, 0] + 0.5 * x[:, 1] > 0.8).astype(np.float32)  # a minority class, as "needs the cloud" is
-    _, res, val = L.train(x, y, epochs=40)
+    _, res, val = T.train(x, y, epochs=40)
     assert res.accuracy > 0.9 and res.recall > 0.8 and res.precision > 0.6
     assert 0.1 < res.positives < 0.4 and res.held_out == 400 == len(val)
 
@@ -26,16 +31,16 @@ def test_auc_counts_ties_half_and_matches_pairwise_definition():
     s = rng.integers(0, 5, 300).astype(float)  # many ties
     y = rng.random(300) < 0.3
     pairwise = ((s[y][:, None] > s[~y][None]).mean() + 0.5 * (s[y][:, None] == s[~y][None]).mean())
-    assert L.auc(s, y) == pytest.approx(pairwise)
-    assert L.auc(np.array([0.1, 0.9]), np.array([0, 1])) == 1.0 and np.isnan(L.auc(s, np.zeros(300)))
+    assert T.auc(s, y) == pytest.approx(pairwise)
+    assert T.auc(np.array([0.1, 0.9]), np.array([0, 1])) == 1.0 and np.isnan(T.auc(s, np.zeros(300)))
 
 
 def test_held_out_split_keeps_prompts_whole():
     groups = np.repeat(np.arange(50), 4)
-    tr, val = L.split_groups(groups, folds=5, fold=1, seed=3)
+    tr, val = T.split_groups(groups, folds=5, fold=1, seed=3)
     assert len(val) == 40 and not set(groups[tr]) & set(groups[val])
     assert sorted(np.concatenate([tr, val]).tolist()) == list(range(200))
-    held = [set(groups[L.split_groups(groups, folds=5, fold=f, seed=3)[1]]) for f in range(5)]
+    held = [set(groups[T.split_groups(groups, folds=5, fold=f, seed=3)[1]]) for f in range(5)]
     assert set().union(*held) == set(range(50)) and sum(map(len, held)) == 50  # each prompt held out once
 
 
@@ -48,7 +53,7 @@ def test_share_curve_routes_equal_counts_and_simulates_outcomes():
     local_ok = np.array([0, 0, 0, 1, 1, 1], np.float32)
     good = np.array([0.1, 0.9, 0.2, 0.3, 0.0, 0.0])
     bad = np.array([0.1, 0.2, 0.3, 0.9, 0.0, 0.0])  # routes prompt 1's disagreement: right answer -> wrong
-    rows = L.share_curve({"good": good, "bad": bad}, y, group=group, disagree=disagree, alt_ok=alt_ok,
+    rows = T.share_curve({"good": good, "bad": bad}, y, group=group, disagree=disagree, alt_ok=alt_ok,
                          local_ok=local_ok, shares=(1 / 6, 0.5))
     assert rows[0]["caught_good"] == 1.0 and rows[0]["caught_bad"] == 0.0
     assert rows[0]["accuracy_good"] == 1.0 and rows[0]["accuracy_bad"] == 0.0
@@ -67,7 +72,7 @@ def _traces(lm, prompts, n=24):
         for i in range(n):
             sigs.append(TokenSignal(step.confidence, i, step.token_id, step.hidden))
             step = dec.step(step.token_id)
-    return sigs, np.stack([L.features(s, log_v) for s in sigs])
+    return sigs, np.stack([S.features(s, log_v) for s in sigs])
 
 
 @pytest.fixture(scope="module")
@@ -75,16 +80,16 @@ def router_dir(tiny_lm, tmp_path_factory):
     sigs, x = _traces(tiny_lm, ["What is the capital of France?", "Name a fruit.", "Why is the sky blue?",
                                 "Count to ten.", "Describe rain."])
     y = np.array([s.confidence.max_prob < 0.3 for s in sigs], dtype=np.float32)  # stand-in label
-    model, res, _ = L.train(x, y, epochs=80, hidden=32)
-    quantiles = np.quantile(L.predict(model, x), np.linspace(0, 1, 201)).tolist()
-    path = L.save(model, tmp_path_factory.mktemp("router") / "r", model_fingerprint=tiny_lm.fingerprint,
+    model, res, _ = T.train(x, y, epochs=80, hidden=32)
+    quantiles = np.quantile(T.predict(model, x), np.linspace(0, 1, 201)).tolist()
+    path = T.save(model, tmp_path_factory.mktemp("router") / "r", model_fingerprint=tiny_lm.fingerprint,
                   in_dim=x.shape[1], hidden=32, metrics=res.__dict__, score_quantiles=quantiles)
     return path, sigs, y, res
 
 
 def test_router_file_round_trip_and_scores(tiny_lm, router_dir):
     path, sigs, y, res = router_dir
-    scorer = L.LearnedScorer(path)
+    scorer = S.LearnedScorer(path)
     scorer.bind(tiny_lm)
     scores = np.array([scorer(s) for s in sigs])
     assert ((scores >= 0.5) == y.astype(bool)).mean() > 0.8  # it learned the label on its own traces
@@ -92,16 +97,16 @@ def test_router_file_round_trip_and_scores(tiny_lm, router_dir):
 
 
 def test_router_refused_for_another_model(tiny_dir, router_dir, tmp_path):
-    from collab_core.loading import LocalModel
+    from collab_core.local.loading import LocalModel
 
     path = router_dir[0]
-    scorer = L.LearnedScorer(path)
+    scorer = S.LearnedScorer(path)
     other = LocalModel(model=None, tokenizer=None, spec="some/other-model", path=None,
                        config={"hidden_size": 64, "vocab_size": 384})
-    with pytest.raises(L.RouterLoadError, match="trained for local model"):
+    with pytest.raises(RouterLoadError, match="trained for local model"):
         scorer.bind(other)
-    with pytest.raises(L.RouterLoadError, match="no router"):
-        L.LearnedScorer(tmp_path / "missing")
+    with pytest.raises(RouterLoadError, match="no router"):
+        S.LearnedScorer(tmp_path / "missing")
 
 
 def test_learned_router_drives_the_engine(tiny_lm, router_dir):
@@ -124,9 +129,9 @@ def test_learned_router_drives_the_engine(tiny_lm, router_dir):
 
 # -- traces: labels from a scripted cloud on loopback ------------------------------------------------------
 def test_collect_labels_disagreements_and_outcomes(tiny_lm, tmp_path):
-    from collab_core.cloud import CloudClient, CloudConfig
-    from collab_core.decoder import render_prompt
-    from collab_core.traces import TraceCollector, TraceTask, load_traces
+    from collab_core.cloud.client import CloudClient, CloudConfig
+    from collab_core.prompts import render_prompt
+    from collab_core.training.traces import TraceCollector, TraceTask, load_traces
 
     prompt = render_prompt(tiny_lm, "Tell me a story.")[0]  # 4 whole-character tokens (no byte pieces)
     ids = tiny_lm.tokenizer.encode(prompt, add_special_tokens=False)
@@ -180,8 +185,8 @@ def test_collect_labels_disagreements_and_outcomes(tiny_lm, tmp_path):
 def test_budget_calibration_on_the_learned_score(tiny_lm, router_dir):
     path, sigs, _, _ = router_dir
     prompts = ["Tell me a story.", "Count to ten."]
-    router = BudgetRouter(0.1, scorer=L.LearnedScorer(path))
-    threshold = router.calibrate_on(tiny_lm, prompts, max_tokens=10)
+    router = BudgetRouter(0.1, scorer=S.LearnedScorer(path))
+    threshold = calibrate_on(router, tiny_lm, prompts, max_tokens=10)
     scores = np.fromiter(router.scores, float)
     assert len(scores) == 20 and router.calibrated  # one learned score per greedy position
     assert threshold == pytest.approx(np.quantile(scores, 1 - 0.1 / 2.0))
@@ -199,13 +204,13 @@ def test_budget_router_starts_from_the_router_files_score_distribution(tiny_lm, 
 
 def test_no_shipped_router_for_an_unknown_model(tiny_lm):
     router = make_router("learned", budget=0.07)
-    with pytest.raises(L.RouterLoadError, match="no router ships for local model"):
+    with pytest.raises(RouterLoadError, match="no router ships for local model"):
         router.bind(tiny_lm)
 
 
 @pytest.mark.smollm
 def test_shipped_router_for_the_default_model(smollm):
-    path = L.shipped_router(smollm.fingerprint)
+    path = S.shipped_router(smollm.fingerprint)
     assert path is not None and (path / "weights.safetensors").stat().st_size < 1_000_000
     meta = json.loads((path / "router.json").read_text())
     assert meta["metrics"]["label"] in ("outcome", "disagree") and meta["metrics"]["prompts"] >= 200
@@ -221,7 +226,7 @@ def test_shipped_router_for_the_default_model(smollm):
 def test_train_router_cross_validates_and_writes_a_loadable_router(tiny_lm, tmp_path):
     """Synthetic traces where the label hides in the hidden state and the confidence score is noise: the
     cross-validated learned curve must beat confidence, and the saved router must load and bind."""
-    from collab_core.traces import TRACE_VERSION
+    from collab_core.training.traces import TRACE_VERSION
 
     rng = np.random.default_rng(1)
     d = tiny_lm.config["hidden_size"] + 3
@@ -234,13 +239,13 @@ def test_train_router_cross_validates_and_writes_a_loadable_router(tiny_lm, tmp_
                  conf_score=rng.random(n).astype(np.float32), token=np.zeros(n, np.int64), disagree=disagree,
                  alt_ok=np.where(disagree == 1, 1.0, np.nan).astype(np.float32), local_ok=np.float32(0),
                  meta=json.dumps({"version": TRACE_VERSION, "id": f"q{i}", "model": tiny_lm.fingerprint}))
-    report = L.train_router(tiny_lm, tmp_path, tmp_path / "router", label="outcome", epochs=40)
+    report = T.train_router(tiny_lm, tmp_path, tmp_path / "router", label="outcome", epochs=40)
     assert report.prompts == 60 and report.positions == 240 and report.folds == 5
     at20 = next(c for c in report.curve if c["routed_share"] == 0.2)
     assert at20["caught_learned"] > at20["caught_confidence"] + 0.2
     assert at20["accuracy_learned"] > at20["accuracy_confidence"]
     assert "5-fold" in report.table() and report.auc["learned"] > report.auc["confidence"] + 0.2
-    scorer = L.LearnedScorer(tmp_path / "router")
+    scorer = S.LearnedScorer(tmp_path / "router")
     scorer.bind(tiny_lm)
     assert scorer.meta["metrics"]["curve"] == report.curve and len(scorer.calibration_scores) == 201
     assert scorer.meta["metrics"]["cloud"] == ["?"]  # these synthetic traces name no cloud

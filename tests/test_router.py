@@ -5,18 +5,15 @@ import math
 import pytest
 
 from collab_core import Engine
+from collab_core.devtools.fakecloud import FakeCloud
 from collab_core.router import (
     BudgetRouter,
-    ConfidenceScorer,
-    ImportanceWeights,
     NeverRouter,
     ScheduledRouter,
     ThresholdRouter,
-    TokenSignal,
     make_router,
 )
-from collab_core.scoring import Confidence
-from collab_core.testing import FakeCloud
+from collab_core.scoring import Confidence, ConfidenceScorer, ImportanceWeights, TokenSignal
 
 PROMPTS = ["What is the capital of France?", "Name a fruit.", "Why is the sky blue?", "Count to five.",
            "What do cats eat?", "Describe rain.", "Who wrote Hamlet?", "What is 2+2?"]

@@ -15,8 +15,9 @@ from mlx import nn
 from mlx.utils import tree_flatten
 
 from collab_core import Engine
-from collab_core.decoder import StepDecoder, encode_prompt
-from collab_core.weights import SMOLLM2_135M, sha256_file
+from collab_core.local.decoder import StepDecoder
+from collab_core.local.weights import SMOLLM2_135M, sha256_file
+from collab_core.prompts import encode_prompt
 
 pytestmark = pytest.mark.smollm
 

@@ -79,7 +79,7 @@ def test_anthropic_prefill_strategy(smollm, monkeypatch):
 
 
 def test_claude_without_prefill_uses_instruct(monkeypatch):
-    from collab_core.cloud import choose_strategy
+    from collab_core.cloud.client import choose_strategy
 
     assert choose_strategy("anthropic/claude-sonnet-4-6") == "instruct"
     assert choose_strategy("claude-haiku-4-5") == "prefill"

@@ -5,8 +5,8 @@ import zipfile
 
 import pytest
 
-from collab_core import weights as W
 from collab_core.errors import ModelLoadError
+from collab_core.local import weights as W
 
 
 def _fake_download(parts: dict[str, bytes]):

@@ -25,8 +25,8 @@ import asyncio
 import threading
 from collections.abc import Sequence
 
+from ..threads import ParkedThreads
 from .loading import LocalModel, load_local_model
-from .threads import ParkedThreads
 
 #: Texts longer than this many tokens are truncated (the head is kept).
 DEFAULT_MAX_TOKENS = 512

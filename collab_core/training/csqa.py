@@ -12,7 +12,7 @@ import random
 import re
 from pathlib import Path
 
-from .decoder import render_prompt
+from ..prompts import render_prompt
 
 PREFILL = "The answer is"
 

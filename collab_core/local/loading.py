@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelLoadError
+from ..errors import ModelLoadError
 from .weights import SMOLLM2_135M, cache_dir
 
 DEFAULT_SPEC = "default"
@@ -102,7 +102,7 @@ def converted_gguf_dir(gguf_path: Path, form: str, sha256: str | None = None) ->
 def prepare_gguf(gguf_path: str | os.PathLike, form: str = "auto", sha256: str | None = None,
                  source: dict | None = None) -> Path:
     """Convert a GGUF once and return the mlx-lm folder (reused on later calls)."""
-    from . import gguf as gguf_conv
+    from ..local import gguf as gguf_conv
 
     path = Path(gguf_path)
     if not path.is_file():

@@ -1,51 +1,23 @@
-"""A learned router (CITER-style): a small MLP on the local model's last hidden state and confidence signals.
+"""Training a learned router (CITER-style) from traces: cross-validated report, then a router folder.
 
-It predicts "this position needs the cloud" (by default CITER's label: the cloud's token here turns a wrong
-answer right; or: the cloud would have written something else) and plugs into the router interface as a scorer:
-``ThresholdRouter(scorer=...)`` or ``BudgetRouter(scorer=...)`` (``make_router("learned:PATH")`` builds the
-former, with ``budget=`` the latter). Training is plain MLX, no torch.
-
-A router file is a folder: ``weights.safetensors`` (the MLP) and ``router.json`` (format version, feature
-layout, the fingerprint of the local model it was trained for, the training report, score quantiles for budget
-calibration). Loading it for another local model raises ``RouterLoadError``.
-
-Traces come from ``collab router collect`` (``traces.py``), training from ``collab router train``
-(``train_router``). ``make_router("learned")`` uses the router shipped in ``collab_core/routers/`` for the
-local model, when there is one.
+``train_router`` reads a trace folder (``collab router collect``, ``traces.py``), fits the MLP of
+``scoring.router_mlp`` on the hidden state + confidence features by ``folds``-fold cross-validation over
+prompts, reports precision/recall, AUC and, at equal routed share, what the learned score, the confidence
+score and an oracle catch, then trains on every prompt and ``save``s the router folder that
+``scoring.LearnedScorer`` serves. Training is plain MLX, no torch.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import CollabError
-from .router import TokenSignal
-
-FORMAT_VERSION = 1
-
-
-class RouterLoadError(CollabError):
-    """The router file is missing, malformed, or was trained for another local model."""
-
-
-def features(sig: TokenSignal, log_vocab: float) -> np.ndarray:
-    """Feature vector: the hidden state (RMS-normalised) followed by max_prob, normalised entropy, margin."""
-    h = np.asarray(sig.hidden, dtype=np.float32).reshape(-1)
-    h = h / (np.sqrt(np.mean(h * h)) + 1e-6)
-    c = sig.confidence
-    return np.concatenate([h, np.array([c.max_prob, min(1.0, c.entropy / log_vocab), c.margin], np.float32)])
-
-
-def _mlp(in_dim: int, hidden: int):
-    import mlx.nn as nn
-
-    return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+from ..errors import RouterLoadError
+from ..scoring import ROUTER_FORMAT_VERSION, router_mlp
 
 
 @dataclass
@@ -84,7 +56,7 @@ def train(x: np.ndarray, y: np.ndarray, *, groups: np.ndarray | None = None, fol
     if not holdout:
         tr, val = np.arange(len(x)), np.arange(0)
     mx.random.seed(seed)
-    model = _mlp(x.shape[1], hidden)
+    model = router_mlp(x.shape[1], hidden)
     opt = optim.AdamW(learning_rate=lr, weight_decay=weight_decay)
     pos_weight = float((1 - y[tr].mean()) / max(y[tr].mean(), 1e-6))  # balance rare positives
 
@@ -240,90 +212,8 @@ def save(model, path: str | Path, *, model_fingerprint: str, in_dim: int, hidden
     out.mkdir(parents=True, exist_ok=True)
     mx.save_safetensors(str(out / "weights.safetensors"), dict(tree_flatten(model.parameters())))
     (out / "router.json").write_text(json.dumps({
-        "format_version": FORMAT_VERSION, "model_fingerprint": model_fingerprint, "model_name": model_name,
+        "format_version": ROUTER_FORMAT_VERSION, "model_fingerprint": model_fingerprint, "model_name": model_name,
         "in_dim": in_dim,
         "hidden": hidden, "features": "rmsnorm(hidden_state) + [max_prob, entropy/ln(V), margin]",
         "score_quantiles": score_quantiles or [], "metrics": metrics or {}}, indent=2))
     return out
-
-
-SHIPPED = Path(__file__).resolve().parent / "routers"
-
-
-def shipped_router(model_fingerprint: str) -> Path | None:
-    """The router shipped with the package for this local model, if there is one."""
-    for meta in sorted(SHIPPED.glob("*/router.json")):
-        try:
-            if json.loads(meta.read_text()).get("model_fingerprint") == model_fingerprint:
-                return meta.parent
-        except (OSError, ValueError):
-            continue
-    return None
-
-
-class LearnedScorer:
-    """Scores a position with a trained router MLP: P(needs the cloud). Needs the hidden state.
-
-    ``path=None`` uses the router shipped for the local model (found at ``bind``)."""
-
-    needs_hidden = True
-
-    def __init__(self, path: str | Path | None = None):
-        self.path = Path(path) if path else None
-        self.model = None
-        self._log_vocab = 1.0
-        if self.path is not None:
-            self._load(self.path)
-
-    def _load(self, path: Path) -> None:
-        import mlx.core as mx
-        from mlx.utils import tree_unflatten
-
-        meta_file = path / "router.json"
-        if not meta_file.exists():
-            raise RouterLoadError(f"no router at {path} (router.json missing)")
-        try:
-            self.meta = json.loads(meta_file.read_text())
-            if self.meta.get("format_version") != FORMAT_VERSION:
-                raise RouterLoadError(f"router format {self.meta.get('format_version')} is not supported")
-            self.model = _mlp(int(self.meta["in_dim"]), int(self.meta["hidden"]))
-            weights = mx.load(str(path / "weights.safetensors"))
-            self.model.update(tree_unflatten(list(weights.items())))
-        except RouterLoadError:
-            raise
-        except Exception as exc:
-            raise RouterLoadError(f"router at {path} is unreadable: {exc}") from exc
-
-    def bind(self, lm) -> None:
-        if self.path is None:
-            found = shipped_router(lm.fingerprint)
-            if found is None:
-                raise RouterLoadError(
-                    f"no router ships for local model {lm.name} ({lm.fingerprint}): train one with "
-                    "`collab router collect` then `collab router train`, and pass router=\"learned:PATH\"")
-            self.path = found
-            self._load(found)
-        want = self.meta["model_fingerprint"]
-        if lm.fingerprint != want:
-            raise RouterLoadError(
-                f"router {self.path} was trained for local model {want}, not {lm.fingerprint}: retrain it "
-                "for this model")
-        hidden_size = lm.config.get("hidden_size")
-        if hidden_size and int(hidden_size) + 3 != int(self.meta["in_dim"]):
-            raise RouterLoadError(f"router expects hidden size {int(self.meta['in_dim']) - 3}, model has {hidden_size}")
-        self._log_vocab = math.log(max(2, lm.config.get("vocab_size") or 32000))
-
-    @property
-    def calibration_scores(self) -> list[float] | None:
-        """Quantiles of this router's scores on its training positions (``BudgetRouter`` starts from them)."""
-        return (self.meta.get("score_quantiles") or None) if self.model is not None else None
-
-    def __call__(self, sig: TokenSignal) -> float:
-        import mlx.core as mx
-
-        if sig.hidden is None:
-            raise RouterLoadError("the learned router needs the hidden state (the engine passes it when asked)")
-        if self.model is None:
-            raise RouterLoadError("the learned router is not bound to a local model yet (bind(lm) first)")
-        x = mx.array(features(sig, self._log_vocab))[None]
-        return float(mx.sigmoid(self.model(x)).item())

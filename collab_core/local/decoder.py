@@ -14,11 +14,10 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
 
+from ..scoring import Confidence, summary_graph, unpack_summary
+from ..text import common_prefix_len
 from .loading import LocalModel
-from .scoring import Confidence, summary_graph, unpack_summary
-from .text import common_prefix_len
 
 
 class Step:
@@ -236,41 +235,3 @@ def greedy_answer(dec: StepDecoder, prompt_ids: Sequence[int], answer: Sequence[
         if stop and stop in lm.tokenizer.decode(answer):
             return
         step = dec.step(tid)
-
-
-def render_prompt(lm: LocalModel, prompt: str | Sequence[dict] | Sequence[int], *,
-                  chat: bool | None = None, system: str | None = None) -> tuple[str, list[int]]:
-    """The prompt as text and as token ids: a string, a chat message list, or ids already.
-
-    A string goes through the chat template (with the generation prompt) when the model has one,
-    unless ``chat=False``; a message list always does.
-    """
-    from .errors import EmptyPromptError
-
-    tok = lm.tokenizer
-    if isinstance(prompt, (list, tuple)) and prompt and isinstance(prompt[0], int):
-        return tok.decode(list(prompt)), list(prompt)
-    if isinstance(prompt, str):
-        if not prompt.strip():
-            raise EmptyPromptError("the prompt is empty")
-        use_chat = lm.has_chat_template if chat is None else chat
-        if not use_chat:
-            return prompt, list(tok.encode(prompt))
-        messages: list[dict[str, Any]] = [{"role": "user", "content": prompt}]
-    else:
-        messages = [dict(m) for m in prompt]
-        if not any(str(m.get("content") or "").strip() for m in messages):
-            raise EmptyPromptError("the message list has no content")
-    if system:
-        messages = [{"role": "system", "content": system}] + [m for m in messages if m.get("role") != "system"]
-    if not lm.has_chat_template:
-        text = "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
-        return text, list(tok.encode(text))
-    text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return text, list(tok.encode(text, add_special_tokens=False))
-
-
-def encode_prompt(lm: LocalModel, prompt: str | Sequence[dict] | Sequence[int], *,
-                  chat: bool | None = None, system: str | None = None) -> list[int]:
-    """Token ids for a prompt (see ``render_prompt``)."""
-    return render_prompt(lm, prompt, chat=chat, system=system)[1]

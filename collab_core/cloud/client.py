@@ -19,16 +19,19 @@ OpenAI SDK's own retries are switched off so they do not multiply.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import os
 import re
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import CloudConfigError, CloudError
+from ..errors import CloudConfigError, CloudError
+from ..settings import STRATEGIES, EngineSettings
+from ..text import cut_to_word_boundary, fix_spacing, strip_echo
 
-STRATEGIES = ("completion", "prefill", "prefix", "continue", "instruct")
 _COMPLETION_PROVIDERS = {"text-completion-openai", "hosted_vllm", "together_ai", "fireworks_ai",
                          "text-completion-codestral", "openai_like"}
 _PREFIX_PROVIDERS = {"deepseek", "mistral", "codestral"}
@@ -52,17 +55,20 @@ def _litellm():
     return litellm
 
 
+_DEFAULT = {f.name: f.default for f in dataclasses.fields(EngineSettings)}
+
+
 @dataclass
 class CloudConfig:
-    """Where and how the cloud model is called."""
+    """Where and how the cloud model is called (defaults: ``EngineSettings``')."""
 
     model: str
     api_base: str | None = None
     api_key: str | None = field(default=None, repr=False)
-    strategy: str = "auto"
-    span_tokens: int = 4  # cloud tokens per call (cut back to a word boundary)
-    timeout_s: float = 10.0  # per call
-    max_retries: int = 2  # tenacity retries per call (not counting the first try)
+    strategy: str = _DEFAULT["strategy"]
+    span_tokens: int = _DEFAULT["span_tokens"]  # cloud tokens per call (cut back to a word boundary)
+    timeout_s: float = _DEFAULT["timeout"]  # per call
+    max_retries: int = _DEFAULT["max_retries"]  # tenacity retries per call (not counting the first try)
     temperature: float = 0.0
     extra: dict = field(default_factory=dict)  # passed through to litellm (e.g. extra_headers)
 
@@ -92,13 +98,17 @@ class CloudSpan:
     cost_usd: float = 0.0
     latency_s: float = 0.0
     strategy: str = ""
-    cached: bool = False
-    attempts: int = 1
 
     @property
     def ends_answer(self) -> bool:
         # An instruction-following model stops after "a few words" by design; that is not the end.
         return self.finish_reason == "stop" and self.strategy != "instruct"
+
+
+def span_key(*parts) -> str:
+    """A stable digest of everything that shapes a cloud span (the span cache's key)."""
+    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def choose_strategy(model: str, api_base: str | None = None) -> str:
@@ -161,28 +171,6 @@ def is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, retryable)
 
 
-def cut_to_word_boundary(text: str) -> str:
-    """Drop a trailing partial word (the span was cut by max_tokens), keeping at least one word."""
-    if not text or text[-1].isspace():
-        return text
-    m = re.search(r"\s\S*$", text)
-    if m is None or not text[: m.start()].strip():
-        return text
-    return text[: m.start()]
-
-
-def strip_echo(text: str, partial: str) -> str:
-    """Remove a repeated partial answer (or its tail) that a chat model echoed back."""
-    t = text
-    for cand in (partial, partial.strip()):
-        if cand and t.startswith(cand):
-            return t[len(cand):]
-    tail = partial.strip()[-40:]
-    if len(tail) >= 8 and tail in t[: len(tail) + 8]:
-        return t[t.index(tail) + len(tail):]
-    return t
-
-
 class CloudClient:
     """Calls the cloud model for a continuation span (sync; callers run it in a worker thread)."""
 
@@ -217,8 +205,6 @@ class CloudClient:
     # -- request shaping -------------------------------------------------------------------------------
     def cache_key(self, req: SpanRequest) -> str:
         """The span cache's key for ``req``: everything that shapes the cloud's answer, nothing else."""
-        from .cache import span_key
-
         cc = self.config
         return span_key(cc.model, cc.api_base, self.strategy, cc.span_tokens, cc.temperature,
                         req.prompt_text if self.strategy == "completion" else req.messages, req.partial,
@@ -278,30 +264,14 @@ class CloudClient:
             text = strip_echo(text.strip("\n"), req.partial)
             text = re.sub(r"</?partial>", "", text)
         if self.strategy in ("instruct", "prefill"):
-            text = self._fix_spacing(text, req)
+            text = fix_spacing(text, req.partial, req.word_start)
         elif text[:1].isalnum():
             # Some servers drop the span's leading space (mlx_lm.server's detokenizer trims it at the start
             # of every generation); only ever add one back, never remove what a server sent.
-            text = self._fix_spacing(text, req)
+            text = fix_spacing(text, req.partial, req.word_start)
         if finish == "length" or self.strategy == "instruct":
             text = cut_to_word_boundary(text)
         return text, finish
-
-    @staticmethod
-    def _fix_spacing(text: str, req: SpanRequest) -> str:
-        """Chat models drop the leading space of a continuation; Anthropic strips the prefill's trailing
-        whitespace. Decide the boundary from the partial answer and the local model's own next token."""
-        partial = req.partial
-        if not partial:
-            return text.lstrip()
-        if partial[-1].isspace():
-            return text.lstrip(" ")
-        stripped = text.lstrip(" ")
-        if req.word_start is True and stripped[:1].isalnum():
-            return " " + stripped
-        if req.word_start is False:
-            return stripped
-        return text
 
     # -- the call --------------------------------------------------------------------------------------
     def continue_span(self, req: SpanRequest, deadline: float | None = None) -> CloudSpan:
@@ -349,7 +319,6 @@ class CloudClient:
             input_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
             output_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
             cost_usd=self._cost(resp), latency_s=time.perf_counter() - t0, strategy=self.strategy,
-            attempts=attempts,
         )
 
     def _cost(self, resp: Any) -> float:
@@ -363,14 +332,3 @@ class CloudClient:
 def _short(exc: BaseException, limit: int = 300) -> str:
     msg = str(exc).replace("\n", " ")
     return msg if len(msg) <= limit else msg[:limit] + "..."
-
-
-def messages_for(prompt: str | Sequence[dict], system: str | None = None) -> list[dict]:
-    """The conversation as chat messages (what chat strategies send)."""
-    if isinstance(prompt, str):
-        msgs = [{"role": "user", "content": prompt}]
-    else:
-        msgs = [{"role": m["role"], "content": m.get("content") or ""} for m in prompt]
-    if system:
-        msgs = [{"role": "system", "content": system}] + [m for m in msgs if m["role"] != "system"]
-    return msgs

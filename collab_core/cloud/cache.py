@@ -7,7 +7,6 @@ whole request, so this small cache is used instead.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
 import threading
@@ -15,12 +14,7 @@ from collections import OrderedDict
 from dataclasses import asdict
 from pathlib import Path
 
-from .cloud import CloudSpan
-
-
-def span_key(*parts) -> str:
-    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
+from .client import CloudSpan
 
 
 class SpanCache:
@@ -31,8 +25,6 @@ class SpanCache:
         self._mem: OrderedDict[str, CloudSpan] = OrderedDict()
         self._lock = threading.Lock()
         self._db = None
-        self.hits = 0
-        self.misses = 0
         if path is not None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(str(path), check_same_thread=False)
@@ -47,13 +39,11 @@ class SpanCache:
             elif self._db is not None:
                 row = self._db.execute("SELECT value FROM spans WHERE key = ?", (key,)).fetchone()
                 if row is not None:
-                    span = CloudSpan(**json.loads(row[0]))
+                    span = _span_from_json(row[0])
                     self._remember(key, span)
             if span is None:
-                self.misses += 1
                 return None
-            self.hits += 1
-        return CloudSpan(**{**asdict(span), "cached": True, "latency_s": 0.0, "cost_usd": 0.0,
+        return CloudSpan(**{**asdict(span), "latency_s": 0.0, "cost_usd": 0.0,
                             "input_tokens": 0, "output_tokens": 0})
 
     def put(self, key: str, span: CloudSpan) -> None:
@@ -75,3 +65,9 @@ class SpanCache:
 
     def __len__(self) -> int:
         return len(self._mem)
+
+
+def _span_from_json(blob: str) -> CloudSpan:
+    """A stored span; fields of older versions that no longer exist are ignored."""
+    known = CloudSpan.__dataclass_fields__
+    return CloudSpan(**{k: v for k, v in json.loads(blob).items() if k in known})

@@ -19,9 +19,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from .errors import CollabError
-from .loading import prepare_gguf
-from .weights import QWEN25_CODER_15B
+from ..errors import CollabError
+from ..local.loading import prepare_gguf
+from ..local.weights import QWEN25_CODER_15B
 
 STANDIN_MODEL = "text-completion-openai/default_model"
 
@@ -66,7 +66,7 @@ class StandinCloud:
                 f"sys.argv = ['mlx_lm.server', '--model', {str(folder)!r}, '--host', '127.0.0.1', "
                 f"'--port', '{self.port}']; main()")
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-        from .weights import cache_dir
+        from ..local.weights import cache_dir
 
         self.log_path = cache_dir() / f"standin-{self.port}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)

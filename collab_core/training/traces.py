@@ -2,9 +2,9 @@
 
 ``collect`` runs the local model greedily over prompts and records, at every position it writes:
 
-* the router features (hidden state + confidence signals, ``learned.features``) and the raw signals;
+* the router features (hidden state + confidence signals, ``scoring.features``) and the raw signals;
 * ``disagree``: would the cloud model have written something else here? The cloud is asked, through the same
-  LiteLLM leg and span cache as the engine, to continue the prompt + the local answer so far; its text is
+  ``CloudLeg`` as the engine (with a span cache on disk), to continue the prompt + the local answer so far; its text is
   compared with the local tokens' text (tokenizers differ), so one call labels every position up to the
   first disagreement, and the next call starts there;
 * where a gold check is known (CommonsenseQA training questions): ``local_ok`` (is the local answer right?)
@@ -20,7 +20,6 @@ folder), and a prompt whose cloud call failed is retried by the next run.
 from __future__ import annotations
 
 import json
-import math
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -28,19 +27,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import SpanCache
-from .cloud import CloudClient, CloudSpan, SpanRequest
-from .decoder import StepDecoder, greedy_answer
-from .errors import CloudError, CollabError
-from .learned import features
-from .router import ConfidenceScorer, TokenSignal
-from .text import splice
+from ..cloud.cache import SpanCache
+from ..cloud.client import CloudClient, CloudSpan, SpanRequest
+from ..cloud.leg import CloudLeg
+from ..errors import CloudError, TraceError
+from ..local.decoder import StepDecoder, greedy_answer
+from ..scoring import ConfidenceScorer, TokenSignal, features, log_vocab
+from ..stats import GenerationStats
+from ..text import splice
 
 TRACE_VERSION = 1
-
-
-class TraceError(CollabError):
-    """No traces, traces from several local models, or a label the traces cannot give."""
 
 
 @dataclass
@@ -54,8 +50,8 @@ def jsonl_tasks(lm, path: str | Path, limit: int | None = None, seed: int = 7) -
     """Tasks from a JSONL file (shuffled with ``seed``, the first ``limit``): CommonsenseQA rows, with their gold
     check (use training questions, never the evaluation ones), or ``{"id": ..., "prompt": ...}`` rows
     (chat-templated, no check)."""
+    from ..prompts import render_prompt
     from . import csqa
-    from .decoder import render_prompt
 
     rows = csqa.load_questions(path, limit, seed)
     if rows and "choices" in rows[0]:
@@ -75,13 +71,12 @@ class TraceCollector:
         self.lm, self.client, self.out = lm, client, Path(out)
         self.max_tokens, self.stop = max_tokens, stop
         self.out.mkdir(parents=True, exist_ok=True)
-        self.cache = SpanCache(path=self.out / "spans.sqlite")
+        self.leg = CloudLeg(client, SpanCache(path=self.out / "spans.sqlite"), GenerationStats())
         self.on_cloud_error = on_cloud_error  # return True to retry the call once (e.g. after a restart)
-        self.log_vocab = math.log(max(2, lm.config.get("vocab_size") or 32000))
+        self.log_vocab = log_vocab(lm)
         self.dec = StepDecoder(lm, want_hidden=True)
         self.confidence = ConfidenceScorer()
         self.confidence.bind(lm)
-        self.calls = 0
 
     # -- local side ------------------------------------------------------------------------------------
     def _text(self, ids) -> str:
@@ -103,20 +98,12 @@ class TraceCollector:
     # -- cloud side ------------------------------------------------------------------------------------
     def _cloud(self, prompt: str, partial: str) -> CloudSpan | None:
         req = SpanRequest(messages=[{"role": "user", "content": prompt}], prompt_text=prompt, partial=partial)
-        key = self.client.cache_key(req)
-        span = self.cache.get(key)
-        if span is not None:
-            return span
-        for attempt in (0, 1):
-            try:
-                self.calls += 1
-                span = self.client.continue_span(req)
-                break
-            except CloudError as exc:
-                if attempt or self.on_cloud_error is None or not self.on_cloud_error(exc):
-                    return None
-        self.cache.put(key, span)
-        return span
+        return self.leg.call(req, on_error=self.on_cloud_error)
+
+    @property
+    def calls(self) -> int:
+        """Cloud calls made (cached answers not counted)."""
+        return self.leg.stats.cloud_calls
 
     # -- one prompt ------------------------------------------------------------------------------------
     def collect_one(self, task: TraceTask) -> dict | None:

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import UnsupportedModelError
+from ..errors import UnsupportedModelError
 
 #: Bump when the conversion output changes, so cached folders are rebuilt.
 CONVERTER_VERSION = 1

@@ -1,0 +1,197 @@
+"""``Engine``: token-level routing between a local MLX model and a cloud model reached through LiteLLM.
+
+The engine owns what outlives one request -- the local model's decoder (and with it the KV cache a next turn
+reuses), the router (and with it the budget's running share), the cloud client, the span cache and the
+executor cloud calls run on -- and hands them to a ``Run`` per request (``run.py``). Every entry point
+streams from ``Engine.stream``; ``generate`` collects, ``astream``/``agenerate`` decode in a worker thread so
+the event loop is never blocked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import sys
+import threading
+from collections.abc import AsyncIterator, Iterator
+
+from ..cloud.cache import SpanCache
+from ..cloud.client import CloudClient, CloudConfig
+from ..errors import ConfigError
+from ..local.decoder import StepDecoder, greedy
+from ..local.loading import LocalModel, load_local_model
+from ..prompts import Prompt, render_prompt
+from ..router import Router, make_router
+from ..settings import PIPELINES, EngineSettings, GenerateOptions, GenerationConfig
+from ..threads import ParkedThreads
+from .events import Event, Generation
+from .run import Run
+
+if sys.version_info >= (3, 11):
+    from typing import Unpack
+else:  # pragma: no cover - 3.10
+    from typing_extensions import Unpack
+
+_DECODE_THREADS = ParkedThreads("collab-decode")  # async API: decoding threads that never exit (see there)
+_MODEL_LOCKS: dict[int, threading.RLock] = {}
+_MODEL_LOCKS_GUARD = threading.Lock()
+
+
+def _model_lock(lm: LocalModel) -> threading.RLock:
+    """One sequence at a time per local model, whichever engine decodes it (MLX state is not shared safely
+    across threads); the same thread may interleave two streams."""
+    with _MODEL_LOCKS_GUARD:
+        return _MODEL_LOCKS.setdefault(id(lm), threading.RLock())
+
+
+def make_sampler(cfg: GenerationConfig):
+    if cfg.temperature <= 0:
+        return greedy
+    from mlx_lm.sample_utils import make_sampler as mlx_make_sampler
+
+    return mlx_make_sampler(temp=cfg.temperature, top_p=cfg.top_p)
+
+
+class Engine:
+    """Token-level routing between a local MLX model and a cloud model reached through LiteLLM.
+
+    Args:
+        local_model: a ``LocalModel`` or a spec (``None``: the bundled default); loaded on first use.
+        cloud: a LiteLLM model string or a ``CloudConfig`` (``None``: local only). Unknown model strings and
+            missing keys raise ``CloudConfigError`` here, before any work.
+        api_base, api_key: for a ``cloud`` given as a string.
+        router: a ``Router`` or a spec (``threshold:0.5``, ``budget:0.07``, ``learned``, ``never``);
+            ``threshold``/``budget`` are shortcuts. A budget holds over every request of this engine.
+        pipeline: ``async`` drafts locally while a cloud call is in flight (up to ``max_draft`` tokens);
+            ``sync`` waits.
+        cache: a ``SpanCache``, ``True`` for an in-memory one, ``False`` for none.
+        config: default per-request options (each call may override them).
+        want_hidden: keep the last hidden state on every step (a learned router asks for it anyway).
+    """
+
+    def __init__(self, local_model: LocalModel | str | None = None, *, cloud: CloudConfig | str | None = None,
+                 api_base: str | None = None, api_key: str | None = None, router: Router | str | None = None,
+                 threshold: float | None = None, budget: float | None = None, pipeline: str = "async",
+                 max_draft: int = 8, cache: SpanCache | bool = True, config: GenerationConfig | None = None,
+                 want_hidden: bool = False):
+        if pipeline not in PIPELINES:
+            raise ConfigError(f"pipeline must be one of {PIPELINES}, not {pipeline!r}")
+        self._local_spec = local_model
+        self._lm = local_model if isinstance(local_model, LocalModel) else None
+        self.config = config or GenerationConfig()
+        if isinstance(cloud, str):
+            cloud = CloudConfig(model=cloud, api_base=api_base, api_key=api_key)
+        self.cloud: CloudClient | None = CloudClient(cloud) if cloud is not None else None
+        if self.cloud is not None:
+            self.cloud.validate()
+        self.router = make_router(router, threshold=threshold, budget=budget)
+        self.pipeline = pipeline
+        self.max_draft = max_draft if pipeline == "async" else 0
+        self.cache = cache if isinstance(cache, SpanCache) else (SpanCache() if cache else None)
+        self.want_hidden = want_hidden
+        self._decoder: StepDecoder | None = None
+        self._bound = False
+        self._executor: cf.ThreadPoolExecutor | None = None
+
+    @classmethod
+    def from_settings(cls, settings: EngineSettings, *, config: GenerationConfig | None = None,
+                      cache: SpanCache | bool = True) -> Engine:
+        """The engine ``settings`` describe (the CLI and both adapters build theirs this way)."""
+        s = settings
+        cloud = None
+        if s.cloud_model:
+            cloud = CloudConfig(model=s.cloud_model, api_base=s.api_base, api_key=s.api_key, timeout_s=s.timeout,
+                                max_retries=s.max_retries, span_tokens=s.span_tokens, strategy=s.strategy)
+        return cls(s.local_model, cloud=cloud, router=s.router, threshold=s.threshold, budget=s.budget,
+                   pipeline=s.pipeline, config=config, cache=cache)
+
+    @property
+    def local_model(self) -> LocalModel:
+        if self._lm is None:
+            self._lm = load_local_model(self._local_spec)
+        return self._lm
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the local model is loaded (reading ``local_model`` loads it)."""
+        return self._lm is not None
+
+    @property
+    def model_name(self) -> str:
+        name = self.local_model.name
+        return f"{name}+{self.cloud.config.model}" if self.cloud is not None else name
+
+    def encode(self, prompt: Prompt, cfg: GenerationConfig | None = None) -> list[int]:
+        cfg = cfg or self.config
+        return render_prompt(self.local_model, prompt, chat=cfg.chat, system=cfg.system)[1]
+
+    def _decoder_for(self, cfg: GenerationConfig) -> StepDecoder:
+        lm = self.local_model
+        if not self._bound:
+            self.router.bind(lm)
+            self._bound = True
+        hidden = self.want_hidden or self.router.needs_hidden
+        if self._decoder is None or self._decoder.want_hidden != hidden:
+            self._decoder = StepDecoder(lm, want_hidden=hidden)
+        self._decoder.sampler = make_sampler(cfg)
+        return self._decoder
+
+    def _submit(self, fn, *args) -> cf.Future:
+        if self._executor is None:
+            self._executor = cf.ThreadPoolExecutor(max_workers=2, thread_name_prefix="collab-cloud")
+        return self._executor.submit(fn, *args)
+
+    # -- sync ----------------------------------------------------------------------------------------------------
+    def stream(self, prompt: Prompt, **options: Unpack[GenerateOptions]) -> Iterator[Event]:
+        """Yield one ``TokenEvent`` per generated token, then a ``FinalEvent`` (finish reason, stats).
+
+        Options (``GenerateOptions``) override the engine's ``config`` for this call; an unknown one raises
+        ``ConfigError``."""
+        cfg = self.config.replace(**options)
+        lm = self.local_model
+        with _model_lock(lm):
+            run = Run(lm, self._decoder_for(cfg), self.router, prompt, cfg, cloud=self.cloud, cache=self.cache,
+                      submit=self._submit, max_draft=self.max_draft)
+            yield from run.events()
+
+    def generate(self, prompt: Prompt, **options: Unpack[GenerateOptions]) -> Generation:
+        return Generation.from_events(list(self.stream(prompt, **options)), self.model_name)
+
+    # -- async: decoding runs in a worker thread, the event loop is never blocked ------------------------------
+    async def astream(self, prompt: Prompt, **options: Unpack[GenerateOptions]) -> AsyncIterator[Event]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        done = object()
+        cancelled = threading.Event()
+        self.config.replace(**options)  # a bad option raises here, in the caller's task
+
+        def worker():
+            try:
+                for ev in self.stream(prompt, **options):
+                    if cancelled.is_set():
+                        break
+                    loop.call_soon_threadsafe(queue.put_nowait, ev)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, done)
+
+        _DECODE_THREADS.submit(worker)
+        try:
+            while True:
+                item = await queue.get()
+                if item is done:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            cancelled.set()
+
+    async def agenerate(self, prompt: Prompt, **options: Unpack[GenerateOptions]) -> Generation:
+        return Generation.from_events([ev async for ev in self.astream(prompt, **options)], self.model_name)
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None

@@ -1,0 +1,49 @@
+"""Reconciling a cloud span with the local draft: a pure function of token ids and text.
+
+When a span arrives, the answer holds the committed tokens and the draft holds what the local model wrote
+while the call was in flight. The span's text is spliced after the answer (re-spelling the answer's last
+word fragment together with the span, so tokenization stays natural); the draft survives only where it
+spells the same tokens and goes on after them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+
+from ..text import common_prefix_len, splice
+
+
+@dataclass(frozen=True)
+class Reconciliation:
+    replace: int  # committed tokens taken back (the word fragment the span re-spells)
+    cloud: tuple[int, ...]  # the span's tokens, to commit as the cloud's
+    keep_from: int | None  # the draft from this index on goes on after the span; None: the draft is dropped
+    rollbacks: int  # drafted tokens discarded
+    ends: bool  # the cloud ended the answer
+
+    def target(self, answer: Sequence[int], draft: Sequence[int]) -> list[int]:
+        """The answer after reconciliation: what the KV cache must hold after the prompt."""
+        base = list(answer[: len(answer) - self.replace]) + list(self.cloud)
+        return base + (list(draft[self.keep_from:]) if self.keep_from is not None else [])
+
+
+def reconcile(tokenizer, answer: Sequence[int], draft: Sequence[int], text: str, *, ends_answer: bool,
+              max_tokens: int, eos: Collection[int] = ()) -> Reconciliation:
+    """Settle a span of ``text`` (``ends_answer``: the cloud stopped inside it) against ``answer`` + ``draft``.
+
+    An empty ``text`` that ends the answer ends it here (the draft is discarded). Otherwise the span's tokens
+    (never an EOS, never past ``max_tokens``) replace the answer's last word fragment; the draft is kept after
+    them when it agrees with them and the cloud did not end the answer.
+    """
+    if not text:
+        return Reconciliation(0, (), None, len(draft), True)
+    n_back, new_ids = splice(tokenizer, list(answer), text)
+    base = list(answer[: len(answer) - n_back])
+    new_ids = [t for t in new_ids if t not in eos][: max(0, max_tokens - len(base))]
+    target = base + new_ids
+    drafted = list(answer) + list(draft)
+    if not ends_answer and drafted[: len(target)] == target:
+        return Reconciliation(n_back, tuple(new_ids), max(0, len(target) - len(answer)), 0, False)
+    return Reconciliation(n_back, tuple(new_ids), None, len(drafted) - common_prefix_len(drafted, target),
+                          ends_answer)

@@ -1,0 +1,232 @@
+"""One generation: the loop that decodes, scores, routes, settles cloud spans and emits tokens.
+
+``Run`` is built by ``Engine.stream`` with everything it needs passed in (the local model, its decoder,
+the router, the cloud leg's client, cache and executor); it touches nothing else. ``events()`` is the
+algorithm:
+
+1. **decode** the next local token (queueing the following forward pass first, as mlx-lm does);
+2. while a cloud span is in flight, **draft**: keep the local token aside, emit nothing;
+3. otherwise **score** it and let the router **route** it: start a cloud call (the token becomes the first
+   draft token) or **emit** it as the local model's;
+4. when the span is ready (or drafting must stop), **settle** it against the draft (``reconcile``), emit the
+   result and bring the KV cache to it (rollback and feed).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from ..cloud.cache import SpanCache
+from ..cloud.client import CloudClient, CloudSpan, SpanRequest
+from ..cloud.leg import CloudLeg, Pending, Submit
+from ..errors import ContextOverflowError
+from ..local.decoder import Step, StepDecoder
+from ..local.loading import LocalModel
+from ..prompts import Prompt, messages_for, render_prompt
+from ..router import Router
+from ..scoring import Confidence, TokenSignal
+from ..settings import GenerationConfig
+from ..stats import GenerationStats
+from ..text import TextStream, common_prefix_len
+from .events import Event, FinalEvent, TokenEvent
+from .reconcile import reconcile
+
+Drafted = tuple[int, Confidence, "float | None"]  # (token, its confidence, its routing score)
+
+
+class Run:
+    """The state of one generation. ``events()`` is the loop."""
+
+    def __init__(self, lm: LocalModel, decoder: StepDecoder, router: Router, prompt: Prompt, cfg: GenerationConfig,
+                 *, cloud: CloudClient | None, cache: SpanCache | None, submit: Submit, max_draft: int):
+        self.t0 = time.perf_counter()
+        self.lm, self.dec, self.router, self.cfg, self.max_draft = lm, decoder, router, cfg, max_draft
+        self.prompt_text, self.ids = render_prompt(lm, prompt, chat=cfg.chat, system=cfg.system)
+        window = lm.context_window
+        if len(self.ids) >= window:
+            raise ContextOverflowError(f"prompt has {len(self.ids)} tokens; the local model's context is {window}")
+        self.max_tokens = min(cfg.max_tokens, window - len(self.ids))
+        self.stats = GenerationStats(prompt_tokens=len(self.ids))
+        self.text = TextStream(lm.tokenizer, cfg.stop)
+        self.eos = lm.eos_token_ids
+        deadline = self.t0 + cfg.deadline_s if cfg.deadline_s else None
+        self.leg = None if cloud is None or cfg.local_only else CloudLeg(
+            cloud, cache, self.stats, submit=submit, deadline=deadline, max_calls=cfg.max_cloud_calls)
+        self.messages = messages_for(prompt, cfg.system) if self.leg is not None else []
+        self.answer: list[int] = []  # committed tokens
+        self.sources: list[str] = []
+        self.draft: list[Drafted] = []
+        self.draft_closed = False  # the draft hit EOS or the token limit: wait for the cloud
+        self.pending: Pending | None = None
+        self.finish = "length"
+        self._first = True
+        self._accounted = (0, 0, 0)
+
+    # -- the loop ------------------------------------------------------------------------------------------------
+    def events(self) -> Iterator[Event]:
+        import mlx.core as mx
+
+        if self.cfg.seed is not None:
+            mx.random.seed(self.cfg.seed)
+        step = self.dec.prefill(self.ids)
+        while not (self.finish == "stop" or self.text.stopped):
+            if self.pending is not None:
+                if self._settle_due():
+                    step = yield from self._settle(step)
+                    continue
+            elif len(self.answer) >= self.max_tokens:
+                break
+            tid, conf, nxt = self._decode(step)
+            last = nxt is None  # the token limit: no forward pass was queued
+            if self.pending is not None:
+                self._draft(tid, conf, None, closing=tid in self.eos or last)
+            elif tid in self.eos:  # the cache keeps the EOS: a next turn's template usually repeats it
+                self.finish = "stop"
+                break
+            else:
+                score, route = self._score_and_route(tid, conf, step)
+                if route:
+                    self._send(tid)
+                    self._draft(tid, conf, score, closing=last)
+                else:
+                    yield self._commit(tid, "local", conf, score)
+                    if len(self.answer) % 16 == 0:
+                        self._account()
+                    if last:
+                        break
+            if nxt is not None:
+                step = nxt
+        yield self._finish()
+
+    # -- decode, score, route ------------------------------------------------------------------------------------
+    def _decode(self, step: Step) -> tuple[int, Confidence, Step | None]:
+        """Read ``step``'s token, having queued the next forward pass (none at the token limit)."""
+        n_total = len(self.answer) + len(self.draft)
+        nxt = self.dec.step(step.token) if n_total + 1 < self.max_tokens else None
+        tid, conf = step.token_id, step.confidence
+        if self._first:
+            self.stats.time_prefill_s = time.perf_counter() - self.t0
+            self._first = False
+        return tid, conf, nxt
+
+    def _score_and_route(self, tid: int, conf: Confidence, step: Step) -> tuple[float | None, bool]:
+        if self.leg is None or not self.leg.usable():
+            return None, False
+        sig = TokenSignal(conf, len(self.answer), tid, step.hidden)
+        score = self.router.score(sig)
+        self.router.observe(score)
+        return score, self.router.should_route(score, sig)
+
+    def _send(self, tid: int) -> None:
+        """Ask the cloud to continue the committed answer (the local token ``tid`` becomes the first draft)."""
+        partial = self.lm.tokenizer.decode(self.answer) if self.answer else ""
+        word_start = self.lm.tokenizer.decode([tid])[:1].isspace()
+        req = SpanRequest(messages=self.messages, prompt_text=self.prompt_text, partial=partial,
+                          word_start=word_start)
+        self.pending = self.leg.start(req, len(self.answer))
+
+    def _draft(self, tid: int, conf: Confidence, score: float | None, *, closing: bool) -> None:
+        if tid not in self.eos:
+            self.draft.append((tid, conf, score))
+        self.draft_closed = self.draft_closed or closing
+
+    # -- settle ------------------------------------------------------------------------------------------------------
+    def _settle_due(self) -> bool:
+        return (self.pending.ready or self.draft_closed or len(self.draft) >= self.max_draft
+                or len(self.answer) + len(self.draft) >= self.max_tokens)
+
+    def _settle(self, step: Step) -> Iterator[Event]:
+        """Wait for the span, emit what it settles to, then bring the KV cache to it; returns the Step at the
+        cache's end. Emitting first sends the span's text out one forward pass earlier (feeding costs one
+        pass for all its tokens, less than decoding them)."""
+        pending, self.pending = self.pending, None
+        draft, self.draft = self.draft, []
+        self.draft_closed = False
+        span = self.leg.wait(pending)
+        target, events = self._apply(span, pending, draft)
+        self.stats.time_spans_s += time.perf_counter() - pending.submitted
+        yield from events
+        step = self._sync_cache(target, step)
+        self._account()
+        return step
+
+    def _apply(self, span: CloudSpan | None, pending: Pending, draft: list[Drafted]) -> tuple[list[int], list[Event]]:
+        """(tokens the KV cache must hold after the prompt, events to emit) once ``span`` is settled."""
+        if span is None or (not span.text and not span.ends_answer):
+            if span is not None:
+                self.leg.failed("EmptySpan", "the cloud returned no text")
+            events = self._commit_all(draft)  # the local draft stands
+            return list(self.answer), events
+        assert pending.answer_len == len(self.answer)
+        r = reconcile(self.lm.tokenizer, self.answer, [t for t, _, _ in draft], span.text,
+                      ends_answer=span.ends_answer, max_tokens=self.max_tokens, eos=self.eos)
+        self.stats.rollbacks += r.rollbacks
+        target = r.target(self.answer, [t for t, _, _ in draft])
+        if r.ends:
+            self.finish = "stop"
+        if r.replace:
+            self.text.rewind(r.replace)
+            del self.answer[len(self.answer) - r.replace:]
+            del self.sources[len(self.sources) - r.replace:]
+        events: list[Event] = []
+        for tid in r.cloud:
+            events.append(self._commit(tid, "cloud", None, None))
+            if self.text.stopped:
+                break
+        events += self._commit_all(draft[r.keep_from:] if r.keep_from is not None else [])
+        return target, events
+
+    def _sync_cache(self, target: list[int], end: Step) -> Step:
+        """Make the KV cache hold exactly prompt + ``target``; return the Step at its end."""
+        full = self.ids + target
+        cur = self.dec.tokens
+        c = common_prefix_len(cur, full)
+        if c == len(cur) == len(full):
+            return end
+        if c < len(cur):
+            end = self.dec.rollback(len(cur) - c)
+        if c < len(full):
+            end = self.dec.feed(full[c:])
+        return end
+
+    # -- emit ----------------------------------------------------------------------------------------------------------
+    def _commit(self, tid: int, source: str, conf: Confidence | None, score: float | None) -> TokenEvent:
+        """Commit one token to the answer; the event to hand to the caller."""
+        piece = self.text.add(tid)
+        self.answer.append(tid)
+        self.sources.append(source)
+        if self.stats.time_to_first_token_s is None:
+            self.stats.time_to_first_token_s = time.perf_counter() - self.t0
+        return TokenEvent(token=tid, text=piece, source=source, confidence=conf, score=score)
+
+    def _commit_all(self, drafted: list[Drafted]) -> list[Event]:
+        events: list[Event] = []
+        for tid, conf, score in drafted:
+            if len(self.answer) >= self.max_tokens or self.text.stopped:
+                break
+            events.append(self._commit(tid, "local", conf, score))
+        return events
+
+    def _account(self) -> None:
+        """Tell the router what was committed since the last time (a budget router tracks its share)."""
+        total, cloud = len(self.answer), self.sources.count("cloud")
+        calls = self.stats.cloud_calls + self.stats.cloud_cache_hits
+        t0, c0, k0 = self._accounted
+        self.router.account(total - t0, cloud - c0, calls - k0)
+        self._accounted = (total, cloud, calls)
+
+    def _finish(self) -> FinalEvent:
+        if self.pending is not None:
+            self.pending.cancel()
+        tail = self.text.finish()
+        self._account()
+        s = self.stats
+        s.total_tokens = len(self.answer)
+        s.cloud_tokens = self.sources.count("cloud")
+        s.time_total_s = time.perf_counter() - self.t0
+        s.time_local_s = max(0.0, s.time_total_s - s.time_cloud_wait_s)
+        s.cloud_disabled_reason = self.leg.off_reason if self.leg is not None else None
+        if self.text.stopped:
+            self.finish = "stop"
+        return FinalEvent(text=tail, finish_reason=self.finish, stats=s)

@@ -1,0 +1,104 @@
+"""The one prompt type, rendered for the local model and turned into messages for the cloud.
+
+A ``Prompt`` is a string, a chat message list (``{"role", "content"}`` mappings, OpenAI-style), or token ids
+already encoded for the local model. ``render_prompt`` gives the local model's text and ids (through its chat
+template when it has one); ``messages_for`` gives the conversation the chat strategies send to the cloud.
+Message content is text: a string, or a list of OpenAI-style ``{"type": "text"}`` parts; an image or other
+non-text part raises ``UnsupportedInputError``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .errors import EmptyPromptError, UnsupportedInputError
+
+#: One chat message: ``{"role": "user" | "assistant" | "system" | "tool", "content": str | [text parts]}``.
+Message = Mapping[str, Any]
+#: What every generation entry point takes.
+Prompt = str | Sequence[Message] | Sequence[int]
+
+# Role names used by LangChain (message.type) and LlamaIndex (MessageRole) -> the roles chat templates know.
+_ROLE_ALIASES = {"human": "user", "user": "user", "ai": "assistant", "assistant": "assistant", "chatbot": "assistant",
+                 "model": "assistant", "system": "system", "developer": "system", "tool": "tool", "function": "tool"}
+
+
+def chat_role(role: str) -> str:
+    """A framework's role name as a chat-template role (unknown roles are treated as the user's)."""
+    return _ROLE_ALIASES.get(str(role).lower(), "user")
+
+
+def is_token_ids(prompt: Prompt) -> bool:
+    return isinstance(prompt, (list, tuple)) and bool(prompt) and isinstance(prompt[0], int)
+
+
+def message_text(content: Any) -> str:
+    """A message's content as text: a string, or OpenAI-style parts of which only text is accepted."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, (list, tuple)):
+        parts = []
+        for part in content:
+            if isinstance(part, str):
+                parts.append(part)
+            elif isinstance(part, Mapping) and part.get("type") == "text":
+                parts.append(str(part.get("text") or ""))
+            else:
+                kind = part.get("type") if isinstance(part, Mapping) else type(part).__name__
+                raise UnsupportedInputError(f"the local model takes text only, not {kind!r} content")
+        return "\n".join(parts)
+    raise UnsupportedInputError(f"the local model takes text only, not {type(content).__name__} content")
+
+
+def _messages(prompt: Prompt) -> list[dict[str, Any]]:
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    return [{**m, "role": m["role"], "content": message_text(m.get("content"))} for m in prompt]
+
+
+def _with_system(messages: list[dict[str, Any]], system: str | None) -> list[dict[str, Any]]:
+    if not system:
+        return messages
+    return [{"role": "system", "content": system}] + [m for m in messages if m.get("role") != "system"]
+
+
+def render_prompt(lm, prompt: Prompt, *, chat: bool | None = None, system: str | None = None) -> tuple[str, list[int]]:
+    """The prompt as text and as token ids for the local model ``lm``.
+
+    A string goes through the chat template (with the generation prompt) when the model has one, unless
+    ``chat=False``; a message list always does; token ids are taken as they are.
+    """
+    tok = lm.tokenizer
+    if is_token_ids(prompt):
+        return tok.decode(list(prompt)), list(prompt)
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise EmptyPromptError("the prompt is empty")
+        use_chat = lm.has_chat_template if chat is None else chat
+        if not use_chat:
+            return prompt, list(tok.encode(prompt))
+    messages = _messages(prompt)
+    if not any(m["content"].strip() for m in messages):
+        raise EmptyPromptError("the message list has no content")
+    messages = _with_system(messages, system)
+    if not lm.has_chat_template:
+        text = "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
+        return text, list(tok.encode(text))
+    text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return text, list(tok.encode(text, add_special_tokens=False))
+
+
+def encode_prompt(lm, prompt: Prompt, *, chat: bool | None = None, system: str | None = None) -> list[int]:
+    """Token ids for a prompt (see ``render_prompt``)."""
+    return render_prompt(lm, prompt, chat=chat, system=system)[1]
+
+
+def messages_for(prompt: Prompt, system: str | None = None) -> list[dict[str, str]]:
+    """The conversation as ``{"role", "content"}`` chat messages (what the cloud's chat strategies send);
+    empty for token ids, which carry no conversation."""
+    if is_token_ids(prompt):
+        return []
+    return [{"role": m["role"], "content": m["content"]} for m in _with_system(_messages(prompt), system)]

@@ -1,0 +1,161 @@
+"""Settings, declared once.
+
+* ``EngineSettings`` -- what an engine is built from: the local model, the cloud (model, endpoint, key,
+  strategy, span, timeout, retries) and the routing (router, threshold, budget, pipeline). The CLI's flags
+  are derived from its fields; the LangChain and LlamaIndex classes expose the same fields, and a test checks
+  that they do, with the same defaults. A new setting is added here first.
+* ``GenerationConfig`` -- per-request options (``max_tokens``, ``stop``, ``local_only``, ...), with
+  ``GenerateOptions``, the same options as typed keyword arguments for ``Engine.stream`` and friends.
+
+A budget is per engine: a ``BudgetRouter`` holds the routed share over every request its engine serves
+(one adapter instance owns one engine, so two instances never share a budget).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    from typing import TypedDict
+else:  # pragma: no cover - 3.10
+    from typing_extensions import TypedDict
+
+PIPELINES = ("sync", "async")
+STRATEGIES = ("completion", "prefill", "prefix", "continue", "instruct")
+
+
+def _setting(default: Any, help: str, **meta: Any) -> Any:
+    return field(default=default, metadata={"help": help, **meta})
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """Every engine setting, by the names the adapters and the CLI use.
+
+    ``api_key`` never appears in a repr, a cache key or a log (``key()`` holds a digest of it).
+    """
+
+    local_model: str | None = _setting(
+        None, "local model: qwen2.5-coder-0.5b, an HF repo id, an mlx-lm folder or a .gguf file "
+              "(default: the bundled SmolLM2-135M-Instruct)", group="local")
+    cloud_model: str | None = _setting(
+        None, "LiteLLM model string of the cloud, e.g. gpt-4o-mini, anthropic/claude-sonnet-4-5, "
+              "hosted_vllm/NAME, text-completion-openai/NAME (none: local only)")
+    api_base: str | None = _setting(None, "base URL of the cloud API (e.g. http://127.0.0.1:8080/v1)")
+    api_key: str | None = field(default=None, repr=False, metadata={
+        "help": "cloud API key (default: the provider's usual variable, e.g. OPENAI_API_KEY)", "secret": True})
+    threshold: float | None = _setting(None, "route when the score reaches THRESHOLD (default 0.5)")
+    budget: float | None = _setting(None, "hold the routed share of tokens at or under BUDGET (per engine)")
+    router: Any = _setting(None, "router spec: never | threshold:T | budget:B | learned | learned:PATH "
+                                 "(learned with --budget B holds B on the learned score)")
+    pipeline: str = _setting("async", "async: draft locally while a cloud call is in flight; sync: wait",
+                             choices=PIPELINES)
+    timeout: float = _setting(10.0, "seconds per cloud call")
+    max_retries: int = _setting(2, "retries per cloud call (tenacity; not counting the first try)")
+    span_tokens: int = _setting(4, "cloud tokens per routed span")
+    strategy: str = _setting("auto", "how the cloud continues an answer", choices=("auto", *STRATEGIES))
+
+    def __post_init__(self):
+        if self.pipeline not in PIPELINES:
+            raise ConfigError(f"pipeline must be one of {PIPELINES}, not {self.pipeline!r}")
+        if self.span_tokens < 1:
+            raise ConfigError(f"span_tokens must be >= 1, not {self.span_tokens}")
+        if self.max_retries < 0:
+            raise ConfigError(f"max_retries must be >= 0, not {self.max_retries}")
+        if self.timeout is not None and self.timeout <= 0:
+            raise ConfigError(f"timeout must be > 0, not {self.timeout}")
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_object(cls, obj: Any, **overrides: Any) -> EngineSettings:
+        """Read the fields of the same names off an adapter instance (a ``SecretStr`` key is unwrapped);
+        ``None`` in ``obj`` or ``overrides`` means the default."""
+        vals = {}
+        for f in dataclasses.fields(cls):
+            v = overrides.get(f.name)
+            if v is None:
+                v = getattr(obj, f.name, None)
+            if hasattr(v, "get_secret_value"):
+                v = v.get_secret_value()
+            if v is not None:
+                vals[f.name] = v
+        return cls(**vals)
+
+    def key(self) -> tuple:
+        """Identifies the engine these settings build: a digest stands in for the key, a router object is
+        identified by its id."""
+        router = self.router if isinstance(self.router, (str, type(None))) else f"object:{id(self.router)}"
+        digest = hashlib.sha256(self.api_key.encode()).hexdigest()[:16] if self.api_key else None
+        return tuple((f.name, router if f.name == "router" else digest if f.name == "api_key"
+                      else getattr(self, f.name)) for f in dataclasses.fields(self))
+
+
+@dataclass
+class GenerationConfig:
+    """Per-request generation options (an engine has defaults; each call may override them)."""
+
+    max_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: Sequence[str] = ()
+    chat: bool | None = None  # None: use the chat template when the model has one
+    system: str | None = None
+    local_only: bool = False  # never call the cloud for this request
+    max_cloud_calls: int | None = None  # cap per request
+    deadline_s: float | None = None  # per request: no cloud waiting past this many seconds from the start
+
+    def __post_init__(self):
+        if self.max_tokens is None or int(self.max_tokens) < 0:
+            raise ConfigError(f"max_tokens must be >= 0, not {self.max_tokens!r}")
+        if self.temperature < 0:
+            raise ConfigError(f"temperature must be >= 0, not {self.temperature!r}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1], not {self.top_p!r}")
+        if self.max_cloud_calls is not None and self.max_cloud_calls < 0:
+            raise ConfigError(f"max_cloud_calls must be >= 0, not {self.max_cloud_calls!r}")
+        if isinstance(self.stop, str):
+            self.stop = (self.stop,)
+
+    def replace(self, **overrides: Any) -> GenerationConfig:
+        """A copy with ``overrides`` (``None`` keeps the current value); unknown names raise ``ConfigError``."""
+        unknown = set(overrides) - set(self.__dict__)
+        if unknown:
+            raise ConfigError(f"unknown generation option(s): {', '.join(sorted(unknown))}")
+        vals = {**self.__dict__, **{k: v for k, v in overrides.items() if v is not None}}
+        return GenerationConfig(**vals)
+
+
+class GenerateOptions(TypedDict, total=False):
+    """``GenerationConfig``'s fields as keyword arguments of ``Engine.stream/generate/astream/agenerate``."""
+
+    max_tokens: int
+    temperature: float
+    top_p: float
+    seed: int
+    stop: Sequence[str]
+    chat: bool
+    system: str
+    local_only: bool
+    max_cloud_calls: int
+    deadline_s: float
+
+
+def generation_options(max_tokens: int | None, temperature: float | None, stop: Sequence[str] | None,
+                       **extra: Any) -> dict[str, Any]:
+    """Per-call options for ``Engine.stream`` from a framework's usual parameters (others are dropped)."""
+    opts: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature}
+    if stop:
+        opts["stop"] = tuple(stop)
+    opts.update({k: v for k, v in extra.items() if k in GenerationConfig.__dataclass_fields__})
+    return {k: v for k, v in opts.items() if v is not None}
