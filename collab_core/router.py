@@ -24,7 +24,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from .errors import ConfigError
-from .scoring import ConfidenceScorer, TokenSignal
+from .scoring import ConfidenceScorer, LearnedScorer, TokenSignal
 
 
 class Router:
@@ -193,8 +193,6 @@ def make_router(spec: str | Router | None, *, threshold: float | None = None, bu
     if name == "budget":
         return BudgetRouter(float(arg) if arg else (budget if budget is not None else 0.07))
     if name == "learned":
-        from .training.train import LearnedScorer
-
         scorer = LearnedScorer(arg or None)  # no path: the router shipped for the local model
         if budget is not None:
             return BudgetRouter(budget, scorer=scorer)

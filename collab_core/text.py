@@ -134,6 +134,9 @@ def splice(tokenizer, answer: Sequence[int], continuation: str, max_back: int = 
         piece = tokenizer.decode([answer[-k]])
         if piece[:1].isspace() or not piece.strip():
             break
+    full = tokenizer.decode(list(answer))
+    while k and not full.startswith(tokenizer.decode(list(answer[: len(answer) - k]))):
+        k -= 1  # never cut inside a character (a word without spaces, e.g. CJK, longer than max_back tokens)
     head = list(answer[: len(answer) - k])
     frag_ids = list(answer[len(answer) - k:])
     frag_text = tokenizer.decode(head + frag_ids)[len(tokenizer.decode(head)):] if k else ""

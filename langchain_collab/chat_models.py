@@ -78,9 +78,13 @@ class CollabLLM(BaseChatModel):
             var = api_key_env_var(self.cloud_model)
             if var and os.environ.get(var):
                 self.api_key = SecretStr(os.environ[var])
-        if self.cloud_model:
-            self._engine()  # unknown model string / missing key: CloudConfigError now, not mid-answer
         return self
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        # Unknown model string, missing key, bad setting: a typed error now, not mid-answer (raised here rather
+        # than in a validator, where pydantic would wrap it in a ValidationError).
+        self._engine()
 
     # -- engine ------------------------------------------------------------------------------------------
     def _engine(self, cloud_model: str | None = None) -> Engine:

@@ -93,9 +93,9 @@ class CloudLeg:
         now = time.perf_counter()
         if span is not None:
             return Pending(None, span, None, answer_len, now)
-        self.stats.cloud_calls += 1
         if self.submit is None:
             raise RuntimeError("CloudLeg.start needs a submit function (use call() in this thread)")
+        self.stats.cloud_calls += 1
         return Pending(self.submit(self._call, req), None, key, answer_len, now)
 
     def wait(self, pending: Pending) -> CloudSpan | None:

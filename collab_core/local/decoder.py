@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 
+from ..errors import ConfigError, EmptyPromptError
 from ..scoring import Confidence, summary_graph, unpack_summary
 from ..text import common_prefix_len
 from .loading import LocalModel
@@ -113,7 +114,7 @@ class StepDecoder:
 
         ids = list(ids)
         if not ids:
-            raise ValueError("nothing to feed")
+            raise ConfigError("nothing to feed")
         arr = mx.array(ids, dtype=mx.uint32)
         done = 0
         keep_last = 1 if prompt else self.prefill_step_size
@@ -137,7 +138,7 @@ class StepDecoder:
 
         ids = list(ids)
         if not ids:
-            raise ValueError("empty prompt")
+            raise EmptyPromptError("empty prompt")
         # at least one token must be fed to get logits
         common = min(common_prefix_len(self.tokens, ids), len(ids) - 1)
         drop = len(self.tokens) - common
@@ -187,7 +188,7 @@ class StepDecoder:
         from mlx_lm.models.cache import can_trim_prompt_cache, trim_prompt_cache
 
         if k < 0 or k >= len(self.tokens):
-            raise ValueError(f"cannot roll back {k} of {len(self.tokens)} tokens")
+            raise ConfigError(f"cannot roll back {k} of {len(self.tokens)} tokens")
         if k == 0 and self._steps:
             return self._steps[-1]
         if not can_trim_prompt_cache(self.cache):

@@ -25,6 +25,7 @@ import asyncio
 import threading
 from collections.abc import Sequence
 
+from ..errors import ConfigError, UnsupportedModelError
 from ..threads import ParkedThreads
 from .loading import LocalModel, load_local_model
 
@@ -65,10 +66,10 @@ def embed_texts(lm: LocalModel, texts: Sequence[str], *, max_tokens: int = DEFAU
     import mlx.core as mx
 
     if isinstance(texts, str):
-        raise TypeError("embed_texts takes a list of texts, not one string")
+        raise ConfigError("embed_texts takes a list of texts, not one string")
     inner = getattr(lm.model, "model", None)
     if inner is None:
-        raise TypeError(f"{type(lm.model).__name__} has no inner `.model` returning hidden states")
+        raise UnsupportedModelError(f"{type(lm.model).__name__} has no inner `.model` returning hidden states")
     out: list[list[float]] = []
     with _LOCK:
         for text in texts:
@@ -78,11 +79,6 @@ def embed_texts(lm: LocalModel, texts: Sequence[str], *, max_tokens: int = DEFAU
             vec = vec / mx.maximum(mx.linalg.norm(vec), 1e-12)
             out.append(vec.tolist())
     return out
-
-
-def embed_text(lm: LocalModel, text: str, *, max_tokens: int = DEFAULT_MAX_TOKENS) -> list[float]:
-    """``embed_texts`` for one text."""
-    return embed_texts(lm, [text], max_tokens=max_tokens)[0]
 
 
 _THREADS = ParkedThreads("collab-embed")
@@ -95,7 +91,7 @@ async def aembed_texts(lm: LocalModel | str | None, texts: Sequence[str], *,
     ``lm`` may also be a local model spec (``None``: the default), loaded on the worker thread too.
     """
     if isinstance(texts, str):
-        raise TypeError("aembed_texts takes a list of texts, not one string")
+        raise ConfigError("aembed_texts takes a list of texts, not one string")
     texts = list(texts)
 
     def job() -> list[list[float]]:
@@ -105,5 +101,5 @@ async def aembed_texts(lm: LocalModel | str | None, texts: Sequence[str], *,
     return await asyncio.wrap_future(_THREADS.submit(job))
 
 
-__all__ = ["DEFAULT_MAX_TOKENS", "SINK_PREFIX", "ParkedThreads", "aembed_texts", "embed_text", "embed_texts",
+__all__ = ["DEFAULT_MAX_TOKENS", "SINK_PREFIX", "ParkedThreads", "aembed_texts", "embed_texts",
            "embedding_dim"]

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import UnsupportedModelError
+from ..errors import ConfigError, UnsupportedModelError
 
 #: Bump when the conversion output changes, so cached folders are rebuilt.
 CONVERTER_VERSION = 1
@@ -260,7 +260,7 @@ def convert(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, form: str 
     import mlx.core as mx
 
     if form not in ("dense", "quantized"):
-        raise ValueError(f"form must be 'dense' or 'quantized', not {form!r}")
+        raise ConfigError(f"form must be 'dense' or 'quantized', not {form!r}")
     path = Path(gguf_path)
     out = Path(out_dir)
     try:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelLoadError
+from ..errors import ConfigError, ModelLoadError
 from .weights import SMOLLM2_135M, cache_dir
 
 DEFAULT_SPEC = "default"
@@ -83,7 +83,7 @@ def resolve_form(form: str) -> str:
     if form == "auto":
         return "dense" if device_is_cpu() else "quantized"
     if form not in ("dense", "quantized"):
-        raise ValueError(f"form must be 'auto', 'dense' or 'quantized', not {form!r}")
+        raise ConfigError(f"form must be 'auto', 'dense' or 'quantized', not {form!r}")
     return form
 
 

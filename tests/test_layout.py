@@ -1,0 +1,117 @@
+"""The structure stays as documented: no import cycles in collab_core, the runtime never imports the offline
+packages, and the core knows nothing of LangChain or LlamaIndex."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parent.parent / "collab_core"
+OFFLINE = ("collab_core.training", "collab_core.devtools")
+ENTRY_POINTS = ("collab_core.cli",)  # commands may reach the offline packages
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PKG.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _resolve(module: str, is_pkg: bool, node: ast.ImportFrom) -> list[str]:
+    if node.level == 0:
+        base = node.module or ""
+    else:
+        parts = module.split(".")
+        anchor = parts if is_pkg else parts[:-1]
+        anchor = anchor[: len(anchor) - (node.level - 1)]
+        base = ".".join(anchor + ([node.module] if node.module else []))
+    # `from . import x` and `from .pkg import mod` may name submodules
+    return [base] + [f"{base}.{a.name}" for a in node.names]
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Every collab_core module -> the collab_core modules it imports (at any depth in the file)."""
+    files = {_module_name(p): p for p in PKG.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for mod, path in files.items():
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = _resolve(mod, path.name == "__init__.py", node)
+            else:
+                continue
+            deps |= {n for n in names if n in files and n != mod}
+        graph[mod] = deps
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def _edges_ignoring_package_inits(graph):
+    """A package's ``__init__`` re-exporting its modules is not a cycle of the modules it re-exports."""
+    return {m: {d for d in deps if not (m.startswith(d + ".") and d in graph)} for m, deps in graph.items()}
+
+
+def test_the_graph_sees_the_imports():
+    g = import_graph()
+    assert "collab_core.engine.run" in g["collab_core.engine.core"]
+    assert "collab_core.cloud.client" in g["collab_core.cloud.cache"]
+    assert "collab_core.errors" in g["collab_core.local.loading"]  # a relative import two levels up
+
+
+def test_no_import_cycles():
+    assert _cycles(_edges_ignoring_package_inits(import_graph())) == []
+
+
+def test_cycle_finder_finds_a_cycle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_the_runtime_never_imports_the_offline_packages():
+    g = import_graph()
+    offenders = {m: sorted(d for d in deps if d.startswith(OFFLINE))
+                 for m, deps in g.items() if not m.startswith(OFFLINE) and m not in ENTRY_POINTS}
+    assert {m: d for m, d in offenders.items() if d} == {}
+
+
+@pytest.mark.parametrize("framework", ["langchain", "llama_index", "langchain_collab", "llamaindex_collab"])
+def test_the_core_knows_no_framework(framework):
+    for path in PKG.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                assert not any(a.name.split(".")[0] == framework for a in node.names), path
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                assert (node.module or "").split(".")[0] != framework, path
