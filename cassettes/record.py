@@ -26,7 +26,7 @@ PROVIDERS = {"ANTHROPIC_API_KEY": "anthropic", "DEEPSEEK_API_KEY": "deepseek"}
 def start_server() -> subprocess.Popen:
     sys.path.insert(0, str(ROOT))
     import collab_core  # noqa: F401  (OpenBLAS for the server process too)
-    from collab_core.loading import load_local_model
+    from collab_core.local.loading import load_local_model
 
     folder = load_local_model(None).path
     (Path.home() / ".cache" / "huggingface" / "hub").mkdir(parents=True, exist_ok=True)  # /v1/models needs it

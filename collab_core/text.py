@@ -1,4 +1,5 @@
-"""Streaming text: incremental detokenization and stop sequences matched across token boundaries."""
+"""Text: incremental detokenization, stop sequences matched across token boundaries, and the helpers that join
+a cloud span to the answer (splice, word boundaries, echoes, spacing)."""
 
 from __future__ import annotations
 
