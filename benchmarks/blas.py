@@ -16,6 +16,8 @@ import statistics
 import subprocess
 import sys
 
+from collab_core.children import run_main, spawn_python
+
 CHILD = r"""
 import json, sys, time
 import collab_core
@@ -36,9 +38,15 @@ print(json.dumps({"blas": blas.status()["loaded"] or "reference", "prompt_tokens
 
 def child(setting: str, spec: str, tokens: int) -> dict:
     env = {**os.environ, "COLLAB_BLAS": setting}
-    out = subprocess.run([sys.executable, "-c", CHILD, spec, str(tokens)], env=env, capture_output=True,
-                         text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    child = spawn_python(["-c", CHILD, spec, str(tokens)], name="blas measurement", env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = child.proc.communicate()
+    finally:
+        child.stop()
+    if child.proc.returncode:
+        raise subprocess.CalledProcessError(child.proc.returncode, "blas measurement", out, err)
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -65,4 +73,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import collab_core  # noqa: F401  (first: OpenBLAS before mlx)
 from collab_core import Engine, load_local_model
+from collab_core.children import run_main
 from collab_core.cloud.client import CloudClient, CloudConfig
 from collab_core.router import BudgetRouter, ThresholdRouter
 from collab_core.scoring import ConfidenceScorer, LearnedScorer, TokenSignal
@@ -313,4 +314,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -23,12 +23,12 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 
 import collab_core  # noqa: F401  (first: OpenBLAS before mlx)
 from collab_core import Engine, load_local_model
+from collab_core.children import run_main, spawn_python
 from collab_core.cloud.client import CloudClient, CloudConfig, SpanRequest
 from collab_core.prompts import render_prompt
 from collab_core.router import ScheduledRouter
@@ -52,15 +52,15 @@ def main() -> None:
     references = {render_prompt(lm, p)[0]: local.generate(p, max_tokens=args.tokens + 8).text for p in PROMPTS}
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(references, f)
-    # the cloud runs in its own process, as a remote provider would
-    server = subprocess.Popen([sys.executable, "-m", "collab_core.devtools.fakecloud", "--latency-ms", str(args.latency_ms),
-                               "--references", f.name, "--agree", str(args.agree)],
-                              stdout=subprocess.PIPE, text=True)
-    url = server.stdout.readline().strip()
+    # the cloud runs in its own process, as a remote provider would (and stops with this one)
+    server = spawn_python(["-m", "collab_core.devtools.fakecloud", "--latency-ms", str(args.latency_ms),
+                           "--references", f.name, "--agree", str(args.agree)], name="fake cloud",
+                          stdout=subprocess.PIPE, text=True)
     try:
+        url = server.proc.stdout.readline().strip()
         run(args, lm, positions, url, out := {})
     finally:
-        server.terminate()
+        server.stop()
         os.unlink(f.name)
     print(json.dumps(out, indent=2))
     print(f"span_over_rtt={out['span_over_rtt']}")
@@ -116,4 +116,4 @@ def run(args, lm, positions, url: str, out: dict) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -11,6 +11,7 @@ Where things live:
 * ``engine/`` -- the generation loop every adapter streams from (``Engine``);
 * ``settings`` -- engine settings and per-request options, declared once;
 * ``errors`` -- the one error tree; ``stats`` -- per-generation statistics; ``text`` -- streaming text;
+* ``children`` -- child processes that stop with their parent; ``threads`` -- worker threads for MLX;
 * ``integration`` -- what the LangChain and LlamaIndex adapters share;
 * ``training/`` -- offline: traces, router training, calibration (the runtime never imports it);
 * ``devtools/`` -- the stand-in cloud and a fake cloud on loopback.

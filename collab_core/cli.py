@@ -4,11 +4,14 @@
                [--cloud-model MODEL [--api-base URL] [--api-key KEY] [--threshold T | --budget B]]
     collab prepare [--local-model SPEC]      fetch/convert the local model ahead of time
     collab demo                              a few answers with the stand-in cloud on loopback
-    collab standin [--port 8080]             serve the stand-in cloud model until interrupted
+    collab standin [--port 8080] [--model-folder DIR]   serve the stand-in cloud model until interrupted
     collab bench csqa|overhead|routing_latency|blas|learned_cost [ARGS]   the benchmarks in benchmarks/
     collab blas fetch|status                 OpenBLAS for MLX on a Linux CPU
     collab router collect [--data FILE] [--limit N] [--traces DIR]    traces for the learned router
     collab router train [--traces DIR] [--out DIR] [--label outcome|disagree]
+
+Exit codes: 0 done, 2 an error (``CollabError``), 130 on SIGINT (Ctrl-C) and 143 on SIGTERM -- after
+stopping every process the command started (see ``collab_core.children``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import dataclasses
 import json
 import sys
 
+from .children import handle_signals
 from .errors import CollabError
 from .local import blas
 from .settings import EngineSettings, GenerationConfig
@@ -69,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("standin", help="serve the stand-in cloud model on 127.0.0.1 until interrupted")
     s.add_argument("--port", type=int, default=8080)
+    s.add_argument("--model-folder", default=None,
+                   help="serve this mlx-lm model folder instead of the default stand-in model")
 
     bench = sub.add_parser("bench", help="run a benchmark from benchmarks/ (in a source checkout)",
                            add_help=False)
@@ -174,18 +180,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_standin(args: argparse.Namespace) -> int:
-    import time
-
+    """Serves until SIGINT/SIGTERM (which stop the server: see ``main``) or until the server dies."""
     from .devtools.standin import StandinCloud
+    from .errors import ProcessError
 
-    with StandinCloud(port=args.port) as cloud:
+    with StandinCloud(folder=args.model_folder, port=args.port) as cloud:
+        print(f"stand-in cloud log: {cloud.log_path}", flush=True)
         print(f"stand-in cloud ready: --cloud-model {cloud.model} --api-base {cloud.api_base}", flush=True)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
-    return 0
+        code = cloud.wait()
+    raise ProcessError(f"the stand-in cloud server exited by itself with code {code} (see {cloud.log_path})")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -284,15 +287,16 @@ def cmd_router(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        commands = {"run": cmd_run, "prepare": cmd_prepare, "blas": cmd_blas, "demo": cmd_demo,
-                    "standin": cmd_standin, "bench": cmd_bench, "router": cmd_router}
-        return commands[args.command](args)
-    except CollabError as exc:
-        print(f"collab: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    commands = {"run": cmd_run, "prepare": cmd_prepare, "blas": cmd_blas, "demo": cmd_demo,
+                "standin": cmd_standin, "bench": cmd_bench, "router": cmd_router}
+    with handle_signals():  # SIGTERM unwinds like Ctrl-C: `with` blocks stop what they started
+        try:
+            return commands[args.command](args)
+        except CollabError as exc:
+            print(f"collab: error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt as exc:  # Ctrl-C, or Interrupted (SIGINT, SIGTERM) from handle_signals
+            return getattr(exc, "exit_code", 130)
 
 
 if __name__ == "__main__":

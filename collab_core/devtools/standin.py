@@ -19,7 +19,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from ..errors import CollabError
+from ..children import Child, Interrupted, spawn_python
+from ..errors import ProcessError
 from ..local.loading import prepare_gguf
 from ..local.weights import QWEN25_CODER_15B
 
@@ -42,7 +43,12 @@ def _free_port() -> int:
 
 
 class StandinCloud:
-    """Starts ``mlx_lm.server`` for a model folder on loopback; stops it on exit."""
+    """Starts ``mlx_lm.server`` for a model folder on loopback; stops it on exit.
+
+    The server is a child tied to this process (``collab_core.children``): it stops with ``stop()``, the end
+    of the ``with`` block, this process's exit, or this process's death. Its output goes to
+    ``cache_dir()/standin-PORT.log``, which ends with a line saying why it stopped.
+    """
 
     def __init__(self, folder: str | Path | None = None, port: int | None = None, progress: bool = True,
                  startup_timeout_s: float = 600.0):
@@ -50,43 +56,53 @@ class StandinCloud:
         self.port = port
         self.progress = progress
         self.startup_timeout_s = startup_timeout_s
-        self.proc: subprocess.Popen | None = None
+        self.child: Child | None = None
+        self.log_path: Path | None = None
         self.model = STANDIN_MODEL
 
     @property
     def api_base(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
+    @property
+    def proc(self) -> subprocess.Popen | None:
+        return self.child.proc if self.child else None
+
     def start(self) -> StandinCloud:
+        from ..local.weights import cache_dir
+
         folder = self.folder or prepare_standin(self.progress)
         self.port = self.port or _free_port()
         # mlx_lm.server's /v1/models needs the HF cache folder to exist
         Path(os.path.expanduser("~/.cache/huggingface/hub")).mkdir(parents=True, exist_ok=True)
-        code = ("import sys, collab_core; from mlx_lm.server import main; "
-                f"sys.argv = ['mlx_lm.server', '--model', {str(folder)!r}, '--host', '127.0.0.1', "
-                f"'--port', '{self.port}']; main()")
-        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-        from ..local.weights import cache_dir
-
         self.log_path = cache_dir() / f"standin-{self.port}.log"
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([sys.executable, "-c", code], stdout=self._log, stderr=subprocess.STDOUT,
-                                     env=env)
+        self.child = spawn_python(["-m", "mlx_lm", "server", "--model", str(folder), "--host", "127.0.0.1",
+                                   "--port", str(self.port)], name="stand-in", log=self.log_path,
+                                  env={**os.environ, "HF_HUB_OFFLINE": "1"})
         if self.progress:
-            print(f"collab: starting the stand-in cloud on {self.api_base} ...", file=sys.stderr)
+            print(f"collab: starting the stand-in cloud on {self.api_base} (log: {self.log_path}) ...",
+                  file=sys.stderr)
+        try:
+            self._wait_until_up()
+        except BaseException as exc:  # a failed start, or Ctrl-C / SIGTERM while waiting: no server left
+            self.stop(reason=str(exc) or type(exc).__name__)
+            raise
+        return self
+
+    def _wait_until_up(self) -> None:
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise CollabError(f"the stand-in cloud server exited with code {self.proc.returncode}")
+            if not self.child.alive():
+                raise ProcessError(f"the stand-in cloud server exited with code {self.child.proc.returncode} "
+                                   f"(see {self.log_path})")
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2)
                 self._warm_up()
-                return self
+                return
             except OSError:
                 time.sleep(0.5)
-        self.stop()
-        raise CollabError("the stand-in cloud server did not come up in time")
+        raise ProcessError(f"the stand-in cloud server did not come up in {self.startup_timeout_s:g} s "
+                           f"(see {self.log_path})")
 
     def _warm_up(self) -> None:
         """mlx_lm.server loads the model on the first request: make that request now."""
@@ -99,7 +115,7 @@ class StandinCloud:
 
     def healthy(self) -> bool:
         """Up and able to generate (mlx_lm.server answers 404 'generation thread died' once its worker died)."""
-        if self.proc is None or self.proc.poll() is not None:
+        if self.child is None or not self.child.alive():
             return False
         try:
             self._warm_up()
@@ -107,24 +123,33 @@ class StandinCloud:
         except OSError:
             return False
 
+    def wait(self) -> int:
+        """Block until the server exits (it should not by itself); returns its exit code."""
+        return self.child.proc.wait()
+
     def restart(self) -> StandinCloud:
-        self.stop()
+        self.stop(reason="restarting it")
         return self.start()
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.proc = None
-        if getattr(self, "_log", None) is not None:
-            self._log.close()
-            self._log = None
+    def stop(self, reason: str | None = None) -> None:
+        """Stop the server (its whole process group) and log why; the port is free when this returns.
+
+        ``reason`` goes to the log's last line; by default the signal this process received, if any.
+        """
+        if self.child is not None:
+            self.child.stop(reason)
+            self.child = None
 
     def __enter__(self) -> StandinCloud:
         return self.start()
 
-    def __exit__(self, *exc) -> None:
-        self.stop()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is None:
+            reason = "the with-block ended"
+        elif isinstance(exc, Interrupted):
+            reason = str(exc)  # "parent received SIGTERM"
+        elif isinstance(exc, KeyboardInterrupt):
+            reason = "parent interrupted"
+        else:
+            reason = f"parent raised {exc_type.__name__}"
+        self.stop(reason)
