@@ -156,11 +156,11 @@ class ReferenceReply:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Serve a FakeCloud in its own process: ``python -m collab_core.testing --port P [--latency-ms L]
+    """Serve a FakeCloud in its own process: ``python -m collab_core.devtools.fakecloud --port P [--latency-ms L]
     [--references FILE.json --agree A]`` (prints its URL, serves until killed)."""
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m collab_core.testing")
+    ap = argparse.ArgumentParser(prog="python -m collab_core.devtools.fakecloud")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--latency-ms", type=float, default=0.0)
     ap.add_argument("--references", default=None, help="JSON {rendered prompt: reference answer}")
