@@ -4,8 +4,9 @@
 
 * ``loopback_*``: a real ``mlx_lm.server`` (serving the bundled SmolLM2) is started on 127.0.0.1:8765 and
   the loopback strategy tests run against it with ``COLLAB_RECORD_MODE=all``.
-* provider cassettes (``anthropic_prefill``, ``deepseek_prefix``): recorded against the real API when
-  ``ANTHROPIC_API_KEY`` / ``DEEPSEEK_API_KEY`` is set, into ``<name>.yaml``, which the tests then prefer to
+* provider cassettes (``anthropic_prefill``, ``anthropic46_chat_anchor``, ``deepseek_prefix``,
+  ``openai_chat_anchor``, ``gemini_chat_anchor``): recorded against the real API when ``ANTHROPIC_API_KEY`` /
+  ``DEEPSEEK_API_KEY`` / ``OPENAI_API_KEY`` / ``GEMINI_API_KEY`` is set, into ``<name>.yaml``, which the tests then prefer to
   the ``<name>.documented.yaml`` written from the provider's documented format. Keys are filtered out.
 """
 
@@ -20,7 +21,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PORT = 8765
-PROVIDERS = {"ANTHROPIC_API_KEY": "anthropic", "DEEPSEEK_API_KEY": "deepseek"}
+PROVIDERS = {"ANTHROPIC_API_KEY": "anthropic", "DEEPSEEK_API_KEY": "deepseek", "OPENAI_API_KEY": "openai",
+             "GEMINI_API_KEY": "gemini"}
 
 
 def start_server() -> subprocess.Popen:
@@ -46,7 +48,7 @@ def start_server() -> subprocess.Popen:
 def pytest(selector: str) -> int:
     env = {**os.environ, "COLLAB_RECORD_MODE": "all"}
     env.pop("CI", None)
-    return subprocess.call([sys.executable, "-m", "pytest", "-q", "tests/test_strategies.py", "-k", selector],
+    return subprocess.call([sys.executable, "-m", "pytest", "-q", "tests/cloud/test_client.py", "-k", selector],
                            cwd=ROOT, env=env)
 
 

@@ -1,7 +1,8 @@
 """The one prompt type, rendered for the local model and turned into messages for the cloud.
 
 A ``Prompt`` is a string, a chat message list (``{"role", "content"}`` mappings, OpenAI-style), or token ids
-already encoded for the local model. ``render_prompt`` gives the local model's text and ids (through its chat
+already encoded for the local model. A message list that ends with an assistant message gives the start of the
+answer (a *prefill*): the local model goes on from it, and the cloud sees it as the answer so far. ``render_prompt`` gives the local model's text and ids (through its chat
 template when it has one); ``messages_for`` gives the conversation the chat strategies send to the cloud.
 Message content is text: a string, or a list of OpenAI-style ``{"type": "text"}`` parts; an image or other
 non-text part raises ``UnsupportedInputError``.
@@ -65,11 +66,20 @@ def _with_system(messages: list[dict[str, Any]], system: str | None) -> list[dic
     return [{"role": "system", "content": system}] + [m for m in messages if m.get("role") != "system"]
 
 
+def split_prefill(prompt: Prompt) -> tuple[Prompt, str]:
+    """(the conversation, the answer's start): a trailing assistant message is the answer's start."""
+    if isinstance(prompt, (list, tuple)) and prompt and not is_token_ids(prompt) and \
+            isinstance(prompt[-1], Mapping) and prompt[-1].get("role") == "assistant":
+        return list(prompt[:-1]), message_text(prompt[-1].get("content"))
+    return prompt, ""
+
+
 def render_prompt(lm, prompt: Prompt, *, chat: bool | None = None, system: str | None = None) -> tuple[str, list[int]]:
     """The prompt as text and as token ids for the local model ``lm``.
 
     A string goes through the chat template (with the generation prompt) when the model has one, unless
-    ``chat=False``; a message list always does; token ids are taken as they are.
+    ``chat=False``; a message list always does, and a trailing assistant message is appended after the
+    generation prompt as the answer's start; token ids are taken as they are.
     """
     tok = lm.tokenizer
     if is_token_ids(prompt):
@@ -80,14 +90,15 @@ def render_prompt(lm, prompt: Prompt, *, chat: bool | None = None, system: str |
         use_chat = lm.has_chat_template if chat is None else chat
         if not use_chat:
             return prompt, list(tok.encode(prompt))
-    messages = _messages(prompt)
+    conversation, prefill = split_prefill(prompt)
+    messages = _messages(conversation)
     if not any(m["content"].strip() for m in messages):
         raise EmptyPromptError("the message list has no content")
     messages = _with_system(messages, system)
     if not lm.has_chat_template:
-        text = "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
+        text = "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:" + prefill
         return text, list(tok.encode(text))
-    text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + prefill
     return text, list(tok.encode(text, add_special_tokens=False))
 
 
@@ -97,8 +108,9 @@ def encode_prompt(lm, prompt: Prompt, *, chat: bool | None = None, system: str |
 
 
 def messages_for(prompt: Prompt, system: str | None = None) -> list[dict[str, str]]:
-    """The conversation as ``{"role", "content"}`` chat messages (what the cloud's chat strategies send);
-    empty for token ids, which carry no conversation."""
+    """The conversation as ``{"role", "content"}`` chat messages (what the cloud's chat strategies send),
+    without a trailing assistant prefill (see ``split_prefill``); empty for token ids."""
     if is_token_ids(prompt):
         return []
-    return [{"role": m["role"], "content": m["content"]} for m in _with_system(_messages(prompt), system)]
+    conversation, _ = split_prefill(prompt)
+    return [{"role": m["role"], "content": m["content"]} for m in _with_system(_messages(conversation), system)]

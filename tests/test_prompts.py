@@ -12,6 +12,7 @@ from collab_core.prompts import (
     message_text,
     messages_for,
     render_prompt,
+    split_prefill,
 )
 
 IMAGE = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
@@ -163,14 +164,29 @@ def test_messages_for_a_message_list():
     messages = [
         {"role": "system", "content": "Old."},
         {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}], "name": "x"},
-        {"role": "assistant", "content": None},
+        {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": "More."},
     ]
     assert messages_for(messages) == [{"role": "system", "content": "Old."}, {"role": "user", "content": "a\nb"},
-                                      {"role": "assistant", "content": ""}]
+                                      {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "More."}]
     assert messages_for(messages, system="New.") == [
         {"role": "system", "content": "New."}, {"role": "user", "content": "a\nb"},
-        {"role": "assistant", "content": ""}]
+        {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "More."}]
     assert messages[1]["content"][0] == {"type": "text", "text": "a"}  # the caller's list is not changed
+
+
+def test_a_trailing_assistant_message_is_the_answers_start(tiny_lm):
+    prompt = [{"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "The answer is"}]
+    assert split_prefill(prompt) == ([{"role": "user", "content": "Capital of France?"}], "The answer is")
+    assert split_prefill("hi") == ("hi", "") and split_prefill([1, 2]) == ([1, 2], "")
+    # the cloud sees the conversation without it (the engine sends it as the answer so far) ...
+    assert messages_for(prompt) == [{"role": "user", "content": "Capital of France?"}]
+    # ... and the local model goes on from it, after the generation prompt
+    text, ids = render_prompt(tiny_lm, prompt)
+    bare, _ = render_prompt(tiny_lm, prompt[:1])
+    assert text == bare + "The answer is" and ids == tiny_lm.tokenizer.encode(text, add_special_tokens=False)
+    assert messages_for([{"role": "user", "content": "Q"}, {"role": "assistant", "content": None}]) == [
+        {"role": "user", "content": "Q"}]
 
 
 def test_messages_for_token_ids_is_empty():

@@ -30,18 +30,15 @@ from typing import Any
 
 from ..errors import CloudConfigError, CloudError
 from ..settings import STRATEGIES, EngineSettings
-from ..text import cut_to_word_boundary, fix_spacing, strip_echo
+from ..text import cut_to_word_boundary, fix_spacing
+from . import protocols
+from .protocols import CHAT_PROTOCOL, PROTOCOLS
 
 _COMPLETION_PROVIDERS = {"text-completion-openai", "hosted_vllm", "together_ai", "fireworks_ai",
                          "text-completion-codestral", "openai_like"}
 _PREFIX_PROVIDERS = {"deepseek", "mistral", "codestral"}
 _LOOPBACK = re.compile(r"^https?://(127\.\d+\.\d+\.\d+|localhost|\[::1\])(:\d+)?(/|$)")
 
-INSTRUCTION = (
-    "You continue a partially written assistant answer. Reply with only the next few words of that answer, "
-    "starting exactly where the partial answer stops. Do not repeat the partial answer, do not explain, "
-    "do not add quotes."
-)
 
 
 def _litellm():
@@ -84,9 +81,15 @@ class SpanRequest:
     """What the cloud needs to continue: the conversation and the answer so far."""
 
     messages: list[dict]  # the conversation (system/user/assistant turns), without the partial answer
-    prompt_text: str  # the prompt rendered with the local chat template (for text completion)
+    prompt_text: str  # the prompt rendered with the local chat template, prefill included (text completion)
     partial: str  # the answer so far (text already emitted)
     word_start: bool | None = None  # does the local model think a new word starts here? (spacing hint)
+    prefix: str = ""  # the answer's start given with the prompt (an assistant prefill), before ``partial``
+
+    @property
+    def answer(self) -> str:
+        """The whole answer so far, as a chat model must see it: the prefill, then what was written."""
+        return self.prefix + self.partial
 
 
 @dataclass
@@ -101,8 +104,8 @@ class CloudSpan:
 
     @property
     def ends_answer(self) -> bool:
-        # An instruction-following model stops after "a few words" by design; that is not the end.
-        return self.finish_reason == "stop" and self.strategy != "instruct"
+        # A chat-only model asked for "a few words" stops after them by design; that is not the end.
+        return self.finish_reason == "stop" and self.strategy not in PROTOCOLS
 
 
 def span_key(*parts) -> str:
@@ -125,10 +128,10 @@ def choose_strategy(model: str, api_base: str | None = None) -> str:
         return "completion"
     if provider == "anthropic":
         info = _model_info(model)
-        return "prefill" if info.get("supports_assistant_prefill") else "instruct"
+        return "prefill" if info.get("supports_assistant_prefill") else CHAT_PROTOCOL
     if provider in _PREFIX_PROVIDERS:
         return "prefix"
-    return "instruct"
+    return CHAT_PROTOCOL
 
 
 _PROVIDER_KEY_ENV = {
@@ -206,8 +209,9 @@ class CloudClient:
     def cache_key(self, req: SpanRequest) -> str:
         """The span cache's key for ``req``: everything that shapes the cloud's answer, nothing else."""
         cc = self.config
+        completion = self.strategy == "completion"
         return span_key(cc.model, cc.api_base, self.strategy, cc.span_tokens, cc.temperature,
-                        req.prompt_text if self.strategy == "completion" else req.messages, req.partial,
+                        req.prompt_text if completion else req.messages, req.partial if completion else req.answer,
                         req.word_start if self.strategy in ("instruct", "prefill") else None)
 
     def build(self, req: SpanRequest) -> tuple[str, dict]:
@@ -231,21 +235,19 @@ class CloudClient:
         if s == "completion":
             kw["prompt"] = req.prompt_text + req.partial
             return "text_completion", kw
-        msgs = [dict(m) for m in req.messages]
-        if s == "instruct":
-            partial = req.partial if req.partial.strip() else "(nothing yet: write its first few words)"
-            kw["messages"] = [{"role": "system", "content": INSTRUCTION}] + msgs + [{
-                "role": "user",
-                "content": f"Partial answer to continue:\n<partial>{partial}</partial>\nNext few words only:",
-            }]
+        if s in PROTOCOLS:
+            chat = protocols.request(s, req.messages, req.answer, cfg.span_tokens)
+            kw["messages"], kw["max_tokens"] = chat.messages, chat.max_tokens
             return "completion", kw
-        if req.partial:
+        msgs = [dict(m) for m in req.messages]
+        answer = req.answer
+        if answer:
             if s == "prefill":
-                msgs.append({"role": "assistant", "content": req.partial.rstrip()})
+                msgs.append({"role": "assistant", "content": answer.rstrip()})
             elif s == "prefix":
-                msgs.append({"role": "assistant", "content": req.partial, "prefix": True})
+                msgs.append({"role": "assistant", "content": answer, "prefix": True})
             elif s == "continue":
-                msgs.append({"role": "assistant", "content": req.partial})
+                msgs.append({"role": "assistant", "content": answer})
                 kw["extra_body"] = {**kw.get("extra_body", {}), "continue_final_message": True,
                                     "add_generation_prompt": False}
         kw["messages"] = msgs
@@ -253,23 +255,29 @@ class CloudClient:
 
     def parse(self, resp: Any, req: SpanRequest) -> tuple[str, str | None]:
         choice = resp.choices[0]
-        if self.strategy == "completion":
-            text = choice.text
-        else:
-            text = choice.message.content
+        text = choice.text if self.strategy == "completion" else choice.message.content
         if text is None or not isinstance(text, str):
             raise CloudError("the cloud response has no text")
         finish = choice.finish_reason
-        if self.strategy == "instruct":
-            text = strip_echo(text.strip("\n"), req.partial)
-            text = re.sub(r"</?partial>", "", text)
-        if self.strategy in ("instruct", "prefill"):
-            text = fix_spacing(text, req.partial, req.word_start)
+        s = self.strategy
+        if s in PROTOCOLS:  # a chat-only model: line its reply up with the answer so far
+            aligned = protocols.align(s, text, req.answer)
+            if aligned is None:
+                raise CloudError(f"the {s} reply does not line up with the answer so far: {text[:80]!r}",
+                                 kind="UnalignedSpan")
+            if finish == "length" or s == "instruct":
+                aligned = cut_to_word_boundary(aligned)
+            text = protocols.cut_words(aligned, -(-self.config.span_tokens // 2))  # about two tokens a word
+            if s == "instruct" or not req.answer:  # an aligned reply keeps the model's own spacing
+                text = fix_spacing(text, req.answer, req.word_start)
+            return text, finish
+        if s == "prefill":
+            text = fix_spacing(text, req.answer, req.word_start)
         elif text[:1].isalnum():
             # Some servers drop the span's leading space (mlx_lm.server's detokenizer trims it at the start
             # of every generation); only ever add one back, never remove what a server sent.
-            text = fix_spacing(text, req.partial, req.word_start)
-        if finish == "length" or self.strategy == "instruct":
+            text = fix_spacing(text, req.partial if s == "completion" else req.answer, req.word_start)
+        if finish == "length":
             text = cut_to_word_boundary(text)
         return text, finish
 

@@ -23,7 +23,7 @@ from ..cloud.leg import CloudLeg, Pending, Submit
 from ..errors import ContextOverflowError
 from ..local.decoder import Step, StepDecoder
 from ..local.loading import LocalModel
-from ..prompts import Prompt, messages_for, render_prompt
+from ..prompts import Prompt, messages_for, render_prompt, split_prefill
 from ..router import Router
 from ..scoring import Confidence, TokenSignal
 from ..settings import GenerationConfig
@@ -54,6 +54,7 @@ class Run:
         self.leg = None if cloud is None or cfg.local_only else CloudLeg(
             cloud, cache, self.stats, submit=submit, deadline=deadline, max_calls=cfg.max_cloud_calls)
         self.messages = messages_for(prompt, cfg.system) if self.leg is not None else []
+        self.prefill = split_prefill(prompt)[1]  # the answer's start given with the prompt
         self.answer: list[int] = []  # committed tokens
         self.sources: list[str] = []
         self.draft: list[Drafted] = []
@@ -123,7 +124,7 @@ class Run:
         partial = self.lm.tokenizer.decode(self.answer) if self.answer else ""
         word_start = self.lm.tokenizer.decode([tid])[:1].isspace()
         req = SpanRequest(messages=self.messages, prompt_text=self.prompt_text, partial=partial,
-                          word_start=word_start)
+                          word_start=word_start, prefix=self.prefill)
         self.pending = self.leg.start(req, len(self.answer))
 
     def _draft(self, tid: int, conf: Confidence, score: float | None, *, closing: bool) -> None:
