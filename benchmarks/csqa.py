@@ -2,9 +2,11 @@
 
     python benchmarks/csqa.py [--data FILE.jsonl] [--limit N] [--seed S] [--thresholds 0.3,0.5,0.7]
                               [--budgets 0.07] [--cloud-model M --api-base URL] [--out DIR]
+                              [--format letter|explain] [--local-model SPEC] [--modes small,cloud,...]
 
 Without ``--cloud-model`` it starts the stand-in cloud (mlx_lm.server + Qwen2.5-Coder-1.5B-Instruct on
-127.0.0.1) and stops it afterwards. Modes, all on the same questions, prompt and answer extraction:
+127.0.0.1) when a mode needs a cloud, and stops it afterwards. Modes, all on the same questions, prompt and
+answer extraction (``--modes`` names them explicitly, replacing the lists below):
 
 * ``small``: the local model alone;  ``cloud``: the cloud model alone (same prompt, via LiteLLM);
 * ``threshold:T``: routed, threshold router;  ``budget:B``: routed, budget router calibrated on
@@ -15,13 +17,22 @@ Without ``--cloud-model`` it starts the stand-in cloud (mlx_lm.server + Qwen2.5-
   re-run for every token), the full detokenized prefix sent for each routed token, first returned token
   kept.
 
-Prompt: the question and its five lettered choices, "Answer with the letter of the correct choice."; the
-assistant turn is prefilled with "The answer is" and the model writes up to ``--max-tokens`` tokens.
-Extraction: the first standalone letter A-E in the answer, else a choice text it contains; otherwise the
-answer is invalid (counted wrong).
+Answer formats (``--format``, from ``collab_core.training.csqa``):
 
-Results: ``OUT/rows.jsonl`` (one line per question and mode; re-running resumes), ``OUT/summary.json``,
-``OUT/table.md`` and ``OUT/accuracy_vs_share.png``. The last line is ``name=value`` headline figures.
+* ``letter`` (default): the question and its five lettered choices, "Answer with the letter of the correct
+  choice."; the assistant turn is prefilled with "The answer is"; up to 6 tokens, stopped at a newline.
+  Extraction: the first standalone letter A-E in the answer, else a choice text it contains.
+* ``explain`` (the seed's format): the same question and choices, then a request for a short explanation ending
+  with "Therefore, the answer is (X)."; no prefill; up to 100 tokens, no newline stop. Extraction from the end:
+  the last "answer is (X)" / "answer is X", else the last standalone letter A-E.
+
+``--max-tokens`` / ``--stop`` override the format's defaults. An answer with no letter is invalid (counted wrong).
+
+Results: ``OUT/rows.jsonl`` (one line per question and mode; re-running resumes), ``OUT/run.json`` (the
+settings the rows were made with: a resume with other settings is refused), ``OUT/summary.json`` (with the
+median answer length in tokens per mode), ``OUT/table.md`` and ``OUT/accuracy_vs_share.png``. The last line is
+``name=value`` headline figures. ``OUT`` defaults to ``benchmarks/results/csqa``, with ``-MODEL`` appended for a
+``--local-model`` and ``-FORMAT`` for a format other than ``letter``.
 """
 
 from __future__ import annotations
@@ -29,6 +40,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -40,7 +53,7 @@ from collab_core.cloud.client import CloudClient, CloudConfig
 from collab_core.router import BudgetRouter, ThresholdRouter
 from collab_core.scoring import ConfidenceScorer, LearnedScorer, TokenSignal
 from collab_core.training import calibrate_on
-from collab_core.training.csqa import extract, load_questions, prompt_text
+from collab_core.training.csqa import FORMATS, get_format, load_questions, prompt_text
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "commonsenseqa_dev_400.jsonl"
@@ -89,10 +102,11 @@ def seed_generate(lm, client: CloudClient, text: str, threshold: float, max_toke
     return {"text": tok.decode(out), "tokens": len(out), "time_s": time.perf_counter() - t0, **stats}
 
 
-def calibrate_budget(lm, budget: float, n: int, max_tokens: int, stop: str = "\n", scorer=None) -> BudgetRouter:
+def calibrate_budget(lm, budget: float, n: int, max_tokens: int, stop: str = "\n", scorer=None,
+                     fmt: str = "letter") -> BudgetRouter:
     """A budget router calibrated on ``n`` training questions (never the evaluation ones)."""
     router = BudgetRouter(budget, scorer=scorer)
-    calibrate_on(router, lm, [prompt_text(lm, q) for q in load_questions(TRAIN_DATA, n, seed=123)],
+    calibrate_on(router, lm, [prompt_text(lm, q, fmt) for q in load_questions(TRAIN_DATA, n, seed=123)],
                         max_tokens=max_tokens, stop=stop)
     return router
 
@@ -115,7 +129,8 @@ def run_mode(mode: str, lm, questions, args, cloud_cfg, done: set, rows_file, ca
         b = float(mode.split(":")[1])
         if mode not in calib_cache:
             scorer = LearnedScorer(args.router) if mode.startswith("learned") else None
-            calib_cache[mode] = calibrate_budget(lm, b, args.calibration, args.max_tokens, args.stop, scorer)
+            calib_cache[mode] = calibrate_budget(lm, b, args.calibration, args.max_tokens, args.stop, scorer,
+                                                 args.format)
         engine = Engine(lm, cloud=cloud_cfg, router=calib_cache[mode], pipeline=args.pipeline, cache=False)
     elif mode.startswith("learned:"):
         router = ThresholdRouter(float(mode.split(":")[1]), scorer=LearnedScorer(args.router))
@@ -133,7 +148,7 @@ def run_mode(mode: str, lm, questions, args, cloud_cfg, done: set, rows_file, ca
 
 
 def answer_one(mode: str, lm, q: dict, args, engine, client) -> dict:
-    text = prompt_text(lm, q)
+    text = prompt_text(lm, q, args.format)
     if engine is not None:
         g = engine.generate(text, chat=False, max_tokens=args.max_tokens, stop=[args.stop] if args.stop else [])
         s = g.stats
@@ -152,7 +167,7 @@ def answer_one(mode: str, lm, q: dict, args, engine, client) -> dict:
             return {"answer": "", "tokens": 0, "cloud_tokens": 0, "cloud_calls": 1, "cloud_failures": 1,
                     "errors": [str(exc)], "cloud_in": 0, "cloud_out": 0, "cost": 0.0,
                     "time_s": time.perf_counter() - t0, "mode": mode, "id": q["id"], "pred": None,
-                    "gold": q["answerKey"], "correct": False}
+                    "gold": q["answerKey"], "correct": False, "format": args.format}
         answer = span.text.split(args.stop)[0] if args.stop else span.text
         n = len(lm.tokenizer.encode(answer, add_special_tokens=False))
         row = {"answer": answer, "tokens": n, "cloud_tokens": n, "cloud_calls": 1, "cloud_failures": 0,
@@ -163,8 +178,9 @@ def answer_one(mode: str, lm, q: dict, args, engine, client) -> dict:
         row = {"answer": r["text"], "tokens": r["tokens"], "cloud_tokens": r["cloud_tokens"],
                "cloud_calls": r["cloud_calls"], "cloud_failures": r["cloud_failures"],
                "cloud_in": r["cloud_in"], "cloud_out": r["cloud_out"], "cost": r["cost"], "time_s": r["time_s"]}
-    pred = extract(row["answer"], q)
-    row.update(mode=mode, id=q["id"], pred=pred, gold=q["answerKey"], correct=pred == q["answerKey"])
+    pred = get_format(args.format).extract(row["answer"], q)
+    row.update(mode=mode, id=q["id"], pred=pred, gold=q["answerKey"], correct=pred == q["answerKey"],
+               format=args.format)
     return row
 
 
@@ -187,16 +203,18 @@ def summarize(rows: list[dict], modes: list[str]) -> dict:
             "cloud_tokens_out": sum(r["cloud_out"] for r in rs),
             "cost_usd": sum(r["cost"] for r in rs),
             "time_per_question_s": sum(r["time_s"] for r in rs) / n,
+            "median_answer_tokens": statistics.median(r["tokens"] for r in rs),
         }
     return out
 
 
 def write_reports(summary: dict, out: Path, meta: dict) -> list[str]:
-    lines = ["| mode | questions | accuracy | invalid | routed share | cloud calls (failed) | cloud tokens in/out | "
-             "time/question (s) |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| mode | questions | accuracy | invalid | median answer tokens | routed share | cloud calls (failed) | "
+             "cloud tokens in/out | time/question (s) |", "|---|---|---|---|---|---|---|---|---|"]
     for m, s in summary.items():
         lines.append(f"| {m} | {s['questions']} | {s['accuracy']:.3f} | {s['invalid_rate']:.3f} | "
-                     f"{s['routed_share']:.3f} | {s['cloud_calls']} ({s['cloud_failures']}) | "
+                     f"{s['median_answer_tokens']:g} | {s['routed_share']:.3f} | "
+                     f"{s['cloud_calls']} ({s['cloud_failures']}) | "
                      f"{s['cloud_tokens_in']}/{s['cloud_tokens_out']} | {s['time_per_question_s']:.2f} |")
     (out / "table.md").write_text("\n".join(lines) + "\n")
     (out / "summary.json").write_text(json.dumps({"meta": meta, "modes": summary}, indent=2))
@@ -250,6 +268,48 @@ def headline(summary: dict) -> dict:
     return h
 
 
+_MODE = re.compile(r"^(small|cloud|(threshold|budget|learned-budget|learned|seed):[0-9.]+)$")
+
+
+def build_modes(args) -> list[str]:
+    """The modes to run: ``--modes`` if given, else the lists of thresholds and budgets; less ``--skip``."""
+    if args.modes:
+        modes = [m for m in args.modes.split(",") if m]
+        bad = [m for m in modes if not _MODE.match(m)]
+        if bad:
+            raise SystemExit(f"unknown mode(s) {', '.join(bad)}: small, cloud, threshold:T, budget:B, "
+                             "learned-budget:B, learned:T, seed:T")
+    else:
+        modes = ["small", "cloud"] + [f"threshold:{t}" for t in args.thresholds.split(",") if t] + \
+                [f"budget:{b}" for b in args.budgets.split(",") if b] + \
+                [f"learned-budget:{b}" for b in args.learned_budgets.split(",") if b] + \
+                [f"learned:{t}" for t in args.learned_thresholds.split(",") if t] + \
+                [f"seed:{t}" for t in args.seed_thresholds.split(",") if t]
+    return [m for m in modes if m not in args.skip.split(",")]
+
+
+def default_out(local_model: str | None, fmt: str) -> Path:
+    """``benchmarks/results/csqa``, then ``-MODEL`` for a named local model and ``-FORMAT`` unless ``letter``."""
+    name = "csqa"
+    if local_model:
+        name += "-" + re.sub(r"[^A-Za-z0-9._-]+", "_", Path(local_model).name if "/" in local_model else local_model)
+    if fmt != "letter":
+        name += "-" + fmt
+    return ROOT / "benchmarks" / "results" / name
+
+
+def check_run_settings(out: Path, settings: dict) -> None:
+    """Rows in ``out`` must come from the same settings; the first run writes them to ``run.json``."""
+    path = out / "run.json"
+    if path.exists():
+        before = json.loads(path.read_text())
+        diff = {k: (before.get(k), v) for k, v in settings.items() if before.get(k) != v}
+        if diff:
+            raise SystemExit(f"{out} holds rows made with other settings ({diff}); pass another --out")
+    else:
+        path.write_text(json.dumps(settings, indent=2))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -261,38 +321,48 @@ def main() -> None:
     ap.add_argument("--learned-budgets", default="", help="budgets for the learned router (beside --budgets)")
     ap.add_argument("--learned-thresholds", default="", help="thresholds on the learned router's probability")
     ap.add_argument("--router", default=None, help="learned router folder (default: the one shipped for the model)")
-    ap.add_argument("--max-tokens", type=int, default=6)
-    ap.add_argument("--stop", default="\n", help='stop sequence ("" for free-form answers up to --max-tokens)')
+    ap.add_argument("--format", default="letter", choices=list(FORMATS),
+                    help="letter: prefilled 'The answer is', a few tokens; explain: the seed's format, a short "
+                         "explanation ending 'Therefore, the answer is (X).'")
+    ap.add_argument("--max-tokens", type=int, default=None, help="answer tokens (default: the format's, 6 or 100)")
+    ap.add_argument("--stop", default=None,
+                    help='stop sequence ("" for free-form answers up to --max-tokens; default: the format\'s)')
+    ap.add_argument("--modes", default="", help="the modes to run, e.g. small or small,cloud,budget:0.07 "
+                                                "(replaces --thresholds, --budgets, ...)")
     ap.add_argument("--skip", default="", help="modes to leave out, e.g. cloud")
     ap.add_argument("--calibration", type=int, default=40, help="training questions for budget calibration")
     ap.add_argument("--pipeline", default="async")
     ap.add_argument("--local-model", default=None)
     ap.add_argument("--cloud-model", default=None)
     ap.add_argument("--api-base", default=None)
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "csqa")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="results folder (default: benchmarks/results/csqa[-MODEL][-FORMAT])")
     args = ap.parse_args()
+    fmt = get_format(args.format)
+    args.max_tokens = fmt.max_tokens if args.max_tokens is None else args.max_tokens
+    args.stop = fmt.stop if args.stop is None else args.stop
+    args.out = args.out or default_out(args.local_model, args.format)
+    modes = build_modes(args)
 
     lm = load_local_model(args.local_model)
     questions = load_questions(args.data, args.limit, args.seed)
-    modes = ["small", "cloud"] + [f"threshold:{t}" for t in args.thresholds.split(",") if t] + \
-            [f"budget:{b}" for b in args.budgets.split(",") if b] + \
-            [f"learned-budget:{b}" for b in args.learned_budgets.split(",") if b] + \
-            [f"learned:{t}" for t in args.learned_thresholds.split(",") if t] + \
-            [f"seed:{t}" for t in args.seed_thresholds.split(",") if t]
-    modes = [m for m in modes if m not in args.skip.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
+    check_run_settings(args.out, {"local": lm.name, "fingerprint": lm.fingerprint, "format": args.format,
+                                  "max_tokens": args.max_tokens, "stop": args.stop, "data": str(args.data),
+                                  "seed": args.seed})
     rows_path = args.out / "rows.jsonl"
     rows = [json.loads(x) for x in rows_path.read_text().splitlines()] if rows_path.exists() else []
     ids = {q["id"] for q in questions}
     done = {(r["mode"], r["id"]) for r in rows}
 
     standin = None
-    if not args.cloud_model:
+    if not args.cloud_model and any(m != "small" for m in modes):
         from collab_core.devtools.standin import StandinCloud
 
         standin = StandinCloud().start()
         args.cloud_model, args.api_base = standin.model, standin.api_base
-    cloud_cfg = CloudConfig(model=args.cloud_model, api_base=args.api_base, span_tokens=2, timeout_s=60)
+    cloud_cfg = CloudConfig(model=args.cloud_model, api_base=args.api_base, span_tokens=2, timeout_s=60) \
+        if args.cloud_model else None  # only the small mode: no cloud at all
     try:
         with rows_path.open("a") as f:
             calib: dict = {}
@@ -305,7 +375,8 @@ def main() -> None:
     rows = [r for r in latest.values() if r["id"] in ids]  # one row per (mode, question): the latest
     summary = summarize(rows, modes)
     meta = {"questions": len(questions), "data": str(args.data), "seed": args.seed, "local": lm.name,
-            "cloud": args.cloud_model, "max_tokens": args.max_tokens, "stop": args.stop, "pipeline": args.pipeline}
+            "cloud": args.cloud_model, "format": args.format, "max_tokens": args.max_tokens, "stop": args.stop,
+            "pipeline": args.pipeline}
     lines = write_reports(summary, args.out, meta)
     print("\n".join(lines))
     h = headline(summary)

