@@ -2,8 +2,8 @@
 
     python cassettes/record.py              # loopback cassettes (always) + every provider whose key is set
 
-* ``loopback_*``: a real ``mlx_lm.server`` (serving the bundled SmolLM2) is started on 127.0.0.1:8765 and
-  the loopback strategy tests run against it with ``COLLAB_RECORD_MODE=all``.
+* ``loopback_*``: a real ``mlx_lm.server`` (serving the bundled SmolLM2) is started on 127.0.0.1:8765 for
+  each loopback test in turn, which runs against it with ``COLLAB_RECORD_MODE=all``.
 * provider cassettes (``anthropic_prefill``, ``anthropic46_chat_anchor``, ``deepseek_prefix``,
   ``openai_chat_anchor``, ``gemini_chat_anchor``): recorded against the real API when ``ANTHROPIC_API_KEY`` /
   ``DEEPSEEK_API_KEY`` / ``OPENAI_API_KEY`` / ``GEMINI_API_KEY`` is set, into ``<name>.yaml``, which the tests then prefer to
@@ -21,46 +21,57 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PORT = 8765
+TESTS = "tests/cloud/test_client.py"
 PROVIDERS = {"ANTHROPIC_API_KEY": "anthropic", "DEEPSEEK_API_KEY": "deepseek", "OPENAI_API_KEY": "openai",
              "GEMINI_API_KEY": "gemini"}
 
 
-def start_server() -> subprocess.Popen:
+def start_server():
+    """``mlx_lm.server`` serving the bundled SmolLM2 on 127.0.0.1:PORT, tied to this process."""
     sys.path.insert(0, str(ROOT))
     import collab_core  # noqa: F401  (OpenBLAS for the server process too)
+    from collab_core.children import spawn_python
     from collab_core.local.loading import load_local_model
 
     folder = load_local_model(None).path
     (Path.home() / ".cache" / "huggingface" / "hub").mkdir(parents=True, exist_ok=True)  # /v1/models needs it
-    code = ("import sys, collab_core; from mlx_lm.server import main; "
-            f"sys.argv = ['mlx_lm.server', '--model', {str(folder)!r}, '--port', '{PORT}']; main()")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = spawn_python(["-m", "collab_core.devtools.standin_server", "--model", str(folder), "--port", str(PORT)],
+                          name="recording server", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(120):
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{PORT}/health", timeout=1)
-            return proc
+            return server
         except OSError:
             time.sleep(0.5)
-    proc.kill()
+    server.stop("did not come up")
     sys.exit("mlx_lm.server did not come up")
 
 
-def pytest(selector: str) -> int:
+def pytest(*selector: str) -> int:
     env = {**os.environ, "COLLAB_RECORD_MODE": "all"}
     env.pop("CI", None)
-    return subprocess.call([sys.executable, "-m", "pytest", "-q", "tests/cloud/test_client.py", "-k", selector],
-                           cwd=ROOT, env=env)
+    return subprocess.call([sys.executable, "-m", "pytest", "-q", *selector], cwd=ROOT, env=env)
+
+
+def loopback_tests() -> list[str]:
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "--co", TESTS, "-k", "loopback"], cwd=ROOT,
+                         capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if "::" in line]
 
 
 def main() -> None:
-    server = start_server()
-    try:
-        rc = pytest("loopback")
-    finally:
-        server.terminate()
+    rc = 0
+    # One fresh server per test: mlx_lm.server's generation thread dies on an exact repeat of a prompt it has
+    # cached (see collab_core/devtools/standin.py), and tests repeat prompts.
+    for test in loopback_tests():
+        server = start_server()
+        try:
+            rc |= pytest(test)
+        finally:
+            server.stop("recorded")
     for var, name in PROVIDERS.items():
         if os.environ.get(var):
-            rc |= pytest(name)
+            rc |= pytest(TESTS, "-k", name)
         else:
             print(f"skipping {name}: {var} is not set (its documented cassette stays in use)")
     sys.exit(rc)

@@ -61,6 +61,9 @@ class EngineSettings:
     max_retries: int = _setting(2, "retries per cloud call (tenacity; not counting the first try)")
     span_tokens: int = _setting(4, "cloud tokens per routed span")
     strategy: str = _setting("auto", "how the cloud continues an answer", choices=("auto", *STRATEGIES))
+    cloud_vocab: str | None = _setting(
+        None, "the cloud's vocabulary fingerprint (LocalModel.vocab_fingerprint), or 'local' when it uses the local "
+              "model's tokenizer: spans then come back as token ids and are spliced token for token")
 
     def __post_init__(self):
         if self.pipeline not in PIPELINES:

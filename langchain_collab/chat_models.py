@@ -67,6 +67,8 @@ class CollabLLM(BaseChatModel):
     streaming: bool = False
     span_tokens: int = 4
     strategy: str = "auto"
+    cloud_vocab: str | None = None
+    """The cloud's vocabulary fingerprint, or ``"local"``: it shares the local tokenizer (token-exact spans)."""
 
     model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True)
     _engines: OwnedEngines = PrivateAttr(default_factory=OwnedEngines)

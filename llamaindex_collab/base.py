@@ -130,6 +130,9 @@ class CollabLLM(LLM):
     stop: list[str] | None = Field(default=None, description="Stop sequences (not included in the output).")
     span_tokens: int = Field(default=4, gt=0, description="Tokens the cloud writes per routed position.")
     strategy: str = Field(default="auto", description="How the cloud continues the answer (see collab_core.cloud.client).")
+    cloud_vocab: str | None = Field(
+        default=None, description="The cloud's vocabulary fingerprint, or 'local': it shares the local tokenizer "
+                                  "(spans are spliced token for token).")
 
     _engines: OwnedEngines = PrivateAttr(default_factory=OwnedEngines)
 

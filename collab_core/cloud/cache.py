@@ -49,7 +49,7 @@ class SpanCache:
     def put(self, key: str, span: CloudSpan) -> None:
         """Remember ``span`` -- unless it says nothing (no text and not the end of the answer): a transient
         empty reply must be asked again, not replayed."""
-        if not (span.text or span.ends_answer):
+        if not (span.text or span.token_ids or span.ends_answer):
             return
         with self._lock:
             self._remember(key, span)

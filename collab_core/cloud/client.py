@@ -68,6 +68,7 @@ class CloudConfig:
     max_retries: int = _DEFAULT["max_retries"]  # tenacity retries per call (not counting the first try)
     temperature: float = 0.0
     extra: dict = field(default_factory=dict)  # passed through to litellm (e.g. extra_headers)
+    vocab: str | None = None  # the cloud's vocabulary fingerprint, or "local": it is the local model's
 
     def __post_init__(self):
         if self.strategy != "auto" and self.strategy not in STRATEGIES:
@@ -101,6 +102,7 @@ class CloudSpan:
     cost_usd: float = 0.0
     latency_s: float = 0.0
     strategy: str = ""
+    token_ids: list[int] | None = None  # the span as token ids, when the cloud shares the local tokenizer
 
     @property
     def ends_answer(self) -> bool:
@@ -181,6 +183,14 @@ class CloudClient:
         self.config = config
         self.strategy = (choose_strategy(config.model, config.api_base)
                          if config.strategy == "auto" else config.strategy)
+        self.token_exact = False  # set by bind(): spans come back as the local model's token ids
+
+    def bind(self, local_vocab: str) -> bool:
+        """Use the token-exact path when the cloud's vocabulary is the local model's (``config.vocab`` is the
+        same fingerprint, or ``"local"``) and spans are text completions; returns whether it does."""
+        vocab = self.config.vocab
+        self.token_exact = self.strategy == "completion" and vocab is not None and vocab in ("local", local_vocab)
+        return self.token_exact
 
     # -- validation, up front --------------------------------------------------------------------------
     def validate(self) -> None:
@@ -210,7 +220,7 @@ class CloudClient:
         """The span cache's key for ``req``: everything that shapes the cloud's answer, nothing else."""
         cc = self.config
         completion = self.strategy == "completion"
-        return span_key(cc.model, cc.api_base, self.strategy, cc.span_tokens, cc.temperature,
+        return span_key(cc.model, cc.api_base, self.strategy, cc.span_tokens, cc.temperature, self.token_exact,
                         req.prompt_text if completion else req.messages, req.partial if completion else req.answer,
                         req.word_start if self.strategy in ("instruct", "prefill") else None)
 
@@ -234,6 +244,8 @@ class CloudClient:
         s = self.strategy
         if s == "completion":
             kw["prompt"] = req.prompt_text + req.partial
+            if self.token_exact:  # token ids back: mlx_lm.server's logprobs, vLLM's token_id:N tokens
+                kw["extra_body"] = {**kw.get("extra_body", {}), "logprobs": True, "return_tokens_as_token_ids": True}
             return "text_completion", kw
         if s in PROTOCOLS:
             chat = protocols.request(s, req.messages, req.answer, cfg.span_tokens)
@@ -253,7 +265,8 @@ class CloudClient:
         kw["messages"] = msgs
         return "completion", kw
 
-    def parse(self, resp: Any, req: SpanRequest) -> tuple[str, str | None]:
+    def parse(self, resp: Any, req: SpanRequest) -> tuple[str, str | None, list[int] | None]:
+        """(the span's text, the finish reason, its token ids when the token-exact path gave them)."""
         choice = resp.choices[0]
         text = choice.text if self.strategy == "completion" else choice.message.content
         if text is None or not isinstance(text, str):
@@ -270,7 +283,11 @@ class CloudClient:
             text = protocols.cut_words(aligned, -(-self.config.span_tokens // 2))  # about two tokens a word
             if s == "instruct" or not req.answer:  # an aligned reply keeps the model's own spacing
                 text = fix_spacing(text, req.answer, req.word_start)
-            return text, finish
+            return text, finish, None
+        if s == "completion" and self.token_exact:
+            ids = token_ids_of(choice)
+            if ids is not None:
+                return text, finish, ids  # exact tokens: no spacing repair, no word-boundary cut
         if s == "prefill":
             text = fix_spacing(text, req.answer, req.word_start)
         elif text[:1].isalnum():
@@ -279,7 +296,7 @@ class CloudClient:
             text = fix_spacing(text, req.partial if s == "completion" else req.answer, req.word_start)
         if finish == "length":
             text = cut_to_word_boundary(text)
-        return text, finish
+        return text, finish, None
 
     # -- the call --------------------------------------------------------------------------------------
     def continue_span(self, req: SpanRequest, deadline: float | None = None) -> CloudSpan:
@@ -315,7 +332,7 @@ class CloudClient:
             raise CloudError(f"{type(exc).__name__}: {_short(exc)}", attempts=attempts,
                              retryable=is_retryable(exc), kind=type(exc).__name__) from exc
         try:
-            text, finish = self.parse(resp, req)
+            text, finish, ids = self.parse(resp, req)
         except CloudError:
             raise
         except Exception as exc:
@@ -326,7 +343,7 @@ class CloudClient:
             text=text, finish_reason=finish,
             input_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
             output_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
-            cost_usd=self._cost(resp), latency_s=time.perf_counter() - t0, strategy=self.strategy,
+            cost_usd=self._cost(resp), latency_s=time.perf_counter() - t0, strategy=self.strategy, token_ids=ids,
         )
 
     def _cost(self, resp: Any) -> float:
@@ -335,6 +352,22 @@ class CloudClient:
             return float(litellm.completion_cost(completion_response=resp, model=self.config.model) or 0.0)
         except Exception:  # no price known for this model (e.g. a loopback server)
             return 0.0
+
+
+def token_ids_of(choice: Any) -> list[int] | None:
+    """The generated token ids a completion choice carries in its logprobs: ``content[i]["id"]``
+    (``mlx_lm.server``) or ``tokens`` spelled ``token_id:N`` (vLLM's ``return_tokens_as_token_ids``)."""
+    lp = getattr(choice, "logprobs", None)
+    if lp is None:
+        return None
+    get = (lambda k: lp.get(k)) if isinstance(lp, dict) else (lambda k: getattr(lp, k, None))
+    content = get("content")
+    if content and all(isinstance(c, dict) and isinstance(c.get("id"), int) for c in content):
+        return [c["id"] for c in content]
+    tokens = get("tokens")
+    if tokens and all(isinstance(t, str) and t.startswith("token_id:") for t in tokens):
+        return [int(t.split(":", 1)[1]) for t in tokens]
+    return None
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:

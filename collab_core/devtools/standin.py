@@ -65,6 +65,16 @@ class StandinCloud:
         return f"http://127.0.0.1:{self.port}/v1"
 
     @property
+    def vocab(self) -> str:
+        """The served model's vocabulary fingerprint (``CloudConfig(vocab=...)``: a local model with the same
+        tokenizer, such as Qwen2.5-Coder-0.5B, then gets its spans token for token)."""
+        from mlx_lm.tokenizer_utils import load as load_tokenizer
+
+        from ..local.loading import vocab_fingerprint
+
+        return vocab_fingerprint(load_tokenizer(self.folder or prepare_standin(self.progress)))
+
+    @property
     def proc(self) -> subprocess.Popen | None:
         return self.child.proc if self.child else None
 
@@ -76,9 +86,9 @@ class StandinCloud:
         # mlx_lm.server's /v1/models needs the HF cache folder to exist
         Path(os.path.expanduser("~/.cache/huggingface/hub")).mkdir(parents=True, exist_ok=True)
         self.log_path = cache_dir() / f"standin-{self.port}.log"
-        self.child = spawn_python(["-m", "mlx_lm", "server", "--model", str(folder), "--host", "127.0.0.1",
-                                   "--port", str(self.port)], name="stand-in", log=self.log_path,
-                                  env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        server = ["-m", "collab_core.devtools.standin_server", "--model", str(folder), "--host", "127.0.0.1",
+                  "--port", str(self.port)]  # mlx_lm.server, with its prompt-cache fix (see there)
+        self.child = spawn_python(server, name="stand-in", log=self.log_path, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         if self.progress:
             print(f"collab: starting the stand-in cloud on {self.api_base} (log: {self.log_path}) ...",
                   file=sys.stderr)

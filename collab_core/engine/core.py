@@ -101,7 +101,8 @@ class Engine:
         cloud = None
         if s.cloud_model:
             cloud = CloudConfig(model=s.cloud_model, api_base=s.api_base, api_key=s.api_key, timeout_s=s.timeout,
-                                max_retries=s.max_retries, span_tokens=s.span_tokens, strategy=s.strategy)
+                                max_retries=s.max_retries, span_tokens=s.span_tokens, strategy=s.strategy,
+                                vocab=s.cloud_vocab)
         return cls(s.local_model, cloud=cloud, router=s.router, threshold=s.threshold, budget=s.budget,
                    pipeline=s.pipeline, config=config, cache=cache)
 
@@ -129,6 +130,8 @@ class Engine:
         lm = self.local_model
         if not self._bound:
             self.router.bind(lm)
+            if self.cloud is not None:
+                self.cloud.bind(lm.vocab_fingerprint)  # the token-exact path, when the tokenizers match
             self._bound = True
         hidden = self.want_hidden or self.router.needs_hidden
         if self._decoder is None or self._decoder.want_hidden != hidden:

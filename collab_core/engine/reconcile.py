@@ -2,8 +2,9 @@
 
 When a span arrives, the answer holds the committed tokens and the draft holds what the local model wrote
 while the call was in flight. The span's text is spliced after the answer (re-spelling the answer's last
-word fragment together with the span, so tokenization stays natural); the draft survives only where it
-spells the same tokens and goes on after them.
+word fragment together with the span, so tokenization stays natural) -- or, when the cloud shares the local
+tokenizer and sent token ids, its tokens are appended as they are; the draft survives only where it spells
+the same tokens and goes on after them.
 """
 
 from __future__ import annotations
@@ -29,16 +30,17 @@ class Reconciliation:
 
 
 def reconcile(tokenizer, answer: Sequence[int], draft: Sequence[int], text: str, *, ends_answer: bool,
-              max_tokens: int, eos: Collection[int] = ()) -> Reconciliation:
+              max_tokens: int, eos: Collection[int] = (), token_ids: Sequence[int] | None = None) -> Reconciliation:
     """Settle a span of ``text`` (``ends_answer``: the cloud stopped inside it) against ``answer`` + ``draft``.
 
-    An empty ``text`` that ends the answer ends it here (the draft is discarded). Otherwise the span's tokens
+    An empty span that ends the answer ends it here (the draft is discarded). Otherwise the span's tokens
     (never an EOS, never past ``max_tokens``) replace the answer's last word fragment; the draft is kept after
-    them when it agrees with them and the cloud did not end the answer.
+    them when it agrees with them and the cloud did not end the answer. With ``token_ids`` (the cloud shares
+    the local tokenizer) the span is those tokens, appended as they are: nothing is re-spelled.
     """
-    if not text:
+    if not (token_ids if token_ids is not None else text):
         return Reconciliation(0, (), None, len(draft), True)
-    n_back, new_ids = splice(tokenizer, list(answer), text)
+    n_back, new_ids = (0, list(token_ids)) if token_ids is not None else splice(tokenizer, list(answer), text)
     base = list(answer[: len(answer) - n_back])
     new_ids = [t for t in new_ids if t not in eos][: max(0, max_tokens - len(base))]
     target = base + new_ids

@@ -154,14 +154,15 @@ class Run:
 
     def _apply(self, span: CloudSpan | None, pending: Pending, draft: list[Drafted]) -> tuple[list[int], list[Event]]:
         """(tokens the KV cache must hold after the prompt, events to emit) once ``span`` is settled."""
-        if span is None or (not span.text and not span.ends_answer):
+        if span is None or (not span.text and not span.token_ids and not span.ends_answer):
             if span is not None:
                 self.leg.failed("EmptySpan", "the cloud returned no text")
             events = self._commit_all(draft)  # the local draft stands
             return list(self.answer), events
         assert pending.answer_len == len(self.answer)
         r = reconcile(self.lm.tokenizer, self.answer, [t for t, _, _ in draft], span.text,
-                      ends_answer=span.ends_answer, max_tokens=self.max_tokens, eos=self.eos)
+                      ends_answer=span.ends_answer, max_tokens=self.max_tokens, eos=self.eos,
+                      token_ids=span.token_ids)
         self.stats.rollbacks += r.rollbacks
         target = r.target(self.answer, [t for t, _, _ in draft])
         if r.ends:

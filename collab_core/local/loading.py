@@ -16,6 +16,7 @@ quantized weights stay quantized.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -98,9 +99,23 @@ class LocalModel:
                 return f"sha256:{info['sha256']}"
         return f"spec:{self.spec}"
 
+    @functools.cached_property
+    def vocab_fingerprint(self) -> str:
+        """Identifies the tokenizer: two models with the same one can exchange token ids (see
+        ``vocab_fingerprint``)."""
+        return vocab_fingerprint(self.tokenizer)
+
     @property
     def has_chat_template(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
+
+
+def vocab_fingerprint(tokenizer) -> str:
+    """A digest of a tokenizer's vocabulary (every token and its id, special tokens included): equal for the
+    models of one family that share a tokenizer (Qwen2.5 0.5B and 1.5B), different otherwise."""
+    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else tokenizer._tokenizer.get_vocab()
+    blob = json.dumps(sorted(vocab.items(), key=lambda kv: kv[1]), ensure_ascii=False)
+    return "vocab:" + hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
 def device_is_cpu() -> bool:

@@ -45,6 +45,35 @@ def test_completion_strategy_loopback(smollm, pipeline):
     assert gen.stats.cloud_failures == 0
 
 
+def test_token_exact_completion_loopback(smollm):
+    """Cloud and local share a tokenizer (here both SmolLM2): spans come back as token ids and are spliced token
+    for token -- a span of one token is exactly one cloud token, with no word boundary to guess."""
+    cfg = CloudConfig(model="text-completion-openai/default_model", api_base=LOOPBACK_BASE, span_tokens=1,
+                      vocab=smollm.vocab_fingerprint)
+    eng = Engine(smollm, cloud=cfg, router=ScheduledRouter([4, 5, 6]), pipeline="sync", cache=False)
+    with use_cassette("loopback_token_exact") as cass:
+        gen = eng.generate(QUESTION, max_tokens=24)
+    assert eng.cloud.token_exact
+    bodies = sent_bodies(cass)
+    assert len(bodies) == 3 and all(b["max_tokens"] == 1 and b["logprobs"] is True for b in bodies)
+    cloud = [e for e in gen.events if e.source == "cloud"]
+    assert [e.token for e in cloud] == [e.token for e in gen.events[4:7]]  # positions 4, 5, 6: one token each
+    assert gen.stats.cloud_calls == 3 and gen.stats.cloud_tokens == 3 and gen.stats.cloud_failures == 0
+    assert gen.stats.rollbacks == 0
+    assert gen.text.startswith("The capital of France is Paris")  # the space comes with the token
+
+
+def test_token_exact_needs_the_same_vocabulary(smollm, tiny_lm):
+    from collab_core.cloud.client import CloudClient
+
+    for vocab, strategy, exact in [("local", "completion", True), (smollm.vocab_fingerprint, "completion", True),
+                                   (tiny_lm.vocab_fingerprint, "completion", tiny_lm.vocab_fingerprint ==
+                                    smollm.vocab_fingerprint), (None, "completion", False),
+                                   ("local", "anchor", False)]:
+        client = CloudClient(CloudConfig(model="openai/x", api_base=LOOPBACK_BASE, strategy=strategy, vocab=vocab))
+        assert client.bind(smollm.vocab_fingerprint) is exact
+
+
 def test_anchor_strategy_loopback_chat(smollm):
     """The chat-only protocol ``auto`` picks, against a real chat endpoint (mlx_lm.server)."""
     eng = Engine(smollm, cloud="openai/default_model", api_base=LOOPBACK_BASE, router=ScheduledRouter([5]),
@@ -159,3 +188,15 @@ def test_vllm_continue_final_message_strategy(smollm):
     assert body["continue_final_message"] is True and body["add_generation_prompt"] is False
     assert body["messages"][-1] == {"role": "assistant", "content": "The capital of France is"}
     assert gen.text.startswith("The capital of France is Paris")
+
+
+def test_token_ids_of_a_completion_choice():
+    from types import SimpleNamespace as NS
+
+    from collab_core.cloud.client import token_ids_of
+
+    assert token_ids_of(NS(logprobs=NS(content=[{"id": 12095, "logprob": -0.7}, {"id": 13, "logprob": -0.5}],
+                                      tokens=None))) == [12095, 13]  # mlx_lm.server
+    assert token_ids_of(NS(logprobs={"tokens": ["token_id:12095", "token_id:13"]})) == [12095, 13]  # vLLM
+    assert token_ids_of(NS(logprobs={"tokens": [" Paris", "."]})) is None  # text tokens: no ids
+    assert token_ids_of(NS(logprobs=None)) is None

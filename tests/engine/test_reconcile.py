@@ -139,3 +139,18 @@ def test_target_with_replace_and_kept_draft():
     dropped = Reconciliation(replace=0, cloud=(9,), keep_from=None, rollbacks=2, ends=False)
     assert dropped.target([1, 2], [5, 6]) == [1, 2, 9]
     assert Reconciliation(0, (), 0, 0, False).target((1, 2), (3,)) == [1, 2, 3]
+
+
+def test_token_ids_are_appended_as_they_are(tiny_lm):
+    tok = tiny_lm.tokenizer
+    answer = tok.encode("The capital is Par", add_special_tokens=False)
+    span = tok.encode("is", add_special_tokens=False)
+    r = reconcile(tok, answer, [], "is", ends_answer=False, max_tokens=64, token_ids=span)
+    assert r.replace == 0 and r.cloud == tuple(span)  # nothing re-spelled, whatever the word boundary
+    assert r.target(answer, []) == answer + span
+    eos = next(iter(tiny_lm.eos_token_ids))
+    r = reconcile(tok, answer, [5], "", ends_answer=True, max_tokens=64, eos={eos}, token_ids=[])
+    assert r.ends and r.rollbacks == 1 and r.cloud == ()
+    r = reconcile(tok, answer, [], "x", ends_answer=False, max_tokens=len(answer) + 1, eos={eos},
+                  token_ids=[eos, *span, *span])
+    assert r.cloud == tuple(span[:1])  # never an EOS, never past max_tokens
