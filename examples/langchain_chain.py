@@ -5,8 +5,11 @@
     python examples/langchain_chain.py --cloud-model anthropic/claude-sonnet-4-5       # needs ANTHROPIC_API_KEY
     python examples/langchain_chain.py --cloud-model gpt-4o-mini                       # needs OPENAI_API_KEY
     python examples/langchain_chain.py --cloud-model deepseek/deepseek-chat            # needs DEEPSEEK_API_KEY
+    python examples/langchain_chain.py --cloud-model openai/default_model --api-base http://127.0.0.1:8080/v1
+        # a chat-only endpoint on loopback (`collab standin --port 8080`): the path gpt-4o-mini takes
 
-Swapping the provider is swapping the model string; nothing else in the chain changes.
+Swapping the provider is swapping the model string; nothing else in the chain changes. The last line says how
+the cloud was asked (the strategy ``auto`` picked) and what it wrote.
 """
 
 import argparse
@@ -17,14 +20,31 @@ from langchain_core.prompts import ChatPromptTemplate
 import collab_core  # noqa: F401  (first: OpenBLAS before mlx on Linux)
 from langchain_collab import CollabLLM
 
+PROMPT = ChatPromptTemplate.from_messages([
+    ("system", "You answer in one short sentence."),
+    ("human", "{question}"),
+])
+
+
+def make_llm(cloud_model=None, api_base=None, threshold=0.5):
+    return CollabLLM(cloud_model=cloud_model, api_base=api_base, threshold=threshold, max_tokens=48)
+
 
 def build_chain(cloud_model=None, api_base=None, threshold=0.5):
-    prompt = ChatPromptTemplate.from_messages([
-        ("system", "You answer in one short sentence."),
-        ("human", "{question}"),
-    ])
-    llm = CollabLLM(cloud_model=cloud_model, api_base=api_base, threshold=threshold, max_tokens=48)
-    return prompt | llm | StrOutputParser()
+    return PROMPT | make_llm(cloud_model, api_base, threshold) | StrOutputParser()
+
+
+def run(cloud_model, api_base, question: str) -> None:
+    """Stream the answer, then say how the cloud was asked and what it wrote."""
+    llm = make_llm(cloud_model, api_base)
+    stats = {}
+    for chunk in (PROMPT | llm).stream({"question": question}):
+        print(chunk.content, end="", flush=True)
+        stats = chunk.response_metadata.get("collab", stats)
+    print()
+    if cloud_model:
+        print(f"[cloud via strategy {llm._engine().cloud.strategy!r}: {stats['cloud_tokens']} of "
+              f"{stats['total_tokens']} tokens, {stats['cloud_calls']} calls, {stats['cloud_failures']} failed]")
 
 
 def main() -> None:
@@ -38,15 +58,9 @@ def main() -> None:
         from collab_core.devtools.standin import StandinCloud
 
         with StandinCloud() as cloud:
-            chain = build_chain(cloud.model, cloud.api_base)
-            for piece in chain.stream({"question": args.question}):
-                print(piece, end="", flush=True)
-            print()
+            run(cloud.model, cloud.api_base, args.question)
         return
-    chain = build_chain(args.cloud_model, args.api_base)
-    for piece in chain.stream({"question": args.question}):
-        print(piece, end="", flush=True)
-    print()
+    run(args.cloud_model, args.api_base, args.question)
 
 
 if __name__ == "__main__":

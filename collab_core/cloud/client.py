@@ -106,8 +106,9 @@ class CloudSpan:
 
     @property
     def ends_answer(self) -> bool:
-        # A chat-only model asked for "a few words" stops after them by design; that is not the end.
-        return self.finish_reason == "stop" and self.strategy not in PROTOCOLS
+        # A chat-only model asked for "a few words" stops after them by design: that is not the end of the
+        # answer -- unless it wrote nothing after the words it echoed.
+        return self.finish_reason == "stop" and (self.strategy not in PROTOCOLS or not self.text.strip())
 
 
 def span_key(*parts) -> str:

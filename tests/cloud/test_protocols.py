@@ -92,3 +92,15 @@ def test_the_engine_keeps_its_local_token_when_a_reply_cannot_be_aligned(tiny_lm
     else:
         assert gen.stats.cloud_failures == 1 and gen.stats.cloud_tokens == 0
         assert gen.stats.cloud_errors[0].startswith("UnalignedSpan") and gen.text == local.text
+
+
+def test_a_reply_that_only_echoes_ends_the_answer(tiny_lm):
+    """Asked to go on, the chat model wrote only the words it was to echo: the answer ends there."""
+    local = Engine(tiny_lm).generate("The capital of France is", chat=False, max_tokens=8)
+    partial = tiny_lm.tokenizer.decode([e.token for e in local.events][:2])
+    with FakeCloud(reply=lambda body: P.anchor_of(partial), finish_reason="stop") as fc:
+        cfg = CloudConfig(model="openai/fake", api_base=fc.url, strategy="anchor")
+        gen = Engine(tiny_lm, cloud=cfg, router=ScheduledRouter([2]), pipeline="sync").generate(
+            "The capital of France is", chat=False, max_tokens=8)
+    assert gen.finish_reason == "stop" and gen.stats.total_tokens == 2 and gen.stats.cloud_failures == 0
+    assert gen.text == partial
