@@ -29,7 +29,7 @@ ifeq ($(UNAME),Linux)
 	-@$(BIN)/collab blas fetch >/dev/null
 endif
 
-# First run: fetches SmolLM2 (93 MB) and the stand-in cloud model (1.1 GB), converts both once.
+# First run: fetches Qwen2.5-Coder-0.5B (491 MB) and the stand-in cloud model (1.1 GB), converts both once.
 demo: $(STAMP) blas
 	$(BIN)/collab demo
 

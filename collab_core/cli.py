@@ -3,7 +3,7 @@
     collab run "PROMPT" [--local-model SPEC] [--max-tokens N] [--json]
                [--cloud-model MODEL [--api-base URL] [--api-key KEY] [--threshold T | --budget B]]
     collab prepare [--local-model SPEC]      fetch/convert the local model ahead of time
-    collab demo                              a few answers with the stand-in cloud on loopback
+    collab demo                              Qwen 0.5B routed to the stand-in cloud, beside local only
     collab standin [--port 8080] [--model-folder DIR]   serve the stand-in cloud model until interrupted
     collab bench csqa|overhead|routing_latency|blas|learned_cost [ARGS]   the benchmarks in benchmarks/
     collab blas fetch|status                 OpenBLAS for MLX on a Linux CPU
@@ -67,9 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     prep = sub.add_parser("prepare", help="fetch and convert the local model once")
     prep.add_argument("--local-model", default=None)
 
-    d = sub.add_parser("demo", help="answer a few questions with the stand-in cloud on loopback")
-    _add_generation_args(d)
-    d.set_defaults(max_tokens=64)
+    d = sub.add_parser("demo", help="a few answers routed to the stand-in cloud on loopback, beside local only")
+    d.add_argument("--local-model", default="qwen2.5-coder-0.5b", help="the local model (default: %(default)s)")
+    d.add_argument("--budget", type=float, default=0.07, help="routed share of tokens (default: %(default)s)")
+    d.add_argument("--max-tokens", type=int, default=96)
 
     s = sub.add_parser("standin", help="serve the stand-in cloud model on 127.0.0.1 until interrupted")
     s.add_argument("--port", type=int, default=8080)
@@ -149,33 +150,13 @@ def _show(out, events):
     raise AssertionError("a stream ends with its FinalEvent")  # pragma: no cover
 
 
-DEMO_QUESTIONS = [
-    "What is the capital of France?",
-    "Where would you put a plate after washing it? Choices: A) cupboard B) table C) restaurant D) dishwasher "
-    "E) flea market. Answer with the letter and a short reason.",
-    "Explain in one sentence why the sky looks blue.",
-]
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Starts the stand-in cloud (prepared on first run), answers DEMO_QUESTIONS, stops it."""
+    """The best pair we ship, routed, beside the local model alone (see ``devtools/demo.py``)."""
     from rich.console import Console
-    from rich.text import Text
 
-    from .devtools.standin import StandinCloud
+    from .devtools.demo import run_demo
 
-    out = Console(highlight=False)
-    with StandinCloud() as cloud:
-        if not args.cloud_model:
-            args.cloud_model, args.api_base = cloud.model, cloud.api_base
-        engine = engine_from_args(args)
-        out.print(Text(f"local: {engine.local_model.name}   cloud: Qwen2.5-Coder-1.5B-Instruct via "
-                       f"{args.cloud_model} @ {args.api_base}   router: {engine.router.describe()}", style="dim"))
-        out.print(Text("cloud-written tokens are shown in magenta", style="dim"))
-        for q in DEMO_QUESTIONS:
-            out.print(Text(f"\n> {q}", style="bold"))
-            final = _show(out, engine.stream(q))
-            out.print(Text(final.stats.summary_line(), style="dim"))
+    run_demo(Console(highlight=False), local_model=args.local_model, budget=args.budget, max_tokens=args.max_tokens)
     return 0
 
 

@@ -39,7 +39,7 @@ def _cli_defaults(command: str) -> dict:
     return {a.dest: a.default for a in sub.choices[command]._actions}
 
 
-@pytest.mark.parametrize("command", ["run", "demo"])
+@pytest.mark.parametrize("command", ["run"])
 def test_cli_flags_are_the_engine_settings(command):
     defaults = _cli_defaults(command)
     assert {n: defaults[n] for n in ENGINE_FIELDS} == ENGINE_FIELDS

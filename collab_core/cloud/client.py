@@ -300,6 +300,20 @@ class CloudClient:
         return text, finish, None
 
     # -- the call --------------------------------------------------------------------------------------
+    def prewarm(self, req: SpanRequest) -> bool:
+        """Have the cloud read the prompt before anything is routed: one call for one output token, the answer
+        not begun, no retries. A server that caches prompt prefixes (vLLM, SGLang, ``mlx_lm.server``) then
+        answers the first span without a cold prefill. Returns whether the call went through; a failure is
+        only a lost head start."""
+        litellm = _litellm()
+        kind, kw = self.build(dataclasses.replace(req, partial=""))
+        kw["max_tokens"] = 1
+        try:
+            (litellm.text_completion if kind == "text_completion" else litellm.completion)(**kw)
+        except Exception:  # noqa: BLE001 - a head start, never a failure of the answer
+            return False
+        return True
+
     def continue_span(self, req: SpanRequest, deadline: float | None = None) -> CloudSpan:
         """One span, with retries; raises ``CloudError`` (never a provider exception) on failure."""
         from tenacity import (
@@ -316,7 +330,7 @@ class CloudClient:
         call = litellm.text_completion if kind == "text_completion" else litellm.completion
         stop = stop_after_attempt(self.config.max_retries + 1)
         if deadline is not None:
-            stop = stop | stop_before_delay(max(0.0, deadline - time.monotonic()))
+            stop = stop | stop_before_delay(max(0.0, deadline - time.perf_counter()))
         t0 = time.perf_counter()
         attempts = 0
         try:
@@ -325,7 +339,7 @@ class CloudClient:
                 with attempt:
                     attempts += 1
                     if deadline is not None:
-                        kw["timeout"] = max(0.05, min(self.config.timeout_s, deadline - time.monotonic()))
+                        kw["timeout"] = max(0.05, min(self.config.timeout_s, deadline - time.perf_counter()))
                     resp = call(**kw)
         except RetryError as exc:  # pragma: no cover - reraise=True makes this unusual
             raise CloudError(f"cloud call gave up: {exc}", attempts=attempts) from exc

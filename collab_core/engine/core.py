@@ -16,11 +16,11 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 
 from ..cloud.cache import SpanCache
-from ..cloud.client import CloudClient, CloudConfig
+from ..cloud.client import CloudClient, CloudConfig, SpanRequest
 from ..errors import ConfigError
 from ..local.decoder import StepDecoder, greedy
 from ..local.loading import LocalModel, load_local_model
-from ..prompts import Prompt, render_prompt
+from ..prompts import Prompt, messages_for, render_prompt, split_prefill
 from ..router import Router, make_router
 from ..settings import PIPELINES, EngineSettings, GenerateOptions, GenerationConfig
 from ..threads import ParkedThreads
@@ -143,6 +143,17 @@ class Engine:
         if self._executor is None:
             self._executor = cf.ThreadPoolExecutor(max_workers=2, thread_name_prefix="collab-cloud")
         return self._executor.submit(fn, *args)
+
+    def prewarm(self, prompt: Prompt, **options: Unpack[GenerateOptions]) -> cf.Future | None:
+        """Let the cloud read ``prompt`` now, in the background (``CloudClient.prewarm``), so that the first
+        span of a later ``stream(prompt)`` finds it cached; None without a cloud. One extra call."""
+        if self.cloud is None:
+            return None
+        cfg = self.config.replace(**options)
+        text, _ = render_prompt(self.local_model, prompt, chat=cfg.chat, system=cfg.system)
+        req = SpanRequest(messages=messages_for(prompt, cfg.system), prompt_text=text, partial="",
+                          prefix=split_prefill(prompt)[1])
+        return self._submit(self.cloud.prewarm, req)
 
     # -- sync ----------------------------------------------------------------------------------------------------
     def stream(self, prompt: Prompt, **options: Unpack[GenerateOptions]) -> Iterator[Event]:

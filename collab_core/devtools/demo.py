@@ -1,0 +1,106 @@
+"""``collab demo``: the best pair we ship, routed in the seed's regime, beside the local model alone.
+
+The local model is Qwen2.5-Coder-0.5B-Instruct and the cloud the stand-in (Qwen2.5-Coder-1.5B-Instruct on
+``mlx_lm.server``, loopback): the two share a tokenizer, so spans come back as token ids (``cloud_vocab``) and
+one-token spans are spliced as they are, as in the seed. A budget router holds the cloud to a few percent of
+the tokens. For every question (a fixed list, whatever the answers turn out to be) the local model answers
+alone, then routed, the cloud's tokens in colour; while the local model answers alone, the stand-in reads the
+question (``Engine.prewarm``), so the routed answer's first span pays no cold prefill. The closing line sums
+up the routed share, the calls, the cloud tokens against a cloud-only answer, and the time against local only.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from ..engine import Engine, FinalEvent
+from ..settings import EngineSettings, GenerationConfig
+from .standin import StandinCloud
+
+QUESTIONS = [
+    "What is the capital of France?",
+    "Where would you put a plate after washing it? Choices: A) cupboard B) table C) restaurant D) dishwasher "
+    "E) flea market. Answer with the letter and a short reason.",
+    "Explain in one sentence why the sky looks blue.",
+]
+LOCAL_MODEL = "qwen2.5-coder-0.5b"
+BUDGET = 0.07
+
+
+@dataclass
+class Tally:
+    tokens: int = 0
+    cloud_tokens: int = 0
+    calls: int = 0
+    failures: int = 0
+    cloud_in: int = 0
+    cloud_out: int = 0
+    time_s: float = 0.0
+    local_time_s: float = 0.0
+    cloud_only_in: int = 0  # what asking the cloud for the whole answers would have cost (estimated)
+    cloud_only_out: int = 0
+
+
+def _stream(out, label: str, events, colour: bool) -> FinalEvent:
+    from rich.text import Text
+
+    out.print(Text(f"{label:<11}", style="dim"), end="")
+    for ev in events:
+        if isinstance(ev, FinalEvent):
+            out.print(Text(ev.text))
+            return ev
+        out.print(Text(ev.text, style="bold magenta" if colour and ev.source == "cloud" else ""), end="")
+    raise AssertionError("a stream ends with its FinalEvent")  # pragma: no cover
+
+
+def run_demo(out, *, local_model: str = LOCAL_MODEL, budget: float = BUDGET, max_tokens: int = 96,
+             questions: list[str] = QUESTIONS, cloud_folder: str | None = None, router: str | None = None) -> Tally:
+    """Print the demo to ``out`` (a rich Console); returns the totals of the routed answers. ``cloud_folder``:
+    another mlx-lm model folder for the stand-in to serve; ``router``: a router spec instead of the budget."""
+    from rich.text import Text
+
+    t = Tally()
+    t0 = time.perf_counter()
+    with StandinCloud(folder=cloud_folder, progress=False) as cloud:
+        out.print(Text(f"stand-in cloud warmed up in {time.perf_counter() - t0:.1f} s (its model loaded and "
+                       "one request served; not counted below)", style="dim"))
+        settings = EngineSettings(local_model=local_model, cloud_model=cloud.model, api_base=cloud.api_base,
+                                  budget=budget, router=router, span_tokens=1, timeout=60, cloud_vocab=cloud.vocab)
+        config = GenerationConfig(max_tokens=max_tokens)
+        routed = Engine.from_settings(settings, config=config)
+        alone = Engine(routed.local_model, config=config)  # the same loaded model, no cloud
+        alone.generate("Hi", max_tokens=1)  # the local model's first pass, not counted either
+        exact = routed.cloud.bind(routed.local_model.vocab_fingerprint)
+        served = "Qwen2.5-Coder-1.5B-Instruct" if cloud_folder is None else str(cloud_folder)
+        out.print(Text(f"local: {routed.local_model.name}   cloud: {served} @ {cloud.api_base} "
+                       f"({'same tokenizer: spans are token ids' if exact else 'spans are text'})   "
+                       f"router: {routed.router.describe()}", style="dim"))
+        out.print(Text("cloud-written tokens are shown in magenta", style="dim"))
+        for q in questions:
+            out.print(Text(f"\n> {q}", style="bold"))
+            routed.prewarm(q)  # the stand-in reads the question while the local model answers alone
+            local = _stream(out, "local only", alone.stream(q), colour=False)
+            final = _stream(out, "routed", routed.stream(q), colour=True)
+            s = final.stats
+            out.print(Text(f"{'':<11}{s.cloud_tokens} of {s.total_tokens} tokens from the cloud, "
+                           f"{s.cloud_calls} calls ({s.cloud_failures} failed), first token "
+                           f"{s.time_to_first_token_s or 0:.2f} s, {s.time_total_s:.1f} s "
+                           f"(alone: {local.stats.time_total_s:.1f} s)", style="dim"))
+            t.tokens += s.total_tokens
+            t.cloud_tokens += s.cloud_tokens
+            t.calls += s.cloud_calls
+            t.failures += s.cloud_failures
+            t.cloud_in += s.cloud_input_tokens
+            t.cloud_out += s.cloud_output_tokens
+            t.time_s += s.time_total_s
+            t.local_time_s += local.stats.time_total_s
+            t.cloud_only_in += s.prompt_tokens
+            t.cloud_only_out += s.total_tokens
+    share = t.cloud_tokens / t.tokens if t.tokens else 0.0
+    out.print(Text(
+        f"\nrouted {share:.1%} of {t.tokens} tokens in {t.calls} cloud calls ({t.failures} failed); cloud tokens "
+        f"in/out {t.cloud_in}/{t.cloud_out}, against ~{t.cloud_only_in}/{t.cloud_only_out} for cloud-only answers "
+        f"(+{len(questions)} prewarm calls); {t.time_s:.1f} s routed against {t.local_time_s:.1f} s local only",
+        style="bold"))
+    return t
