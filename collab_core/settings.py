@@ -28,7 +28,7 @@ else:  # pragma: no cover - 3.10
     from typing_extensions import TypedDict
 
 PIPELINES = ("sync", "async")
-STRATEGIES = ("completion", "prefill", "prefix", "continue", "anchor", "echo", "instruct")
+STRATEGIES = ("completion", "prefill", "prefix", "continue", "anchor", "restate", "echo", "instruct")
 
 
 def _setting(default: Any, help: str, **meta: Any) -> Any:

@@ -5,8 +5,8 @@
     python examples/langchain_chain.py --cloud-model anthropic/claude-sonnet-4-5       # needs ANTHROPIC_API_KEY
     python examples/langchain_chain.py --cloud-model gpt-4o-mini                       # needs OPENAI_API_KEY
     python examples/langchain_chain.py --cloud-model deepseek/deepseek-chat            # needs DEEPSEEK_API_KEY
-    python examples/langchain_chain.py --cloud-model openai/default_model --api-base http://127.0.0.1:8080/v1
-        # a chat-only endpoint on loopback (`collab standin --port 8080`): the path gpt-4o-mini takes
+    python examples/langchain_chain.py --cloud-model openai/default_model --api-base http://127.0.0.1:8080/v1 \
+        --timeout 60   # a chat-only endpoint on loopback (`collab standin --port 8080`): the path gpt-4o-mini takes
 
 Swapping the provider is swapping the model string; nothing else in the chain changes. The last line says how
 the cloud was asked (the strategy ``auto`` picked) and what it wrote.
@@ -26,17 +26,17 @@ PROMPT = ChatPromptTemplate.from_messages([
 ])
 
 
-def make_llm(cloud_model=None, api_base=None, threshold=0.5):
-    return CollabLLM(cloud_model=cloud_model, api_base=api_base, threshold=threshold, max_tokens=48)
+def make_llm(cloud_model=None, api_base=None, threshold=0.5, timeout=10.0):
+    return CollabLLM(cloud_model=cloud_model, api_base=api_base, threshold=threshold, max_tokens=48, timeout=timeout)
 
 
 def build_chain(cloud_model=None, api_base=None, threshold=0.5):
     return PROMPT | make_llm(cloud_model, api_base, threshold) | StrOutputParser()
 
 
-def run(cloud_model, api_base, question: str) -> None:
+def run(cloud_model, api_base, question: str, timeout: float = 10.0) -> None:
     """Stream the answer, then say how the cloud was asked and what it wrote."""
-    llm = make_llm(cloud_model, api_base)
+    llm = make_llm(cloud_model, api_base, timeout=timeout)
     stats = {}
     for chunk in (PROMPT | llm).stream({"question": question}):
         print(chunk.content, end="", flush=True)
@@ -45,6 +45,8 @@ def run(cloud_model, api_base, question: str) -> None:
     if cloud_model:
         print(f"[cloud via strategy {llm._engine().cloud.strategy!r}: {stats['cloud_tokens']} of "
               f"{stats['total_tokens']} tokens, {stats['cloud_calls']} calls, {stats['cloud_failures']} failed]")
+        for line in stats["cloud_errors"][:3]:
+            print(f"[cloud error: {line}]")
 
 
 def main() -> None:
@@ -53,14 +55,15 @@ def main() -> None:
     ap.add_argument("--api-base", default=None)
     ap.add_argument("--standin", action="store_true", help="start the stand-in cloud on loopback")
     ap.add_argument("--question", default="Why do leaves change colour in autumn?")
+    ap.add_argument("--timeout", type=float, default=10.0, help="seconds per cloud call (a CPU stand-in needs more)")
     args = ap.parse_args()
     if args.standin:
         from collab_core.devtools.standin import StandinCloud
 
         with StandinCloud() as cloud:
-            run(cloud.model, cloud.api_base, args.question)
+            run(cloud.model, cloud.api_base, args.question, timeout=60)
         return
-    run(args.cloud_model, args.api_base, args.question)
+    run(args.cloud_model, args.api_base, args.question, args.timeout)
 
 
 if __name__ == "__main__":

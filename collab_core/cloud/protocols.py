@@ -9,8 +9,11 @@ when the reply cannot be lined up; the caller then counts a failed call and keep
 * ``anchor`` -- the unfinished answer goes back as the assistant's own turn, and a user turn asks it to go on,
   starting with the answer's last few words (the *anchor*). The echoed anchor (or its last two words, or the
   whole answer) is expected and cut off; a reply that starts with none of them is unaligned. Output cost: the anchor + the span.
-* ``echo`` -- the same turns, but the model rewrites the whole answer so far, word for word, then goes on;
-  the reply must start with the whole answer so far. Output cost grows with the answer.
+* ``restate`` -- no extra turns: the request's own last user message ends with "Begin your answer with exactly:
+  «the answer so far»", and the model answers afresh; the reply must start with the whole answer so far. The
+  question stays the last thing the model read. Output cost grows with the answer.
+* ``echo`` -- the turns of ``anchor``, but the model rewrites the whole answer so far, word for word, then goes
+  on; the reply must start with the whole answer so far. Output cost grows with the answer.
 * ``instruct`` -- one instruction to write only the next few words of the partial answer (shown in
   ``<partial>`` tags); an echoed prefix is stripped when recognised, and the reply is otherwise taken as is.
 
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 
 from ..text import strip_echo
 
-PROTOCOLS = ("anchor", "echo", "instruct")
+PROTOCOLS = ("anchor", "restate", "echo", "instruct")
 #: What ``strategy="auto"`` uses for a chat-only model (chosen by ``benchmarks/chat_protocols.py``).
 CHAT_PROTOCOL = "anchor"
 ANCHOR_WORDS = 3
@@ -38,6 +41,7 @@ RESUME_SYSTEM = ("Your previous answer was cut off mid-sentence. When asked, res
                  "no greeting, no quotes, no explanation of what you are doing.")
 _ANCHOR_ASK = ('Continue your answer from where it was cut off. Start your reply with its last words, "{anchor}", '
                "then write the next few words.")
+_RESTATE_ASK = 'Begin your answer with exactly these words: "{answer}"'
 _ECHO_ASK = ("Continue your answer from where it was cut off. Start your reply by repeating your answer so far, "
              "word for word, then write the next few words.")
 _WS = re.compile(r"\s+")
@@ -72,6 +76,13 @@ def request(protocol: str, conversation: list[dict], answer: str, span_tokens: i
         }], span_tokens)
     if not answer.strip():  # nothing written yet: the model simply starts its answer
         return ChatRequest(msgs, span_tokens)
+    if protocol == "restate":
+        ask = _RESTATE_ASK.format(answer=answer.strip())
+        if msgs and msgs[-1].get("role") == "user":  # appended to the question: the shared prefix stays intact
+            msgs[-1] = {**msgs[-1], "content": f"{msgs[-1].get('content') or ''}\n\n{ask}"}
+        else:
+            msgs.append({"role": "user", "content": ask})
+        return ChatRequest(msgs, _tokens_for(answer) + span_tokens)
     if protocol == "anchor":
         anchor = anchor_of(answer)
         ask, echoed = _ANCHOR_ASK.format(anchor=anchor), anchor

@@ -104,3 +104,21 @@ def test_a_reply_that_only_echoes_ends_the_answer(tiny_lm):
             "The capital of France is", chat=False, max_tokens=8)
     assert gen.finish_reason == "stop" and gen.stats.total_tokens == 2 and gen.stats.cloud_failures == 0
     assert gen.text == partial
+
+
+def test_restate_asks_in_the_question_and_needs_the_whole_answer():
+    r = P.request("restate", CONV, "The answer is", 2)
+    assert len(r.messages) == 1 and r.messages[0]["role"] == "user"
+    assert r.messages[0]["content"].startswith(CONV[0]["content"])  # the question's prefix is kept as it was
+    assert r.messages[0]["content"].endswith('Begin your answer with exactly these words: "The answer is"')
+    assert CONV[0]["content"] == "Where would you put a plate after washing it?"  # the caller's list is untouched
+    tool_last = [*CONV, {"role": "tool", "content": "42"}]
+    assert P.request("restate", tool_last, "It is", 2).messages[-1]["role"] == "user"
+    assert P.align("restate", "The answer is (A) cupboard.", "The answer is") == " (A) cupboard."
+    assert P.align("restate", "answer is (A)", "The answer is") is None
+
+
+def test_every_protocol_is_a_strategy():
+    from collab_core.settings import STRATEGIES
+
+    assert set(P.PROTOCOLS) <= set(STRATEGIES) and P.CHAT_PROTOCOL in P.PROTOCOLS
