@@ -29,7 +29,7 @@ from ..text import strip_echo
 
 PROTOCOLS = ("anchor", "restate", "echo", "instruct")
 #: What ``strategy="auto"`` uses for a chat-only model (chosen by ``benchmarks/chat_protocols.py``).
-CHAT_PROTOCOL = "anchor"
+CHAT_PROTOCOL = "restate"
 ANCHOR_WORDS = 3
 
 INSTRUCTION = (

@@ -13,6 +13,7 @@ from conftest import CASSETTES, LOOPBACK_BASE, exchanges, record_mode, sent_bodi
 
 from collab_core import Engine
 from collab_core.cloud.client import CloudConfig
+from collab_core.cloud.protocols import CHAT_PROTOCOL
 from collab_core.router import ScheduledRouter
 
 pytestmark = pytest.mark.smollm
@@ -74,11 +75,26 @@ def test_token_exact_needs_the_same_vocabulary(smollm, tiny_lm):
         assert client.bind(smollm.vocab_fingerprint) is exact
 
 
-def test_anchor_strategy_loopback_chat(smollm):
-    """The chat-only protocol ``auto`` picks, against a real chat endpoint (mlx_lm.server)."""
+def test_chat_protocol_loopback(smollm):
+    """The chat-only protocol ``auto`` picks (``restate``), against a real chat endpoint (mlx_lm.server)."""
     eng = Engine(smollm, cloud="openai/default_model", api_base=LOOPBACK_BASE, router=ScheduledRouter([5]),
                  pipeline="sync", cache=False)
-    assert eng.cloud.strategy == "anchor"
+    assert eng.cloud.strategy == CHAT_PROTOCOL == "restate"
+    with use_cassette("loopback_chat") as cass:
+        gen = eng.generate(QUESTION, max_tokens=24)
+    assert exchanges(cass) == 1
+    msgs = sent_bodies(cass)[0]["messages"]
+    # the question itself ends with the instruction: the conversation's prefix is the same for every call
+    assert msgs == [{"role": "user", "content": QUESTION + '\n\nBegin your answer with exactly these words: '
+                                                           '"The capital of France is"'}]
+    assert gen.stats.cloud_calls == 1 and gen.stats.cloud_failures == 0
+    assert any(e.source == "cloud" for e in gen.events)
+    assert gen.text.startswith("The capital of France is ") and "France is The" not in gen.text
+
+
+def test_anchor_strategy_loopback_chat(smollm):
+    cfg = CloudConfig(model="openai/default_model", api_base=LOOPBACK_BASE, strategy="anchor")
+    eng = Engine(smollm, cloud=cfg, router=ScheduledRouter([5]), pipeline="sync", cache=False)
     with use_cassette("loopback_anchor") as cass:
         gen = eng.generate(QUESTION, max_tokens=24)
     assert exchanges(cass) == 1
@@ -93,26 +109,25 @@ def test_anchor_strategy_loopback_chat(smollm):
 
 
 @pytest.mark.parametrize(("model", "cassette", "env"), [
-    ("gpt-4o-mini", "openai_chat_anchor", "OPENAI_API_KEY"),
-    ("gemini/gemini-2.5-flash", "gemini_chat_anchor", "GEMINI_API_KEY"),
-    ("anthropic/claude-sonnet-4-6", "anthropic46_chat_anchor", "ANTHROPIC_API_KEY"),
+    ("gpt-4o-mini", "openai_chat", "OPENAI_API_KEY"),
+    ("gemini/gemini-2.5-flash", "gemini_chat", "GEMINI_API_KEY"),
+    ("anthropic/claude-sonnet-4-6", "anthropic46_chat", "ANTHROPIC_API_KEY"),
 ])
-def test_chat_only_providers_use_the_anchor_protocol(smollm, monkeypatch, model, cassette, env):
-    """OpenAI chat, Gemini and Claude 4.6+ (no assistant prefill) get the anchor protocol in their own wire
-    formats; the echoed anchor never reaches the answer."""
+def test_chat_only_providers_use_the_chat_protocol(smollm, monkeypatch, model, cassette, env):
+    """OpenAI chat, Gemini and Claude 4.6+ (no assistant prefill) get the chat protocol in their own wire
+    formats; the restated answer never reaches the answer twice."""
     if record_mode() == "none":
         monkeypatch.setenv(env, "sk-test-not-a-real-key")
     eng = Engine(smollm, cloud=model, router=ScheduledRouter([5]), pipeline="sync", cache=False)
-    assert eng.cloud.strategy == "anchor"
+    assert eng.cloud.strategy == CHAT_PROTOCOL
     with use_cassette(_cassette_for(cassette)) as cass:
         gen = eng.generate(QUESTION, max_tokens=16)
     assert exchanges(cass) == 1
-    body = sent_bodies(cass)[0]
-    assert "France is" in json.dumps(body) and "of France is" in json.dumps(body)
-    assert gen.text.startswith("The capital of France is Paris.")
+    assert 'Begin your answer with exactly these words: \\"The capital of France is\\"' in json.dumps(
+        sent_bodies(cass)[0])
+    assert gen.text.startswith("The capital of France is Paris.") and "France is The" not in gen.text
     assert gen.stats.cloud_calls == 1 and gen.stats.cloud_failures == 0 and gen.stats.cloud_input_tokens > 0
     assert gen.stats.cost_usd > 0  # priced from LiteLLM's (local) cost map
-    assert gen.finish_reason == "length" or gen.stats.total_tokens < 16  # a chat reply does not end the answer
     assert "sk-test" not in (CASSETTES / f"{_cassette_for(cassette)}.yaml").read_text()
 
 
@@ -155,14 +170,14 @@ def test_anthropic_prefill_strategy(smollm, monkeypatch):
 def test_auto_picks_a_strategy_per_provider(monkeypatch):
     from collab_core.cloud.client import choose_strategy
 
-    assert choose_strategy("anthropic/claude-sonnet-4-6") == "anchor"  # Claude 4.6+ takes no prefill
+    assert choose_strategy("anthropic/claude-sonnet-4-6") == CHAT_PROTOCOL  # Claude 4.6+ takes no prefill
     assert choose_strategy("claude-haiku-4-5") == "prefill"
     assert choose_strategy("deepseek/deepseek-chat") == "prefix"
     assert choose_strategy("mistral/mistral-large-latest") == "prefix"
     assert choose_strategy("hosted_vllm/Qwen/Qwen2.5-32B-Instruct") == "completion"
     assert choose_strategy("together_ai/meta-llama/Llama-3-70b") == "completion"
-    assert choose_strategy("gpt-4o-mini") == "anchor"
-    assert choose_strategy("gemini/gemini-2.0-flash") == "anchor"
+    assert choose_strategy("gpt-4o-mini") == CHAT_PROTOCOL
+    assert choose_strategy("gemini/gemini-2.0-flash") == CHAT_PROTOCOL
 
 
 def test_deepseek_prefix_strategy(smollm, monkeypatch):
