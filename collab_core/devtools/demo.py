@@ -3,7 +3,7 @@
 The local model is Qwen2.5-Coder-0.5B-Instruct and the cloud the stand-in (Qwen2.5-Coder-1.5B-Instruct on
 ``mlx_lm.server``, loopback): the two share a tokenizer, so spans come back as token ids (``cloud_vocab``) and
 one-token spans are spliced as they are, as in the seed. A budget router holds the cloud to a few percent of
-the tokens. For every question (a fixed list, whatever the answers turn out to be) the local model answers
+the tokens, its threshold calibrated first on the local model's answers to other prompts. For every question (a fixed list, whatever the answers turn out to be) the local model answers
 alone, then routed, the cloud's tokens in colour; while the local model answers alone, the stand-in reads the
 question (``Engine.prewarm``), so the routed answer's first span pays no cold prefill. The closing line sums
 up the routed share, the calls, the cloud tokens against a cloud-only answer, and the time against local only.
@@ -15,14 +15,25 @@ import time
 from dataclasses import dataclass
 
 from ..engine import Engine, FinalEvent
+from ..prompts import render_prompt
+from ..router import BudgetRouter
 from ..settings import EngineSettings, GenerationConfig
+from ..training import calibrate_on
 from .standin import StandinCloud
 
 QUESTIONS = [
     "What is the capital of France?",
     "Where would you put a plate after washing it? Choices: A) cupboard B) table C) restaurant D) dishwasher "
-    "E) flea market. Answer with the letter and a short reason.",
+    'E) flea market. Explain your reasoning in one or two short sentences, then end with "Therefore, the '
+    'answer is (X)."',
     "Explain in one sentence why the sky looks blue.",
+]
+#: Prompts the budget router is calibrated on before the demo (never the demo's questions).
+CALIBRATION = [
+    "Why do cats purr?", "Name three uses of copper.",
+    "Where would you most likely find a stapler? Choices: A) office B) beach C) forest D) river E) garage. "
+    'Explain briefly, then end with "Therefore, the answer is (X)."',
+    "How does a refrigerator keep food cold?", "What causes tides?",
 ]
 LOCAL_MODEL = "qwen2.5-coder-0.5b"
 BUDGET = 0.07
@@ -71,6 +82,12 @@ def run_demo(out, *, local_model: str = LOCAL_MODEL, budget: float = BUDGET, max
         routed = Engine.from_settings(settings, config=config)
         alone = Engine(routed.local_model, config=config)  # the same loaded model, no cloud
         alone.generate("Hi", max_tokens=1)  # the local model's first pass, not counted either
+        if isinstance(routed.router, BudgetRouter):  # its threshold from the local model's own answers
+            t1 = time.perf_counter()
+            lm = routed.local_model
+            calibrate_on(routed.router, lm, [render_prompt(lm, q)[0] for q in CALIBRATION], max_tokens=40)
+            out.print(Text(f"budget router calibrated on {len(CALIBRATION)} other prompts in "
+                           f"{time.perf_counter() - t1:.1f} s (not counted below)", style="dim"))
         exact = routed.cloud.bind(routed.local_model.vocab_fingerprint)
         served = "Qwen2.5-Coder-1.5B-Instruct" if cloud_folder is None else str(cloud_folder)
         out.print(Text(f"local: {routed.local_model.name}   cloud: {served} @ {cloud.api_base} "
