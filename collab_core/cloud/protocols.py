@@ -136,6 +136,8 @@ def align(protocol: str, reply: str, answer: str) -> str | None:
     if end is None:
         return None
     rest = text[end:]
+    if len(answer.split()) >= 2 and (again := match_prefix(rest, answer)) is not None:
+        rest = rest[again:]  # the answer so far written twice: a repeated prefix never reaches the answer
     if answer[-1:].isspace():
         rest = rest.lstrip(" ")
     return rest

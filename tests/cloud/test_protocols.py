@@ -116,6 +116,8 @@ def test_restate_asks_in_the_question_and_needs_the_whole_answer():
     assert P.request("restate", tool_last, "It is", 2).messages[-1]["role"] == "user"
     assert P.align("restate", "The answer is (A) cupboard.", "The answer is") == " (A) cupboard."
     assert P.align("restate", "answer is (A)", "The answer is") is None
+    assert P.align("restate", "The answer is The answer is (A)", "The answer is") == " (A)"  # said twice
+    assert P.align("restate", "It is very very big", "It is very") == " very big"  # a word twice is fine
 
 
 def test_every_protocol_is_a_strategy():
