@@ -332,6 +332,10 @@ def main() -> None:
     ap.add_argument("--skip", default="", help="modes to leave out, e.g. cloud")
     ap.add_argument("--calibration", type=int, default=40, help="training questions for budget calibration")
     ap.add_argument("--pipeline", default="async")
+    ap.add_argument("--span-tokens", type=int, default=2, help="cloud tokens per routed span")
+    ap.add_argument("--cloud-vocab", default=None,
+                    help="the cloud's vocabulary fingerprint, 'local', or 'standin' (the stand-in's): token-exact "
+                         "spans when it matches the local model's (default: text spans)")
     ap.add_argument("--local-model", default=None)
     ap.add_argument("--cloud-model", default=None)
     ap.add_argument("--api-base", default=None)
@@ -349,7 +353,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     check_run_settings(args.out, {"local": lm.name, "fingerprint": lm.fingerprint, "format": args.format,
                                   "max_tokens": args.max_tokens, "stop": args.stop, "data": str(args.data),
-                                  "seed": args.seed})
+                                  "seed": args.seed, "span_tokens": args.span_tokens,
+                                  "cloud_vocab": args.cloud_vocab})
     rows_path = args.out / "rows.jsonl"
     rows = [json.loads(x) for x in rows_path.read_text().splitlines()] if rows_path.exists() else []
     ids = {q["id"] for q in questions}
@@ -361,8 +366,9 @@ def main() -> None:
 
         standin = StandinCloud().start()
         args.cloud_model, args.api_base = standin.model, standin.api_base
-    cloud_cfg = CloudConfig(model=args.cloud_model, api_base=args.api_base, span_tokens=2, timeout_s=60) \
-        if args.cloud_model else None  # only the small mode: no cloud at all
+    vocab = standin.vocab if args.cloud_vocab == "standin" and standin is not None else args.cloud_vocab
+    cloud_cfg = CloudConfig(model=args.cloud_model, api_base=args.api_base, span_tokens=args.span_tokens,
+                            timeout_s=60, vocab=vocab) if args.cloud_model else None  # small only: no cloud
     try:
         with rows_path.open("a") as f:
             calib: dict = {}
