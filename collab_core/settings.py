@@ -76,10 +76,6 @@ class EngineSettings:
             raise ConfigError(f"timeout must be > 0, not {self.timeout}")
 
     @classmethod
-    def names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in dataclasses.fields(cls))
-
-    @classmethod
     def from_object(cls, obj: Any, **overrides: Any) -> EngineSettings:
         """Read the fields of the same names off an adapter instance (a ``SecretStr`` key is unwrapped);
         ``None`` in ``obj`` or ``overrides`` means the default."""

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import CloudConfigError, CloudError
+from ..prompts import Prompt, messages_for, split_prefill
 from ..settings import STRATEGIES, EngineSettings
 from ..text import cut_to_word_boundary, fix_spacing
 from . import protocols
@@ -91,6 +92,13 @@ class SpanRequest:
     def answer(self) -> str:
         """The whole answer so far, as a chat model must see it: the prefill, then what was written."""
         return self.prefix + self.partial
+
+    @classmethod
+    def for_prompt(cls, prompt: Prompt, prompt_text: str, *, system: str | None = None) -> SpanRequest:
+        """The request for ``prompt``'s answer, not begun yet (``prompt_text``: the prompt as the local model
+        renders it); each call fills in ``partial`` and ``word_start``."""
+        return cls(messages=messages_for(prompt, system), prompt_text=prompt_text, partial="",
+                   prefix=split_prefill(prompt)[1])
 
 
 @dataclass

@@ -20,7 +20,7 @@ from ..cloud.client import CloudClient, CloudConfig, SpanRequest
 from ..errors import ConfigError
 from ..local.decoder import StepDecoder, greedy
 from ..local.loading import LocalModel, load_local_model
-from ..prompts import Prompt, messages_for, render_prompt, split_prefill
+from ..prompts import Prompt, render_prompt
 from ..router import Router, make_router
 from ..settings import PIPELINES, EngineSettings, GenerateOptions, GenerationConfig
 from ..threads import ParkedThreads
@@ -151,9 +151,7 @@ class Engine:
             return None
         cfg = self.config.replace(**options)
         text, _ = render_prompt(self.local_model, prompt, chat=cfg.chat, system=cfg.system)
-        req = SpanRequest(messages=messages_for(prompt, cfg.system), prompt_text=text, partial="",
-                          prefix=split_prefill(prompt)[1])
-        return self._submit(self.cloud.prewarm, req)
+        return self._submit(self.cloud.prewarm, SpanRequest.for_prompt(prompt, text, system=cfg.system))
 
     # -- sync ----------------------------------------------------------------------------------------------------
     def stream(self, prompt: Prompt, **options: Unpack[GenerateOptions]) -> Iterator[Event]:
@@ -177,7 +175,6 @@ class Engine:
         queue: asyncio.Queue = asyncio.Queue()
         done = object()
         cancelled = threading.Event()
-        self.config.replace(**options)  # a bad option raises here, in the caller's task
 
         def worker():
             try:

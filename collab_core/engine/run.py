@@ -14,6 +14,7 @@ algorithm:
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 
@@ -23,7 +24,7 @@ from ..cloud.leg import CloudLeg, Pending, Submit
 from ..errors import ContextOverflowError
 from ..local.decoder import Step, StepDecoder
 from ..local.loading import LocalModel
-from ..prompts import Prompt, messages_for, render_prompt, split_prefill
+from ..prompts import Prompt, render_prompt
 from ..router import Router
 from ..scoring import Confidence, TokenSignal
 from ..settings import GenerationConfig
@@ -53,8 +54,7 @@ class Run:
         deadline = self.t0 + cfg.deadline_s if cfg.deadline_s else None
         self.leg = None if cloud is None or cfg.local_only else CloudLeg(
             cloud, cache, self.stats, submit=submit, deadline=deadline, max_calls=cfg.max_cloud_calls)
-        self.messages = messages_for(prompt, cfg.system) if self.leg is not None else []
-        self.prefill = split_prefill(prompt)[1]  # the answer's start given with the prompt
+        self.request = SpanRequest.for_prompt(prompt, self.prompt_text, system=cfg.system)  # partial filled per call
         self.answer: list[int] = []  # committed tokens
         self.sources: list[str] = []
         self.draft: list[Drafted] = []
@@ -123,8 +123,7 @@ class Run:
         """Ask the cloud to continue the committed answer (the local token ``tid`` becomes the first draft)."""
         partial = self.lm.tokenizer.decode(self.answer) if self.answer else ""
         word_start = self.lm.tokenizer.decode([tid])[:1].isspace()
-        req = SpanRequest(messages=self.messages, prompt_text=self.prompt_text, partial=partial,
-                          word_start=word_start, prefix=self.prefill)
+        req = dataclasses.replace(self.request, partial=partial, word_start=word_start)
         self.pending = self.leg.start(req, len(self.answer))
 
     def _draft(self, tid: int, conf: Confidence, score: float | None, *, closing: bool) -> None:

