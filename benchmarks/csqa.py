@@ -23,7 +23,8 @@ Answer formats (``--format``, from ``collab_core.training.csqa``):
   choice."; the assistant turn is prefilled with "The answer is"; up to 6 tokens, stopped at a newline.
   Extraction: the first standalone letter A-E in the answer, else a choice text it contains.
 * ``explain`` (the seed's format): the same question and choices, then a request for a short explanation ending
-  with "Therefore, the answer is (X)."; no prefill; up to 100 tokens, no newline stop. Extraction from the end:
+  with "Therefore, the answer is (X)."; the assistant turn is prefilled with "Let's think briefly." (so that a
+  0.5B model explains before it answers); up to 100 tokens, no newline stop. Extraction from the end:
   the last "answer is (X)" / "answer is X", else the last standalone letter A-E.
 
 ``--max-tokens`` / ``--stop`` override the format's defaults. An answer with no letter is invalid (counted wrong).
@@ -38,6 +39,7 @@ median answer length in tokens per mode), ``OUT/table.md`` and ``OUT/accuracy_vs
 from __future__ import annotations
 
 import argparse
+import concurrent.futures as cf
 import dataclasses
 import json
 import re
@@ -102,17 +104,34 @@ def seed_generate(lm, client: CloudClient, text: str, threshold: float, max_toke
     return {"text": tok.decode(out), "tokens": len(out), "time_s": time.perf_counter() - t0, **stats}
 
 
-def calibrate_budget(lm, budget: float, n: int, max_tokens: int, stop: str = "\n", scorer=None,
-                     fmt: str = "letter") -> BudgetRouter:
-    """A budget router calibrated on ``n`` training questions (never the evaluation ones)."""
-    router = BudgetRouter(budget, scorer=scorer)
-    calibrate_on(router, lm, [prompt_text(lm, q, fmt) for q in load_questions(TRAIN_DATA, n, seed=123)],
-                        max_tokens=max_tokens, stop=stop)
+def calibration_scores(lm, args, learned: bool) -> list[float]:
+    """The router's scores over the local model's answers to ``--calibration`` training questions (never the
+    evaluation ones), kept in ``OUT/calibration-KIND.json``: every budget of one scorer, and every shard, reuses
+    them instead of decoding the same training answers again."""
+    kind = "learned-" + re.sub(r"[^A-Za-z0-9._-]+", "_", str(args.router or "shipped")) if learned else "confidence"
+    path = args.out / f"calibration-{kind}-{args.calibration}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    router = BudgetRouter(0.07, scorer=LearnedScorer(args.router) if learned else None)
+    prompts = [prompt_text(lm, q, args.format) for q in load_questions(TRAIN_DATA, args.calibration, seed=123)]
+    calibrate_on(router, lm, prompts, max_tokens=args.max_tokens, stop=args.stop)
+    scores = list(router.scores)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(scores))
+    tmp.replace(path)
+    return scores
+
+
+def budget_router(lm, mode: str, args) -> BudgetRouter:
+    """``budget:B`` / ``learned-budget:B``: a budget router seeded with the calibration scores."""
+    learned = mode.startswith("learned")
+    router = BudgetRouter(float(mode.split(":")[1]), scorer=LearnedScorer(args.router) if learned else None)
+    router.bind(lm)
+    router.calibrate(calibration_scores(lm, args, learned))
     return router
 
 
-def run_mode(mode: str, lm, questions, args, cloud_cfg, done: set, rows_file, calib_cache: dict,
-             standin=None) -> None:
+def run_mode(mode: str, lm, questions, args, cloud_cfg, done: set, rows_file, standin=None) -> None:
     from tqdm import tqdm
 
     todo = [q for q in questions if (mode, q["id"]) not in done]
@@ -126,16 +145,13 @@ def run_mode(mode: str, lm, questions, args, cloud_cfg, done: set, rows_file, ca
     elif mode.startswith("threshold:"):
         engine = Engine(lm, cloud=cloud_cfg, router=mode, pipeline=args.pipeline, cache=False)
     elif mode.startswith(("budget:", "learned-budget:")):
-        b = float(mode.split(":")[1])
-        if mode not in calib_cache:
-            scorer = LearnedScorer(args.router) if mode.startswith("learned") else None
-            calib_cache[mode] = calibrate_budget(lm, b, args.calibration, args.max_tokens, args.stop, scorer,
-                                                 args.format)
-        engine = Engine(lm, cloud=cloud_cfg, router=calib_cache[mode], pipeline=args.pipeline, cache=False)
+        engine = Engine(lm, cloud=cloud_cfg, router=budget_router(lm, mode, args), pipeline=args.pipeline,
+                        cache=False)
     elif mode.startswith("learned:"):
         router = ThresholdRouter(float(mode.split(":")[1]), scorer=LearnedScorer(args.router))
         engine = Engine(lm, cloud=cloud_cfg, router=router, pipeline=args.pipeline, cache=False)
-    for q in tqdm(todo, desc=mode, file=sys.stderr):
+
+    def one(q):
         row = answer_one(mode, lm, q, args, engine, client)
         if row["cloud_failures"] and standin is not None and not standin.healthy():
             # mlx_lm.server 0.32.2 kills its generation thread on an exact repeat of a cached prompt ("Sequence N
@@ -143,8 +159,26 @@ def run_mode(mode: str, lm, questions, args, cloud_cfg, done: set, rows_file, ca
             print(f"\nstand-in cloud unhealthy during {mode}; restarting it", file=sys.stderr)
             standin.restart()
             row = answer_one(mode, lm, q, args, engine, client)
-        rows_file.write(json.dumps(row) + "\n")
-        rows_file.flush()
+        return row
+
+    bar = tqdm(total=len(todo), desc=mode + (f" [shard {args.shard}]" if args.shard else ""), file=sys.stderr)
+    if mode == "cloud" and args.cloud_workers > 1:
+        # the cloud alone is only HTTP: concurrent questions, which the server decodes as one batch
+        with cf.ThreadPoolExecutor(args.cloud_workers) as ex:
+            rows = (f.result() for f in cf.as_completed([ex.submit(one, q) for q in todo]))
+            for row in rows:
+                _write(rows_file, row)
+                bar.update()
+    else:
+        for q in todo:
+            _write(rows_file, one(q))
+            bar.update()
+    bar.close()
+
+
+def _write(rows_file, row: dict) -> None:
+    rows_file.write(json.dumps(row) + "\n")  # one write per line: shards append to one file
+    rows_file.flush()
 
 
 def answer_one(mode: str, lm, q: dict, args, engine, client) -> dict:
@@ -310,6 +344,45 @@ def check_run_settings(out: Path, settings: dict) -> None:
         path.write_text(json.dumps(settings, indent=2))
 
 
+_RUN_SELF = (f"import runpy, sys; sys.argv[0] = {str(Path(__file__).resolve())!r}; "
+             "runpy.run_path(sys.argv[0], run_name='__main__')")
+
+
+def run_workers(args, modes: list[str], lm) -> None:
+    """Run each mode over ``--workers`` shard processes (``--shard K/N``) sharing this process's cloud; the
+    budget calibrations are made here first, once, so that the shards read them."""
+    from collab_core.children import spawn_python
+
+    for m in modes:
+        if m.startswith(("budget:", "learned-budget:")):
+            calibration_scores(lm, args, m.startswith("learned"))
+    argv, skip = [], False
+    for a in sys.argv[1:]:  # the same command, less --workers / --shard
+        if skip:
+            skip = False
+            continue
+        if a in ("--workers", "--shard", "--cloud-model", "--api-base"):
+            skip = True
+            continue
+        if a.startswith(("--workers=", "--shard=", "--cloud-model=", "--api-base=")):
+            continue
+        argv.append(a)
+    if args.cloud_model:
+        argv += ["--cloud-model", args.cloud_model, "--api-base", args.api_base or ""]
+    for m in modes:
+        if m == "cloud":  # HTTP only: concurrent in this process (--cloud-workers)
+            subset = ["--modes", "cloud", "--shard", "0/1"]
+        else:
+            subset = ["--modes", m]
+        n = 1 if m == "cloud" else args.workers
+        kids = [spawn_python(["-c", _RUN_SELF, *argv, *subset] +
+                             ([] if m == "cloud" else ["--shard", f"{k}/{n}"]),
+                             name=f"csqa {m} shard {k}/{n}", stdout=None, stderr=None) for k in range(n)]
+        for kid in kids:
+            if kid.proc.wait() != 0:
+                raise SystemExit(f"{kid.name} failed (exit {kid.proc.returncode})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -339,6 +412,12 @@ def main() -> None:
     ap.add_argument("--local-model", default=None)
     ap.add_argument("--cloud-model", default=None)
     ap.add_argument("--api-base", default=None)
+    ap.add_argument("--workers", type=int, default=1,
+                    help="split the questions over N worker processes (each with its own copy of the local model "
+                         "and its own routers, sharing one cloud); rows are the same as N separate shard runs")
+    ap.add_argument("--shard", default=None, help="K/N: run only questions K, K+N, K+2N, ... (what --workers runs)")
+    ap.add_argument("--cloud-workers", type=int, default=8,
+                    help="concurrent questions in the cloud-only mode (the stand-in decodes them as one batch)")
     ap.add_argument("--out", type=Path, default=None,
                     help="results folder (default: benchmarks/results/csqa[-MODEL][-FORMAT])")
     args = ap.parse_args()
@@ -350,6 +429,10 @@ def main() -> None:
 
     lm = load_local_model(args.local_model)
     questions = load_questions(args.data, args.limit, args.seed)
+    ids = {q["id"] for q in questions}
+    if args.shard:
+        k, n = (int(x) for x in args.shard.split("/"))
+        questions = questions[k::n]
     args.out.mkdir(parents=True, exist_ok=True)
     check_run_settings(args.out, {"local": lm.name, "fingerprint": lm.fingerprint, "format": args.format,
                                   "max_tokens": args.max_tokens, "stop": args.stop, "data": str(args.data),
@@ -357,7 +440,6 @@ def main() -> None:
                                   "cloud_vocab": args.cloud_vocab})
     rows_path = args.out / "rows.jsonl"
     rows = [json.loads(x) for x in rows_path.read_text().splitlines()] if rows_path.exists() else []
-    ids = {q["id"] for q in questions}
     done = {(r["mode"], r["id"]) for r in rows}
 
     standin = None
@@ -366,17 +448,25 @@ def main() -> None:
 
         standin = StandinCloud().start()
         args.cloud_model, args.api_base = standin.model, standin.api_base
-    vocab = standin.vocab if args.cloud_vocab == "standin" and standin is not None else args.cloud_vocab
+    vocab = args.cloud_vocab
+    if vocab == "standin":  # the stand-in's fingerprint (also in a shard, whose stand-in the parent started)
+        from collab_core.devtools.standin import StandinCloud
+
+        vocab = (standin or StandinCloud(progress=False)).vocab
     cloud_cfg = CloudConfig(model=args.cloud_model, api_base=args.api_base, span_tokens=args.span_tokens,
-                            timeout_s=60, vocab=vocab) if args.cloud_model else None  # small only: no cloud
+                            timeout_s=120, vocab=vocab) if args.cloud_model else None  # small only: no cloud
     try:
-        with rows_path.open("a") as f:
-            calib: dict = {}
-            for m in modes:
-                run_mode(m, lm, questions, args, cloud_cfg, done, f, calib, standin)
+        if args.workers > 1 and not args.shard:
+            run_workers(args, modes, lm)
+        else:
+            with rows_path.open("a") as f:
+                for m in modes:
+                    run_mode(m, lm, questions, args, cloud_cfg, done, f, standin)
     finally:
         if standin is not None:
             standin.stop()
+    if args.shard:
+        return  # the parent summarizes
     latest = {(r["mode"], r["id"]): r for r in (json.loads(x) for x in rows_path.read_text().splitlines())}
     rows = [r for r in latest.values() if r["id"] in ids]  # one row per (mode, question): the latest
     summary = summarize(rows, modes)

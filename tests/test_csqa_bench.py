@@ -53,11 +53,11 @@ def test_letter_format_is_unchanged():
 
 def test_explain_format_asks_for_a_short_explanation_and_the_final_sentence():
     f = task.get_format("explain")
-    assert (f.prefill, f.max_tokens, f.stop) == ("", 100, "")  # no prefill, no newline stop
+    assert (f.prefill, f.max_tokens, f.stop) == ("Let's think briefly.", 100, "")  # explain first; no newline stop
     msg = task.user_message(Q, "explain")
     assert "A) cupboard" in msg and "E) market" in msg and "explain" in msg.lower()
     assert '"Therefore, the answer is (X)."' in msg
-    assert task.prompt_text(_LM, Q, "explain").endswith("</user><assistant>")  # nothing prefilled
+    assert task.prompt_text(_LM, Q, "explain").endswith("</user><assistant>Let's think briefly.")
     with pytest.raises(ValueError, match="letter, explain"):
         task.get_format("essay")
 

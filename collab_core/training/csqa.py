@@ -7,8 +7,9 @@ One question per JSONL line, in the Hugging Face ``commonsense_qa`` layout (``id
   assistant turn with "The answer is"; answers are a few tokens, stopped at a newline; ``extract`` reads the
   first standalone letter back.
 * ``explain`` (the seed's format, after CITER's CommonsenseQA prompt): the prompt asks for a short explanation
-  ending with "Therefore, the answer is (X)."; no prefill, up to 100 tokens, no newline stop; the letter is read
-  from the *end* of the answer (``extract_final``).
+  ending with "Therefore, the answer is (X)."; the assistant turn is prefilled with "Let's think briefly." (without
+  it Qwen2.5-0.5B skipped the explanation on most questions: median 10 answer tokens on a 10-question probe, 57.5
+  with it); up to 100 tokens, no newline stop; the letter is read from the *end* of the answer (``extract_final``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 from ..prompts import render_prompt
 
 PREFILL = "The answer is"
+EXPLAIN_PREFILL = "Let's think briefly."
 LETTER_INSTRUCTION = "Answer with the letter of the correct choice."
 EXPLAIN_INSTRUCTION = ("Explain your reasoning in one or two short sentences, then end your answer with "
                        '"Therefore, the answer is (X)." where X is the letter of the correct choice.')
@@ -96,7 +98,7 @@ class AnswerFormat:
 
 FORMATS: dict[str, AnswerFormat] = {
     "letter": AnswerFormat("letter", LETTER_INSTRUCTION, PREFILL, 6, "\n", extract),
-    "explain": AnswerFormat("explain", EXPLAIN_INSTRUCTION, "", 100, "", extract_final),
+    "explain": AnswerFormat("explain", EXPLAIN_INSTRUCTION, EXPLAIN_PREFILL, 100, "", extract_final),
 }
 
 
