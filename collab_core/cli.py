@@ -93,7 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="JSONL of CommonsenseQA training questions or {id, prompt} rows (default: the shared "
                         "commonsenseqa_train_2049.jsonl when found). Never the evaluation questions.")
     r.add_argument("--limit", type=int, default=400, help="prompts to collect (collect)")
-    r.add_argument("--max-tokens", type=int, default=6, help="answer tokens per prompt (collect)")
+    r.add_argument("--max-tokens", type=int, default=None,
+                   help="answer tokens per prompt (collect; default: the format's, 6 or 100)")
+    r.add_argument("--format", default="letter", choices=["letter", "explain"],
+                   help="CommonsenseQA answer format of the prompts (collect; see benchmarks/csqa.py)")
+    r.add_argument("--teacher", default=None,
+                   help="token-exact labels from the cloud model's own weights: 'standin' or a model spec that "
+                        "shares the local model's tokenizer (one forward pass per answer, no API calls)")
+    r.add_argument("--continuations", type=int, default=3,
+                   help="with --teacher: outcome labels at up to N disagreements per wrong answer")
     r.add_argument("--cloud-model", default=None, help="LiteLLM model string (default: the stand-in on loopback)")
     r.add_argument("--api-base", default=None)
     r.add_argument("--out", default=None, help="router folder to write (train; default: next to the traces)")
@@ -242,7 +250,25 @@ def cmd_router(args: argparse.Namespace) -> int:
     from .cloud.client import CloudClient, CloudConfig
     from .training.traces import TraceCollector, jsonl_tasks
 
-    tasks = jsonl_tasks(lm, _train_data(args.data), args.limit)
+    from .training.csqa import get_format
+
+    fmt = get_format(args.format)
+    max_tokens = fmt.max_tokens if args.max_tokens is None else args.max_tokens
+    tasks = jsonl_tasks(lm, _train_data(args.data), args.limit, fmt=fmt.name)
+    if args.teacher:
+        from .training.traces import TeacherForcedCollector
+
+        if args.teacher == "standin":
+            from .devtools.standin import prepare_standin
+
+            teacher = load_local_model(str(prepare_standin()))
+        else:
+            teacher = load_local_model(args.teacher)
+        col = TeacherForcedCollector(lm, teacher, traces, max_tokens=max_tokens, stop=fmt.stop,
+                                     continuations=args.continuations)
+        written = col.run(tasks)
+        print(f"{written} new traces ({col.calls} teacher passes) in {traces}")
+        return 0
     with ExitStack() as stack:
         on_error = None
         if not args.cloud_model:
@@ -258,9 +284,9 @@ def cmd_router(args: argparse.Namespace) -> int:
                 return True
         # span of max_tokens: one call labels every position up to the first disagreement
         client = CloudClient(CloudConfig(model=args.cloud_model, api_base=args.api_base,
-                                         span_tokens=max(2, args.max_tokens), timeout_s=60))
+                                         span_tokens=max(2, max_tokens), timeout_s=60))
         client.validate()
-        col = TraceCollector(lm, client, traces, max_tokens=args.max_tokens, on_cloud_error=on_error)
+        col = TraceCollector(lm, client, traces, max_tokens=max_tokens, stop=fmt.stop, on_cloud_error=on_error)
         written = col.run(tasks)
     print(f"{written} new traces ({col.calls} cloud calls) in {traces}")
     return 0

@@ -12,6 +12,14 @@
   local model goes on? That is CITER's preference label: a disagreement only "needs the cloud" when taking
   the cloud's token turns a wrong answer into a right one.
 
+``TeacherForcedCollector`` is the token-exact path, for a pair that shares a tokenizer (checked by vocabulary
+fingerprint) when the cloud model's weights are at hand (the stand-in): one forward pass of the cloud model over
+prompt + local answer gives its greedy next token at every position, so ``disagree`` is exact and costs one
+prefill per answer instead of one call per disagreement. Outcome labels need a local continuation per
+disagreement, which is most of the cost on long answers, so they are computed at up to ``continuations``
+disagreements per wrong answer, drawn at random (seeded by the prompt id); the others are left unknown (NaN) and
+``Traces.known`` leaves them out of training. (A right local answer needs none: its outcome labels are all 0.)
+
 One ``.npz`` per prompt in the output folder, written only once every position is labelled; an interrupted run
 resumes (prompts with a file are skipped, cloud answers already received come from a SQLite span cache in the same
 folder), and a prompt whose cloud call failed is retried by the next run.
@@ -21,6 +29,7 @@ from __future__ import annotations
 
 import json
 import sys
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +55,8 @@ class TraceTask:
     check: Callable[[str], bool] | None = None  # is this answer right? (enables the outcome label)
 
 
-def jsonl_tasks(lm, path: str | Path, limit: int | None = None, seed: int = 7) -> list[TraceTask]:
+def jsonl_tasks(lm, path: str | Path, limit: int | None = None, seed: int = 7,
+                fmt: str = "letter") -> list[TraceTask]:
     """Tasks from a JSONL file (shuffled with ``seed``, the first ``limit``): CommonsenseQA rows, with their gold
     check (use training questions, never the evaluation ones), or ``{"id": ..., "prompt": ...}`` rows
     (chat-templated, no check)."""
@@ -55,7 +65,8 @@ def jsonl_tasks(lm, path: str | Path, limit: int | None = None, seed: int = 7) -
 
     rows = csqa.load_questions(path, limit, seed)
     if rows and "choices" in rows[0]:
-        return [TraceTask(q["id"], csqa.prompt_text(lm, q), (lambda a, q=q: csqa.is_correct(a, q))) for q in rows]
+        return [TraceTask(q["id"], csqa.prompt_text(lm, q, fmt), (lambda a, q=q: csqa.is_correct(a, q, fmt)))
+                for q in rows]
     return [TraceTask(str(r.get("id", i)), render_prompt(lm, r["prompt"])[0]) for i, r in enumerate(rows)]
 
 
@@ -66,12 +77,12 @@ def _norm(s: str) -> str:
 class TraceCollector:
     """Collects traces for one (local model, cloud model) pair into ``out``."""
 
-    def __init__(self, lm, client: CloudClient, out: str | Path, *, max_tokens: int = 6, stop: str = "\n",
+    def __init__(self, lm, client: CloudClient | None, out: str | Path, *, max_tokens: int = 6, stop: str = "\n",
                  on_cloud_error: Callable[[CloudError], bool] | None = None):
         self.lm, self.client, self.out = lm, client, Path(out)
         self.max_tokens, self.stop = max_tokens, stop
         self.out.mkdir(parents=True, exist_ok=True)
-        self.leg = CloudLeg(client, SpanCache(path=self.out / "spans.sqlite"), GenerationStats())
+        self.leg = CloudLeg(client, SpanCache(path=self.out / "spans.sqlite"), GenerationStats()) if client else None
         self.on_cloud_error = on_cloud_error  # return True to retry the call once (e.g. after a restart)
         self.log_vocab = log_vocab(lm)
         self.dec = StepDecoder(lm, want_hidden=True)
@@ -150,6 +161,19 @@ class TraceCollector:
                 k += 1
                 break
             j = k
+        return self._save(task, sigs, disagree, alt_ok, local_ok, local_text, cloud_next, self.client.config.model)
+
+    def _alt_outcome(self, prompt_ids, head: list[int], cloud_text: str, check) -> bool:
+        """Is the answer right if the cloud writes its next token here and the local model goes on?"""
+        n_back, new_ids = splice(self.lm.tokenizer, head, cloud_text)
+        if not new_ids:
+            return check(self._answer_text(head))
+        alt = list(head[: len(head) - n_back]) + list(new_ids[: n_back + 1])
+        alt, _ = self._greedy(prompt_ids, alt)
+        return check(self._answer_text(alt))
+
+    def _save(self, task: TraceTask, sigs, disagree, alt_ok, local_ok, local_text: str, cloud_next: list[str],
+              cloud: str) -> dict:
         rec = {
             "x": np.stack([features(s, self.log_vocab) for s in sigs]),
             "conf": np.array([[s.confidence.max_prob, s.confidence.entropy, s.confidence.margin] for s in sigs],
@@ -160,20 +184,10 @@ class TraceCollector:
             "alt_ok": alt_ok,
             "local_ok": np.float32(np.nan if local_ok is None else float(local_ok)),
             "meta": json.dumps({"version": TRACE_VERSION, "id": task.id, "model": self.lm.fingerprint,
-                                "cloud": self.client.config.model, "local_text": local_text,
-                                "cloud_next": cloud_next}),
+                                "cloud": cloud, "local_text": local_text, "cloud_next": cloud_next}),
         }
         np.savez(self.out / f"{_safe(task.id)}.npz", **rec)
         return rec
-
-    def _alt_outcome(self, prompt_ids, head: list[int], cloud_text: str, check) -> bool:
-        """Is the answer right if the cloud writes its next token here and the local model goes on?"""
-        n_back, new_ids = splice(self.lm.tokenizer, head, cloud_text)
-        if not new_ids:
-            return check(self._answer_text(head))
-        alt = list(head[: len(head) - n_back]) + list(new_ids[: n_back + 1])
-        alt, _ = self._greedy(prompt_ids, alt)
-        return check(self._answer_text(alt))
 
     def run(self, tasks: Iterable[TraceTask], progress: bool = True) -> int:
         """Collect every task without a trace file yet; returns how many were written."""
@@ -187,6 +201,57 @@ class TraceCollector:
         for task in it:
             written += self.collect_one(task) is not None
         return written
+
+
+class TeacherForcedCollector(TraceCollector):
+    """Token-exact traces from the cloud model's own weights (see the module docstring): ``teacher`` is a
+    ``LocalModel`` of the cloud model, which must share the local model's vocabulary."""
+
+    def __init__(self, lm, teacher, out: str | Path, *, max_tokens: int = 100, stop: str = "",
+                 continuations: int = 3):
+        if teacher.vocab_fingerprint != lm.vocab_fingerprint:
+            raise TraceError(f"teacher-forced traces need one tokenizer: {teacher.name} and {lm.name} have "
+                             "different vocabularies (collect through the cloud API instead)")
+        super().__init__(lm, None, out, max_tokens=max_tokens, stop=stop)
+        self.teacher, self.continuations = teacher, continuations
+        self.passes = 0
+
+    @property
+    def calls(self) -> int:
+        """Teacher forward passes made (one per answer)."""
+        return self.passes
+
+    def teacher_next(self, prompt_ids: list[int], answer: list[int]) -> list[int]:
+        """The cloud model's greedy next token at each answer position, from one forward pass."""
+        import mlx.core as mx
+
+        logits = self.teacher.model(mx.array(list(prompt_ids) + list(answer))[None])
+        self.passes += 1
+        return mx.argmax(logits[0, len(prompt_ids) - 1: len(prompt_ids) + len(answer) - 1], axis=-1).tolist()
+
+    def collect_one(self, task: TraceTask) -> dict | None:
+        tok = self.lm.tokenizer
+        prompt_ids = list(tok.encode(task.prompt, add_special_tokens=False))
+        answer, sigs = self._greedy(prompt_ids, [], record=True)
+        if not answer:
+            return None
+        local_text = self._answer_text(answer)
+        local_ok = task.check(local_text) if task.check else None
+        nxt = self.teacher_next(prompt_ids, answer)
+        disagree = (np.array(nxt) != np.array(answer)).astype(np.float32)
+        alt_ok = np.full(len(answer), np.nan, np.float32)
+        if task.check is not None and not local_ok:
+            where = np.flatnonzero(disagree == 1)
+            rng = np.random.default_rng(zlib.crc32(task.id.encode()))
+            for k in sorted(rng.choice(where, size=min(self.continuations, len(where)), replace=False).tolist()):
+                if nxt[k] in self.lm.eos_token_ids:  # the cloud would end the answer here
+                    alt = answer[:k]
+                else:
+                    alt, _ = self._greedy(prompt_ids, answer[:k] + [nxt[k]])
+                alt_ok[k] = float(task.check(self._answer_text(alt)))
+        cloud_next = [tok.decode([c]) if d else "" for c, d in zip(nxt, disagree)]
+        return self._save(task, sigs, disagree, alt_ok, local_ok, local_text, cloud_next,
+                          f"teacher:{self.teacher.name}")
 
 
 def _safe(name: str) -> str:
@@ -219,6 +284,21 @@ class Traces:
                 raise TraceError("outcome labels need a gold check (CommonsenseQA-style traces); use --label disagree")
             return ((self.disagree == 1) & (self.local_ok == 0) & (self.alt_ok == 1)).astype(np.float32)
         raise TraceError(f"unknown label kind {kind!r}: disagree or outcome")
+
+
+def _subset(t: Traces, keep: np.ndarray) -> Traces:
+    return Traces(x=t.x[keep], conf=t.conf[keep], conf_score=t.conf_score[keep], token=t.token[keep],
+                  disagree=t.disagree[keep], alt_ok=t.alt_ok[keep], local_ok=t.local_ok[keep], group=t.group[keep],
+                  ids=t.ids, model=t.model, clouds=t.clouds)
+
+
+def known_only(t: Traces, kind: str = "outcome") -> Traces:
+    """The positions whose ``kind`` label is known: for outcome labels, a disagreement in a wrong answer whose
+    continuation was not run (``TeacherForcedCollector`` samples them) is unknown."""
+    if kind != "outcome":
+        return t
+    unknown = (t.disagree == 1) & (t.local_ok == 0) & np.isnan(t.alt_ok)
+    return t if not unknown.any() else _subset(t, ~unknown)
 
 
 def load_traces(folder: str | Path) -> Traces:

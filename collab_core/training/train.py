@@ -175,9 +175,9 @@ def train_router(lm, traces: str | Path, out: str | Path, *, label: str = "outco
     Evaluation is ``folds``-fold cross-validation by prompt: each fold's model scores its held-out prompts, and
     the pooled out-of-fold scores are compared with the confidence score at equal routed share. The saved
     router is then trained on every prompt (the cross-validated figures estimate how it does on new ones)."""
-    from .traces import load_traces
+    from .traces import known_only, load_traces
 
-    t = load_traces(traces)
+    t = known_only(load_traces(traces), label)  # sampled outcome labels: the unknown ones are left out
     if t.model != lm.fingerprint:
         raise RouterLoadError(f"traces in {traces} were collected with local model {t.model}, not {lm.fingerprint}")
     y = t.labels(label)

@@ -256,3 +256,55 @@ def test_cli_router_train_without_traces_is_a_clear_error(tiny_dir, tmp_path, ca
 
     assert cli.main(["router", "train", "--local-model", str(tiny_dir), "--traces", str(tmp_path / "none")]) == 2
     assert "no traces in" in capsys.readouterr().err
+
+
+# -- token-exact traces from the cloud model's weights (one teacher-forced pass per answer) ----------------------
+def test_teacher_forced_traces_label_every_position_in_one_pass(tiny_lm, tmp_path):
+    import mlx.core as mx
+
+    from collab_core.errors import TraceError
+    from collab_core.prompts import render_prompt
+    from collab_core.training.traces import TeacherForcedCollector, TraceTask, known_only, load_traces
+
+    prompt = render_prompt(tiny_lm, "Tell me a story.")[0]
+    ids = tiny_lm.tokenizer.encode(prompt, add_special_tokens=False)
+    dec = StepDecoder(tiny_lm)
+    step, local = dec.prefill(ids), []
+    for _ in range(4):
+        local.append(step.token_id)
+        step = dec.step(step.token_id)
+    q = tiny_lm.tokenizer.encode("Q", add_special_tokens=False)[-1]
+    cut = len(tiny_lm.tokenizer.decode(local[:2]))
+    assert q != local[2] and tiny_lm.eos_token_ids.isdisjoint(local)
+
+    class Teacher:  # the local model's own weights, except that it wants "Q" as the third answer token
+        name, vocab_fingerprint, lengths = "teacher", tiny_lm.vocab_fingerprint, []
+
+        def model(self, x):
+            self.lengths.append(x.shape[1])
+            logits = tiny_lm.model(x)
+            return logits + mx.zeros(logits.shape).at[0, len(ids) + 1, q].add(1e4)
+
+    def check(answer):  # "right" means: the teacher's Q took the third position
+        return answer[cut:].startswith("Q")
+
+    teacher = Teacher()
+    col = TeacherForcedCollector(tiny_lm, teacher, tmp_path / "tf", max_tokens=4, stop="", continuations=3)
+    rec = col.collect_one(TraceTask("q1", prompt, check))
+    assert rec["disagree"].tolist() == [0, 0, 1, 0]
+    assert teacher.lengths == [len(ids) + 4] and col.calls == 1  # one pass over prompt + answer labels it all
+    assert rec["local_ok"] == 0 and rec["alt_ok"][2] == 1 and np.isnan(rec["alt_ok"][[0, 1, 3]]).all()
+    meta = json.loads(str(rec["meta"]))
+    assert meta["cloud"] == "teacher:teacher" and meta["cloud_next"] == ["", "", "Q", ""]
+    assert load_traces(tmp_path / "tf").labels("outcome").tolist() == [0, 0, 1, 0]
+
+    # no continuation run: the wrong answer's disagreement has no outcome label, and training leaves it out
+    TeacherForcedCollector(tiny_lm, teacher, tmp_path / "tf0", max_tokens=4, stop="", continuations=0).collect_one(
+        TraceTask("q1", prompt, check))
+    t = load_traces(tmp_path / "tf0")
+    assert np.isnan(t.alt_ok[2]) and len(known_only(t, "outcome").disagree) == 3
+    assert len(known_only(t, "disagree").disagree) == 4 and len(known_only(load_traces(tmp_path / "tf")).x) == 4
+
+    Teacher.vocab_fingerprint = "vocab:another"
+    with pytest.raises(TraceError, match="different vocabularies"):
+        TeacherForcedCollector(tiny_lm, Teacher(), tmp_path / "tf2")
