@@ -111,7 +111,8 @@ def share_curve(scores: dict[str, np.ndarray], y: np.ndarray, *, group: np.ndarr
     """Each score routes its top ``share`` of positions. Per share and score: ``caught`` (share of label-1
     positions routed) and, where gold outcomes are known, ``accuracy``: the simulated answer accuracy when
     the first routed position where the cloud disagrees takes the cloud's token (as in the traces' ``alt_ok``),
-    others keep the local answer. Ties are broken by position order, so both scores route exactly k."""
+    others keep the local answer; a question whose first routed disagreement has no outcome label (sampled
+    continuations) is left out of that accuracy. Ties are broken by position order, so both scores route exactly k."""
     rows = []
     have_gold = not np.isnan(local_ok).any()
     groups = np.unique(group)
@@ -123,12 +124,15 @@ def share_curve(scores: dict[str, np.ndarray], y: np.ndarray, *, group: np.ndarr
             routed[np.argsort(-s, kind="stable")[:k]] = True
             row[f"caught_{name}"] = round(float(y[routed].sum() / max(1.0, y.sum())), 4)
             if have_gold:
-                right = 0
+                right = decided = 0
                 for g in groups:
                     idx = np.flatnonzero(group == g)
                     hit = [i for i in idx if routed[i] and disagree[i] == 1]
+                    if hit and np.isnan(alt_ok[hit[0]]):
+                        continue  # sampled outcome labels: this continuation was not run, the outcome is unknown
+                    decided += 1
                     right += bool(alt_ok[hit[0]]) if hit else bool(local_ok[idx[0]])
-                row[f"accuracy_{name}"] = round(right / len(groups), 4)
+                row[f"accuracy_{name}"] = round(right / max(1, decided), 4)
         rows.append(row)
     return rows
 

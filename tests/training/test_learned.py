@@ -59,6 +59,13 @@ def test_share_curve_routes_equal_counts_and_simulates_outcomes():
     assert rows[0]["accuracy_good"] == 1.0 and rows[0]["accuracy_bad"] == 0.0
     assert rows[1]["accuracy_bad"] == 0.5  # 3 routed: both disagreements, each prompt takes its first
 
+    # a sampled trace: prompt 0's disagreement has no outcome label, so a score routing it decides nothing there
+    unknown = alt_ok.copy()
+    unknown[1] = np.nan
+    rows = T.share_curve({"good": good}, y, group=group, disagree=disagree, alt_ok=unknown, local_ok=local_ok,
+                         shares=(1 / 6,))
+    assert rows[0]["accuracy_good"] == 1.0  # prompt 1 alone (kept its right local answer), not 1 of 2
+
 
 def _traces(lm, prompts, n=24):
     """(signals, features) of the tiny model's own greedy steps."""
