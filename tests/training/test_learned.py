@@ -62,9 +62,9 @@ def test_share_curve_routes_equal_counts_and_simulates_outcomes():
     # a sampled trace: prompt 0's disagreement has no outcome label, so a score routing it decides nothing there
     unknown = alt_ok.copy()
     unknown[1] = np.nan
-    rows = T.share_curve({"good": good}, y, group=group, disagree=disagree, alt_ok=unknown, local_ok=local_ok,
-                         shares=(1 / 6,))
-    assert rows[0]["accuracy_good"] == 1.0  # prompt 1 alone (kept its right local answer), not 1 of 2
+    rows = T.share_curve({"good": good}, y, group=group, disagree=disagree, alt_ok=unknown,
+                         local_ok=np.zeros(6, np.float32), shares=(1 / 6,))
+    assert rows[0]["accuracy_good"] == 0.0  # prompt 1 alone (its wrong local answer), not "1 of 2 right"
 
 
 def _traces(lm, prompts, n=24):
