@@ -30,8 +30,9 @@ ifeq ($(UNAME),Linux)
 endif
 
 # First run: fetches Qwen2.5-Coder-0.5B (491 MB) and the stand-in cloud model (1.1 GB), converts both once.
+# `make demo SERVE=1`: then serve the page (routed beside local only) and print its address, until Ctrl-C.
 demo: $(STAMP) blas
-	$(BIN)/collab demo
+	$(BIN)/collab demo$(if $(SERVE), --serve)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

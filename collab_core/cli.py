@@ -1,9 +1,10 @@
 """The ``collab`` command line.
 
-    collab run "PROMPT" [--local-model SPEC] [--max-tokens N] [--json]
+    collab run "PROMPT" [--local-model SPEC] [--max-tokens N] [--json] [--html OUT.html]
                [--cloud-model MODEL [--api-base URL] [--api-key KEY] [--threshold T | --budget B]]
+    collab serve [ENGINE FLAGS] [--host 127.0.0.1] [--port 8000]   OpenAI-compatible API + the page at /
     collab prepare [--local-model SPEC]      fetch/convert the local model ahead of time
-    collab demo                              Qwen 0.5B routed to the stand-in cloud, beside local only
+    collab demo [--serve [--port P]]         Qwen 0.5B routed to the stand-in cloud, beside local only
     collab standin [--port 8080] [--model-folder DIR]   serve the stand-in cloud model until interrupted
     collab bench csqa|overhead|routing_latency|blas|learned_cost [ARGS]   the benchmarks in benchmarks/
     collab blas fetch|status                 OpenBLAS for MLX on a Linux CPU
@@ -22,7 +23,7 @@ import json
 import sys
 
 from .children import handle_signals
-from .errors import CollabError
+from .errors import CollabError, ConfigError
 from .local import blas
 from .settings import EngineSettings, GenerationConfig
 
@@ -63,6 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("prompt")
     _add_generation_args(run)
     run.add_argument("--json", action="store_true", help="print one JSON object (text, tokens, stats)")
+    run.add_argument("--html", metavar="FILE", default=None,
+                     help="also write the answer's token view (cloud tokens highlighted) as one self-contained page")
+
+    sv = sub.add_parser("serve", help="an OpenAI-compatible server (/v1/chat/completions, /v1/completions, "
+                                      "/v1/models) and a page at / that shows the routing")
+    _add_engine_args(sv)
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    sv.add_argument("--port", type=int, default=8000, help="port (default: %(default)s; 0: any free one)")
+    sv.add_argument("--max-tokens", type=int, default=256, help="per request unless it says (default: %(default)s)")
+    sv.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (default: %(default)s)")
 
     prep = sub.add_parser("prepare", help="fetch and convert the local model once")
     prep.add_argument("--local-model", default=None)
@@ -71,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--local-model", default="qwen2.5-coder-0.5b", help="the local model (default: %(default)s)")
     d.add_argument("--budget", type=float, default=0.07, help="routed share of tokens (default: %(default)s)")
     d.add_argument("--max-tokens", type=int, default=96)
+    d.add_argument("--serve", action="store_true",
+                   help="then serve the page (routed beside local only) until Ctrl-C, and print its address")
+    d.add_argument("--port", type=int, default=8000, help="the page's port with --serve (default: %(default)s)")
 
     s = sub.add_parser("standin", help="serve the stand-in cloud model on 127.0.0.1 until interrupted")
     s.add_argument("--port", type=int, default=8080)
@@ -130,18 +144,38 @@ def cmd_run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.text import Text
 
+    from .engine import Generation
+
     engine = engine_from_args(args)
     if args.json:
         gen = engine.generate(args.prompt)
         print(json.dumps(gen.as_dict(), ensure_ascii=False))
+        _write_html(args, gen)
         return 0
     out = Console(highlight=False)
     err = Console(stderr=True, highlight=False)
-    final = _show(out, engine.stream(args.prompt))
+    seen: list = []
+    final = _show(out, _kept(engine.stream(args.prompt), seen))
     err.print(Text(f"[{engine.model_name}] {final.stats.summary_line()}", style="dim"))
     for line in final.stats.cloud_errors[:3]:
         err.print(Text(f"  cloud: {line}", style="yellow"))
+    _write_html(args, Generation.from_events(seen, engine.model_name))
     return 0
+
+
+def _kept(events, into: list):
+    """``events``, each also appended to ``into`` (for ``--html`` after the answer was shown)."""
+    for ev in events:
+        into.append(ev)
+        yield ev
+
+
+def _write_html(args: argparse.Namespace, gen) -> None:
+    if args.html:
+        from .server.tokenview import write_html
+
+        path = write_html(args.html, gen.as_dict(), prompt=args.prompt)
+        print(f"token view written to {path}", file=sys.stderr)
 
 
 def _show(out, events):
@@ -164,7 +198,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from .devtools.demo import run_demo
 
-    run_demo(Console(highlight=False), local_model=args.local_model, budget=args.budget, max_tokens=args.max_tokens)
+    run_demo(Console(highlight=False), local_model=args.local_model, budget=args.budget, max_tokens=args.max_tokens,
+             serve_port=args.port if args.serve else None)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serves until SIGINT/SIGTERM; prints the page's address once the port listens."""
+    try:
+        from .server.app import Limits, create_app
+        from .server.serving import page_banner, serve
+    except ImportError as exc:
+        raise ConfigError(f"collab serve needs the serve extra ({exc.name} is missing): "
+                          "pip install 'collab-decoding[serve]'") from exc
+    from .engine import Engine
+
+    engine = Engine.from_settings(EngineSettings.from_object(args), config=GenerationConfig(max_tokens=args.max_tokens))
+    app = create_app(engine, limits=Limits(max_body_bytes=args.max_body_bytes))
+    serve(app, host=args.host, port=args.port, on_ready=lambda url: print(page_banner(url), flush=True))
     return 0
 
 
@@ -294,7 +345,7 @@ def cmd_router(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {"run": cmd_run, "prepare": cmd_prepare, "blas": cmd_blas, "demo": cmd_demo,
+    commands = {"run": cmd_run, "serve": cmd_serve, "prepare": cmd_prepare, "blas": cmd_blas, "demo": cmd_demo,
                 "standin": cmd_standin, "bench": cmd_bench, "router": cmd_router}
     with handle_signals():  # SIGTERM unwinds like Ctrl-C: `with` blocks stop what they started
         try:

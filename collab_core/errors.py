@@ -7,7 +7,8 @@
     │   ├── CloudConfigError -- the cloud cannot be used as configured (unknown model string, missing key)
     │   ├── EmptyPromptError -- the prompt (or message list) has no content
     │   ├── ContextOverflowError -- the prompt does not fit the local model's context window
-    │   └── UnsupportedInputError -- input the local model cannot take (an image, audio)
+    │   ├── UnsupportedInputError -- input the local model cannot take (an image, audio)
+    │   └── RequestError -- an HTTP request to ``collab serve`` that is malformed or asks for what it cannot do
     ├── ModelLoadError -- a local model spec could not be resolved, fetched, verified or converted
     │   └── UnsupportedModelError -- a readable file with an architecture or tensor type we cannot convert
     ├── RouterLoadError -- a router file is missing, malformed, or trained for another local model
@@ -76,3 +77,16 @@ class CloudError(CollabError):
 
 class ProcessError(CollabError):
     """A process this library started (the stand-in cloud server) failed to start, or died."""
+
+
+class RequestError(ConfigError):
+    """An HTTP request to ``collab serve`` that is malformed (bad JSON, an unknown field, a wrong type) or asks
+    for what the server does not do (``n`` > 1, tools). ``status`` is the HTTP status it is answered with (400,
+    413 for an oversized body, 415 for a wrong content type), ``param`` names the field at fault."""
+
+    def __init__(self, message: str, *, status: int = 400, param: str | None = None,
+                 code: str = "invalid_request"):
+        super().__init__(message)
+        self.status = status
+        self.param = param
+        self.code = code

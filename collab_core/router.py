@@ -17,6 +17,7 @@ offline work: ``collab_core.training.calibrate_on``.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import deque
 from collections.abc import Iterable
@@ -51,6 +52,12 @@ class Router:
 
     def describe(self) -> str:
         return self.name
+
+    def clone(self) -> Router:
+        """An independent copy in this router's current state, sharing its scorer (a scorer holds no
+        per-request state once bound). A server routes each request with a clone of one template, so that
+        no answer depends on what the requests before it routed."""
+        return copy.copy(self)
 
 
 class NeverRouter(Router):
@@ -172,6 +179,11 @@ class BudgetRouter(Router):
 
     def describe(self) -> str:
         return f"budget:{self.budget:g} (threshold {self.threshold:.3f})"
+
+    def clone(self) -> BudgetRouter:
+        twin = copy.copy(self)
+        twin.scores = deque(self.scores, maxlen=self.scores.maxlen)  # calibration kept, never shared
+        return twin
 
 
 def make_router(spec: str | Router | None, *, threshold: float | None = None, budget: float | None = None) -> Router:

@@ -11,6 +11,7 @@ up the routed share, the calls, the cloud tokens against a cloud-only answer, an
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 
@@ -65,10 +66,29 @@ def _stream(out, label: str, events, colour: bool) -> FinalEvent:
     raise AssertionError("a stream ends with its FinalEvent")  # pragma: no cover
 
 
+def serve_page(out, engine: Engine, *, host: str = "127.0.0.1", port: int = 8000,
+               until: threading.Event | None = None) -> None:
+    """Serve the page (``collab_core.server``) for ``engine`` and print its address; blocks until Ctrl-C or
+    SIGTERM (or until ``until`` is set), then stops the server."""
+    from rich.text import Text
+
+    from ..server.app import create_app
+    from ..server.serving import BackgroundServer, page_banner
+
+    with BackgroundServer(create_app(engine), host=host, port=port) as server:
+        out.print(Text(page_banner(server.url), style="bold"))
+        out.print(Text("open it in a browser: the routed answer streams beside the local model's; Ctrl-C stops",
+                       style="dim"))
+        (until or threading.Event()).wait()
+
+
 def run_demo(out, *, local_model: str = LOCAL_MODEL, budget: float = BUDGET, max_tokens: int = 96,
-             questions: list[str] = QUESTIONS, cloud_folder: str | None = None, router: str | None = None) -> Tally:
+             questions: list[str] = QUESTIONS, cloud_folder: str | None = None, router: str | None = None,
+             serve_port: int | None = None) -> Tally:
     """Print the demo to ``out`` (a rich Console); returns the totals of the routed answers. ``cloud_folder``:
-    another mlx-lm model folder for the stand-in to serve; ``router``: a router spec instead of the budget."""
+    another mlx-lm model folder for the stand-in to serve; ``router``: a router spec instead of the budget;
+    ``serve_port``: then serve the page with the routed engine on that port (``serve_page``) until Ctrl-C,
+    the stand-in still running."""
     from rich.text import Text
 
     t = Tally()
@@ -114,10 +134,18 @@ def run_demo(out, *, local_model: str = LOCAL_MODEL, budget: float = BUDGET, max
             t.local_time_s += local.stats.time_total_s
             t.cloud_only_in += s.prompt_tokens
             t.cloud_only_out += s.total_tokens
+        _summary(out, t, len(questions))
+        if serve_port is not None:
+            serve_page(out, routed, port=serve_port)
+    return t
+
+
+def _summary(out, t: Tally, n_questions: int) -> None:
+    from rich.text import Text
+
     share = t.cloud_tokens / t.tokens if t.tokens else 0.0
     out.print(Text(
         f"\nrouted {share:.1%} of {t.tokens} tokens in {t.calls} cloud calls ({t.failures} failed); cloud tokens "
         f"in/out {t.cloud_in}/{t.cloud_out}, against ~{t.cloud_only_in}/{t.cloud_only_out} for cloud-only answers "
-        f"(+{len(questions)} prewarm calls); {t.time_s:.1f} s routed against {t.local_time_s:.1f} s local only",
+        f"(+{n_questions} prewarm calls); {t.time_s:.1f} s routed against {t.local_time_s:.1f} s local only",
         style="bold"))
-    return t

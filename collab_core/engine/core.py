@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import contextlib
 import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -126,14 +127,16 @@ class Engine:
         cfg = cfg or self.config
         return render_prompt(self.local_model, prompt, chat=cfg.chat, system=cfg.system)[1]
 
-    def _decoder_for(self, cfg: GenerationConfig) -> StepDecoder:
+    def _decoder_for(self, cfg: GenerationConfig, router: Router) -> StepDecoder:
         lm = self.local_model
         if not self._bound:
             self.router.bind(lm)
             if self.cloud is not None:
                 self.cloud.bind(lm.vocab_fingerprint)  # the token-exact path, when the tokenizers match
             self._bound = True
-        hidden = self.want_hidden or self.router.needs_hidden
+        if router is not self.router:
+            router.bind(lm)  # a router for one call (binding a bound scorer again is cheap)
+        hidden = self.want_hidden or router.needs_hidden
         if self._decoder is None or self._decoder.want_hidden != hidden:
             self._decoder = StepDecoder(lm, want_hidden=hidden)
         self._decoder.sampler = make_sampler(cfg)
@@ -154,23 +157,30 @@ class Engine:
         return self._submit(self.cloud.prewarm, SpanRequest.for_prompt(prompt, text, system=cfg.system))
 
     # -- sync ----------------------------------------------------------------------------------------------------
-    def stream(self, prompt: Prompt, **options: Unpack[GenerateOptions]) -> Iterator[Event]:
+    def stream(self, prompt: Prompt, *, router: Router | None = None,
+               **options: Unpack[GenerateOptions]) -> Iterator[Event]:
         """Yield one ``TokenEvent`` per generated token, then a ``FinalEvent`` (finish reason, stats).
 
         Options (``GenerateOptions``) override the engine's ``config`` for this call; an unknown one raises
-        ``ConfigError``."""
+        ``ConfigError``. ``router`` replaces the engine's router for this call only: a server gives each
+        request a fresh one, so that no answer depends on what other requests routed before it."""
         cfg = self.config.replace(**options)
         lm = self.local_model
+        router = self.router if router is None else router
         with _model_lock(lm):
-            run = Run(lm, self._decoder_for(cfg), self.router, prompt, cfg, cloud=self.cloud, cache=self.cache,
+            run = Run(lm, self._decoder_for(cfg, router), router, prompt, cfg, cloud=self.cloud, cache=self.cache,
                       submit=self._submit, max_draft=self.max_draft)
             yield from run.events()
 
-    def generate(self, prompt: Prompt, **options: Unpack[GenerateOptions]) -> Generation:
-        return Generation.from_events(list(self.stream(prompt, **options)), self.model_name)
+    def generate(self, prompt: Prompt, *, router: Router | None = None,
+                 **options: Unpack[GenerateOptions]) -> Generation:
+        return Generation.from_events(list(self.stream(prompt, router=router, **options)), self.model_name)
 
     # -- async: decoding runs in a worker thread, the event loop is never blocked ------------------------------
-    async def astream(self, prompt: Prompt, **options: Unpack[GenerateOptions]) -> AsyncIterator[Event]:
+    async def astream(self, prompt: Prompt, *, router: Router | None = None,
+                      **options: Unpack[GenerateOptions]) -> AsyncIterator[Event]:
+        """``stream`` on a worker thread. Closing this iterator (or cancelling the task awaiting it) stops the
+        generation at its next token and releases the local model for the next request."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         done = object()
@@ -178,10 +188,11 @@ class Engine:
 
         def worker():
             try:
-                for ev in self.stream(prompt, **options):
-                    if cancelled.is_set():
-                        break
-                    loop.call_soon_threadsafe(queue.put_nowait, ev)
+                with contextlib.closing(self.stream(prompt, router=router, **options)) as events:
+                    for ev in events:  # closed on cancel: the model lock is released at once
+                        if cancelled.is_set():
+                            break
+                        loop.call_soon_threadsafe(queue.put_nowait, ev)
             except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
                 loop.call_soon_threadsafe(queue.put_nowait, exc)
             finally:
@@ -199,8 +210,10 @@ class Engine:
         finally:
             cancelled.set()
 
-    async def agenerate(self, prompt: Prompt, **options: Unpack[GenerateOptions]) -> Generation:
-        return Generation.from_events([ev async for ev in self.astream(prompt, **options)], self.model_name)
+    async def agenerate(self, prompt: Prompt, *, router: Router | None = None,
+                        **options: Unpack[GenerateOptions]) -> Generation:
+        return Generation.from_events([ev async for ev in self.astream(prompt, router=router, **options)],
+                                      self.model_name)
 
     def close(self) -> None:
         if self._executor is not None:

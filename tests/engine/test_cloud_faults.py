@@ -186,3 +186,14 @@ def test_api_key_never_reaches_stats_or_repr(tiny_lm, fake):
     fake.faults.extend(["500"] * 3)
     gen = Engine(tiny_lm, cloud=cfg, router=ScheduledRouter([2]), pipeline="sync").generate(PROMPT, max_tokens=8)
     assert "sk-secret-123" not in " ".join(gen.stats.cloud_errors)
+
+
+def test_a_router_for_one_call_leaves_the_engines_own_alone(tiny_lm, fake):
+    from collab_core.router import NeverRouter
+
+    eng = _engine(tiny_lm, fake, positions=(3,))
+    local = eng.generate(PROMPT, max_tokens=12, router=NeverRouter())
+    assert local.stats.cloud_calls == 0 and not fake.requests and local.text == _local_text(tiny_lm, 12)
+    routed = eng.generate(PROMPT, max_tokens=12, router=ScheduledRouter([5]))
+    assert routed.stats.cloud_calls == 1 and routed.events[5].source == "cloud"
+    assert eng.generate(PROMPT, max_tokens=12).events[3].source == "cloud"  # its own router, as before
