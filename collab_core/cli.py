@@ -2,6 +2,7 @@
 
     collab run "PROMPT" [--local-model SPEC] [--max-tokens N] [--json]
                [--cloud-model MODEL [--api-base URL] [--api-key KEY] [--threshold T | --budget B]]
+               [--cloud-config router.yaml] [--max-spend-usd USD] [--max-cloud-cost-usd USD] [--redact default]
     collab prepare [--local-model SPEC]      fetch/convert the local model ahead of time
     collab demo                              Qwen 0.5B routed to the stand-in cloud, beside local only
     collab standin [--port 8080] [--model-folder DIR]   serve the stand-in cloud model until interrupted
@@ -53,6 +54,8 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-cloud-calls", type=int, default=None, help="cloud calls per request, at most")
     g.add_argument("--deadline", type=float, default=None,
                    help="seconds per request after which the cloud is not waited for")
+    g.add_argument("--max-cloud-cost-usd", type=float, default=None,
+                   help="per request: stop routing once the cloud cost this many USD (the answer finishes locally)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,7 +120,7 @@ def generation_config(args: argparse.Namespace) -> GenerationConfig:
     return GenerationConfig(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
                             seed=args.seed, stop=tuple(args.stop), chat=False if args.raw else None,
                             system=args.system, local_only=args.local_only, max_cloud_calls=args.max_cloud_calls,
-                            deadline_s=args.deadline)
+                            deadline_s=args.deadline, max_cloud_cost_usd=args.max_cloud_cost_usd)
 
 
 def engine_from_args(args: argparse.Namespace):
