@@ -117,6 +117,9 @@ class RouterCaller:
 
     def __init__(self, router: Any):
         self.router = router
+        # LiteLLM 1.106's aiohttp transport opens (and never closes) a session per call made this way; httpx's
+        # own async transport reuses its connections
+        litellm_module().disable_aiohttp_transport = True
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
 
