@@ -36,9 +36,10 @@ PATTERNS: tuple[tuple[str, re.Pattern], ...] = (
         r"|(?<=Bearer )[A-Za-z0-9._~+/=-]{16,}"  # a bearer token
         r"|\b(?=[A-Za-z0-9_-]*[0-9])(?=[A-Za-z0-9_-]*[A-Za-z])[A-Za-z0-9_-]{32,}\b"  # long letters+digits
     )),
-    ("PHONE", re.compile(r"(?<![\w+])\+?\d{1,3}?[ .-]?(?:\(\d{1,4}\)|\d{1,4})(?:[ .-]?\d{2,4}){2,4}(?!\w)")),
+    ("PHONE", re.compile(r"(?<![\w+])(?:\+?\d{1,3}[ .-]?)?(?:\(\d{1,4}\)|\d{1,4})(?:[ .-]?\d{2,4}){2,4}(?!\w)")),
 )
 _MIN_PHONE_DIGITS = 7
+_DATE = re.compile(r"\d{4}[-./]\d{1,2}[-./]\d{1,2}|\d{1,2}[-./]\d{1,2}[-./]\d{4}")  # dates are not phone numbers
 _PLACEHOLDER = re.compile(r"<(EMAIL|KEY|PHONE)_(\d+)>")
 
 
@@ -69,7 +70,8 @@ class Redactor:
         for kind, pattern in self.patterns:
             def sub(m: re.Match, kind=kind) -> str:
                 value = m.group(0)
-                if kind == "PHONE" and sum(c.isdigit() for c in value) < _MIN_PHONE_DIGITS:
+                if kind == "PHONE" and (sum(c.isdigit() for c in value) < _MIN_PHONE_DIGITS
+                                        or _DATE.fullmatch(value)):
                     return value
                 return self._placeholder(kind, value)
 
