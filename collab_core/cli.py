@@ -251,9 +251,8 @@ def cmd_router(args: argparse.Namespace) -> int:
     from contextlib import ExitStack
 
     from .cloud.client import CloudClient, CloudConfig
-    from .training.traces import TraceCollector, jsonl_tasks
-
     from .training.csqa import get_format
+    from .training.traces import TraceCollector, jsonl_tasks
 
     fmt = get_format(args.format)
     max_tokens = fmt.max_tokens if args.max_tokens is None else args.max_tokens

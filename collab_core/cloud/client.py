@@ -40,7 +40,15 @@ from ..prompts import Prompt, messages_for, split_prefill
 from ..settings import STRATEGIES, EngineSettings
 from ..text import cut_to_word_boundary, fix_spacing
 from . import protocols
-from .deployments import RouterCaller, deployment_models, is_router, load_router, model_group, proxy_cost, served_by
+from .deployments import (
+    RouterCaller,
+    deployment_models,
+    is_router,
+    load_router,
+    model_group,
+    proxy_cost,
+    served_by,
+)
 from .lite import litellm_module
 from .protocols import CHAT_PROTOCOL, PROTOCOLS
 from .redact import make_redactor, redact_messages

@@ -75,10 +75,9 @@ def test_the_engine_spend_limit_holds_over_requests(tiny_lm, fake):
 
 
 def test_money_limits_are_settings_and_options(tiny_dir, fake):
+    from collab_core.cli import build_parser, engine_from_args
     from langchain_collab import CollabLLM as LangChainLLM
     from llamaindex_collab import CollabLLM as LlamaIndexLLM
-
-    from collab_core.cli import build_parser, engine_from_args
 
     assert Engine.from_settings(EngineSettings(cloud_model="text-completion-openai/x", api_base=fake.url,
                                                max_spend_usd=0.5)).spend.limit_usd == 0.5
