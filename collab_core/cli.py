@@ -2,6 +2,7 @@
 
     collab run "PROMPT" [--local-model SPEC] [--max-tokens N] [--json] [--html OUT.html]
                [--cloud-model MODEL [--api-base URL] [--api-key KEY] [--threshold T | --budget B]]
+               [--cloud-config router.yaml] [--max-spend-usd USD] [--max-cloud-cost-usd USD] [--redact default]
     collab serve [ENGINE FLAGS] [--host 127.0.0.1] [--port 8000]   OpenAI-compatible API + the page at /
     collab prepare [--local-model SPEC]      fetch/convert the local model ahead of time
     collab demo [--serve [--port P]]         Qwen 0.5B routed to the stand-in cloud, beside local only
@@ -54,6 +55,8 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-cloud-calls", type=int, default=None, help="cloud calls per request, at most")
     g.add_argument("--deadline", type=float, default=None,
                    help="seconds per request after which the cloud is not waited for")
+    g.add_argument("--max-cloud-cost-usd", type=float, default=None,
+                   help="per request: stop routing once the cloud cost this many USD (the answer finishes locally)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,7 +134,7 @@ def generation_config(args: argparse.Namespace) -> GenerationConfig:
     return GenerationConfig(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
                             seed=args.seed, stop=tuple(args.stop), chat=False if args.raw else None,
                             system=args.system, local_only=args.local_only, max_cloud_calls=args.max_cloud_calls,
-                            deadline_s=args.deadline)
+                            deadline_s=args.deadline, max_cloud_cost_usd=args.max_cloud_cost_usd)
 
 
 def engine_from_args(args: argparse.Namespace):
@@ -299,9 +302,8 @@ def cmd_router(args: argparse.Namespace) -> int:
     from contextlib import ExitStack
 
     from .cloud.client import CloudClient, CloudConfig
-    from .training.traces import TraceCollector, jsonl_tasks
-
     from .training.csqa import get_format
+    from .training.traces import TraceCollector, jsonl_tasks
 
     fmt = get_format(args.format)
     max_tokens = fmt.max_tokens if args.max_tokens is None else args.max_tokens

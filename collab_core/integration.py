@@ -52,7 +52,8 @@ def usage(stats: GenerationStats) -> dict[str, int]:
 
 
 _METADATA_KEYS = ("total_tokens", "cloud_tokens", "local_tokens", "routed_share", "cloud_calls", "cloud_failures",
-                  "cloud_cache_hits", "cloud_input_tokens", "cloud_output_tokens", "cost_usd", "rollbacks",
+                  "cloud_cache_hits", "cloud_input_tokens", "cloud_output_tokens", "cloud_cached_input_tokens",
+                  "cloud_cache_write_tokens", "cost_usd", "cloud_rerouted", "cloud_deployments", "rollbacks",
                   "time_total_s", "time_prefill_s", "time_local_s", "time_cloud_wait_s", "time_cloud_hidden_s",
                   "time_to_first_token_s", "span_wall_s", "cloud_errors", "cloud_disabled_reason")
 

@@ -64,6 +64,16 @@ class EngineSettings:
     cloud_vocab: str | None = _setting(
         None, "the cloud's vocabulary fingerprint (LocalModel.vocab_fingerprint), or 'local' when it uses the local "
               "model's tokenizer: spans then come back as token ids and are spliced token for token")
+    cloud_config: Any = _setting(
+        None, "a LiteLLM router config file (model_list, router_settings: as `litellm --config` reads it) or a "
+              "litellm.Router: several deployments, fallbacks, cooldowns; --cloud-model names its model group "
+              "(default: the first). LiteLLM then retries, and --max-retries does not apply")
+    max_spend_usd: float | None = _setting(
+        None, "stop routing once this engine has spent this many USD on the cloud, over all its requests (beside "
+              "the token budget); the answer in progress finishes locally")
+    redact: Any = _setting(
+        None, "redact what is sent to the cloud: 'default' (emails, phone numbers, API-key-like strings; "
+              "placeholders restored in the spans) or a function str -> str")
 
     def __post_init__(self):
         if self.pipeline not in PIPELINES:
@@ -74,6 +84,8 @@ class EngineSettings:
             raise ConfigError(f"max_retries must be >= 0, not {self.max_retries}")
         if self.timeout is not None and self.timeout <= 0:
             raise ConfigError(f"timeout must be > 0, not {self.timeout}")
+        if self.max_spend_usd is not None and self.max_spend_usd < 0:
+            raise ConfigError(f"max_spend_usd must be >= 0, not {self.max_spend_usd}")
 
     @classmethod
     def from_object(cls, obj: Any, **overrides: Any) -> EngineSettings:
@@ -91,12 +103,15 @@ class EngineSettings:
         return cls(**vals)
 
     def key(self) -> tuple:
-        """Identifies the engine these settings build: a digest stands in for the key, a router object is
-        identified by its id."""
-        router = self.router if isinstance(self.router, (str, type(None))) else f"object:{id(self.router)}"
+        """Identifies the engine these settings build: a digest stands in for the key, an object (a router, a
+        litellm.Router, a redaction function) is identified by its id."""
         digest = hashlib.sha256(self.api_key.encode()).hexdigest()[:16] if self.api_key else None
-        return tuple((f.name, router if f.name == "router" else digest if f.name == "api_key"
-                      else getattr(self, f.name)) for f in dataclasses.fields(self))
+
+        def ident(v: Any) -> Any:
+            return v if isinstance(v, (str, int, float, bool, type(None))) else f"object:{id(v)}"
+
+        return tuple((f.name, digest if f.name == "api_key" else ident(getattr(self, f.name)))
+                     for f in dataclasses.fields(self))
 
 
 @dataclass
@@ -113,6 +128,7 @@ class GenerationConfig:
     local_only: bool = False  # never call the cloud for this request
     max_cloud_calls: int | None = None  # cap per request
     deadline_s: float | None = None  # per request: no cloud waiting past this many seconds from the start
+    max_cloud_cost_usd: float | None = None  # per request: no routing once the cloud cost this much (USD)
 
     def __post_init__(self):
         if self.max_tokens is None or int(self.max_tokens) < 0:
@@ -123,6 +139,8 @@ class GenerationConfig:
             raise ConfigError(f"top_p must be in (0, 1], not {self.top_p!r}")
         if self.max_cloud_calls is not None and self.max_cloud_calls < 0:
             raise ConfigError(f"max_cloud_calls must be >= 0, not {self.max_cloud_calls!r}")
+        if self.max_cloud_cost_usd is not None and self.max_cloud_cost_usd < 0:
+            raise ConfigError(f"max_cloud_cost_usd must be >= 0, not {self.max_cloud_cost_usd!r}")
         if isinstance(self.stop, str):
             self.stop = (self.stop,)
 
@@ -148,6 +166,7 @@ class GenerateOptions(TypedDict, total=False):
     local_only: bool
     max_cloud_calls: int
     deadline_s: float
+    max_cloud_cost_usd: float
 
 
 def generation_options(max_tokens: int | None, temperature: float | None, stop: Sequence[str] | None,

@@ -15,7 +15,11 @@ class GenerationStats:
     cloud_cache_hits: int = 0
     cloud_input_tokens: int = 0  # as billed by the provider
     cloud_output_tokens: int = 0
-    cost_usd: float = 0.0
+    cloud_cached_input_tokens: int = 0  # input tokens the provider read from its prompt cache (billed cheaper)
+    cloud_cache_write_tokens: int = 0  # input tokens written to the provider's prompt cache (Anthropic)
+    cost_usd: float = 0.0  # LiteLLM's cost of the calls, cache pricing included
+    cloud_rerouted: int = 0  # retries and fallbacks a LiteLLM Router or proxy made (deployment failures it absorbed)
+    cloud_deployments: dict[str, int] = field(default_factory=dict)  # spans per deployment (Router or proxy)
     rollbacks: int = 0  # drafted local tokens discarded because the cloud disagreed
     time_total_s: float = 0.0
     time_prefill_s: float = 0.0
@@ -61,6 +65,10 @@ class GenerationStats:
                 f"in {self.cloud_calls} calls")
         if self.cloud_failures:
             line += f", {self.cloud_failures} failed"
+        if self.cloud_rerouted:
+            line += f", {self.cloud_rerouted} rerouted by LiteLLM"
+        if self.cloud_cached_input_tokens:
+            line += f", {self.cloud_cached_input_tokens} input tokens from the prompt cache"
         if self.cost_usd:
             line += f", ${self.cost_usd:.6f}"
         ttft = f"{self.time_to_first_token_s:.2f}s" if self.time_to_first_token_s is not None else "-"
@@ -68,4 +76,6 @@ class GenerationStats:
                  f"{self.decode_tokens_per_s:.1f} tok/s")
         if self.cloud_calls:
             line += f", cloud wait {self.time_cloud_wait_s:.2f}s"
+        if self.cloud_disabled_reason:
+            line += f" | cloud off: {self.cloud_disabled_reason}"
         return line

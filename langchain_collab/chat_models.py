@@ -69,6 +69,12 @@ class CollabLLM(BaseChatModel):
     strategy: str = "auto"
     cloud_vocab: str | None = None
     """The cloud's vocabulary fingerprint, or ``"local"``: it shares the local tokenizer (token-exact spans)."""
+    cloud_config: Any = None
+    """A ``litellm.Router`` or a LiteLLM router config file; ``model`` names its model group (default: the first)."""
+    max_spend_usd: float | None = None
+    """Stop routing once this instance's engine has spent this many USD on the cloud (over all its requests)."""
+    redact: Any = None
+    """``"default"`` or a function ``str -> str`` over every text sent to the cloud (placeholders restored)."""
 
     model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True)
     _engines: OwnedEngines = PrivateAttr(default_factory=OwnedEngines)
@@ -101,7 +107,8 @@ class CollabLLM(BaseChatModel):
 
     @property
     def model_name(self) -> str:
-        return self._engine().model_name if self.cloud_model else display_name(self.local_model)
+        return self._engine().model_name if self.cloud_model or self.cloud_config is not None \
+            else display_name(self.local_model)
 
     @property
     def _llm_type(self) -> str:

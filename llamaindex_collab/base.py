@@ -133,6 +133,14 @@ class CollabLLM(LLM):
     cloud_vocab: str | None = Field(
         default=None, description="The cloud's vocabulary fingerprint, or 'local': it shares the local tokenizer "
                                   "(spans are spliced token for token).")
+    cloud_config: Any = Field(
+        default=None, description="A litellm.Router or a LiteLLM router config file; cloud_model names its model "
+                                  "group (default: the first).")
+    max_spend_usd: float | None = Field(
+        default=None, description="Stop routing once this instance's engine has spent this many USD on the cloud.")
+    redact: Any = Field(
+        default=None, description="'default' or a function str -> str over every text sent to the cloud "
+                                  "(placeholders restored in the spans).")
 
     _engines: OwnedEngines = PrivateAttr(default_factory=OwnedEngines)
 
@@ -186,7 +194,7 @@ class CollabLLM(LLM):
         name = display_name(self.local_model)
         return {"class_name": self.class_name(), "num_output": self.max_tokens, "is_chat_model": True,
                 "is_function_calling_model": False,
-                "model_name": f"{name}+{self.cloud_model}" if self.cloud_model else name}
+                "model_name": f"{name}+{engine.cloud.model}" if engine.cloud is not None else name}
 
     # -- results -------------------------------------------------------------------------------------------
     @staticmethod

@@ -14,7 +14,14 @@ what the provider can do (``Strategy``):
   next few words of the partial answer; an echoed prefix is stripped.
 
 Retries are tenacity's (exponential backoff with jitter, retryable errors only); LiteLLM's and the
-OpenAI SDK's own retries are switched off so they do not multiply.
+OpenAI SDK's own retries are switched off so they do not multiply. With a LiteLLM Router or proxy as the cloud,
+LiteLLM retries, falls back and cools deployments down, and we make one attempt per span (``deployments``).
+
+What is sent is shaped for the providers' prompt caches: the stable prefix (the conversation) always comes
+first and is the same bytes on every call of an answer and on later turns (OpenAI's automatic prefix cache,
+vLLM/SGLang prefix caching); for Anthropic it carries a ``cache_control`` marker. Cached input tokens come back
+in ``CloudSpan.cached_input_tokens`` and the cost is LiteLLM's, with cache pricing. Every text sent goes
+through the redactor first (``redact``), and placeholders in a span are restored.
 """
 
 from __future__ import annotations
@@ -33,24 +40,29 @@ from ..prompts import Prompt, messages_for, split_prefill
 from ..settings import STRATEGIES, EngineSettings
 from ..text import cut_to_word_boundary, fix_spacing
 from . import protocols
+from .deployments import (
+    RouterCaller,
+    deployment_models,
+    is_router,
+    load_router,
+    model_group,
+    proxy_cost,
+    served_by,
+)
+from .lite import litellm_module
 from .protocols import CHAT_PROTOCOL, PROTOCOLS
+from .redact import make_redactor, redact_messages
 
 _COMPLETION_PROVIDERS = {"text-completion-openai", "hosted_vllm", "together_ai", "fireworks_ai",
                          "text-completion-codestral", "openai_like"}
 _PREFIX_PROVIDERS = {"deepseek", "mistral", "codestral"}
 _LOOPBACK = re.compile(r"^https?://(127\.\d+\.\d+\.\d+|localhost|\[::1\])(:\d+)?(/|$)")
+_CACHE_MARKED_PROVIDERS = {"anthropic"}  # providers whose prompt cache needs explicit cache_control markers
+_EPHEMERAL = {"type": "ephemeral"}
 
 
 
-def _litellm():
-    """Import LiteLLM kept offline (no cost-map or beta-header fetches) and quiet."""
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    os.environ.setdefault("LITELLM_LOCAL_ANTHROPIC_BETA_HEADERS", "True")
-    import litellm
-
-    litellm.suppress_debug_info = True
-    litellm.telemetry = False
-    return litellm
+_litellm = litellm_module
 
 
 _DEFAULT = {f.name: f.default for f in dataclasses.fields(EngineSettings)}
@@ -58,9 +70,13 @@ _DEFAULT = {f.name: f.default for f in dataclasses.fields(EngineSettings)}
 
 @dataclass
 class CloudConfig:
-    """Where and how the cloud model is called (defaults: ``EngineSettings``')."""
+    """Where and how the cloud model is called (defaults: ``EngineSettings``').
 
-    model: str
+    ``router``: a ``litellm.Router`` or the path of a router config file; ``model`` then names its model group
+    (None: the first). ``redact``: ``"default"``, a function ``str -> str`` or a redactor (``cloud.redact``).
+    """
+
+    model: str | None
     api_base: str | None = None
     api_key: str | None = field(default=None, repr=False)
     strategy: str = _DEFAULT["strategy"]
@@ -70,8 +86,13 @@ class CloudConfig:
     temperature: float = 0.0
     extra: dict = field(default_factory=dict)  # passed through to litellm (e.g. extra_headers)
     vocab: str | None = None  # the cloud's vocabulary fingerprint, or "local": it is the local model's
+    router: Any = field(default=None, repr=False)  # a litellm.Router or a router config file
+    redact: Any = None  # None, "default", a function str -> str or a redactor
+    prompt_cache: bool = True  # cache_control markers on the stable prefix (Anthropic)
 
     def __post_init__(self):
+        if not self.model and self.router is None:
+            raise CloudConfigError("a cloud needs a model string or a router")
         if self.strategy != "auto" and self.strategy not in STRATEGIES:
             raise CloudConfigError(f"unknown strategy {self.strategy!r}; one of {', '.join(STRATEGIES)}")
         if self.span_tokens < 1:
@@ -111,6 +132,10 @@ class CloudSpan:
     latency_s: float = 0.0
     strategy: str = ""
     token_ids: list[int] | None = None  # the span as token ids, when the cloud shares the local tokenizer
+    cached_input_tokens: int = 0  # input tokens the provider read from its prompt cache
+    cache_write_tokens: int = 0  # input tokens written to the provider's prompt cache (Anthropic)
+    deployment: str | None = None  # which deployment answered (a Router's or a proxy's say)
+    rerouted: int = 0  # retries and fallbacks LiteLLM made before this span came back
 
     @property
     def ends_answer(self) -> bool:
@@ -190,9 +215,35 @@ class CloudClient:
 
     def __init__(self, config: CloudConfig):
         self.config = config
-        self.strategy = (choose_strategy(config.model, config.api_base)
-                         if config.strategy == "auto" else config.strategy)
+        self.router = None
+        self._router_call: RouterCaller | None = None
+        if config.router is not None:
+            self.router = config.router if is_router(config.router) else load_router(config.router)
+            self._router_call = RouterCaller(self.router)
+        self.model = model_group(self.router, config.model) if self.router is not None else config.model
+        self.redactor = make_redactor(config.redact)
+        self.strategy = self._auto_strategy() if config.strategy == "auto" else config.strategy
         self.token_exact = False  # set by bind(): spans come back as the local model's token ids
+        # LiteLLM retries (and falls back) itself behind a Router or a proxy: one attempt per span on our side
+        self.litellm_retries = self.router is not None or _provider(config.model or "") == "litellm_proxy"
+        self.cache_markers = config.prompt_cache and self.strategy != "completion" and all(
+            _provider(m, b) in _CACHE_MARKED_PROVIDERS for m, b in self._deployments())
+
+    def _deployments(self) -> list[tuple[str, str | None]]:
+        """(model string, api_base) of what may answer: the Router's deployments, or the one model."""
+        if self.router is not None:
+            return deployment_models(self.router, self.model)
+        return [(self.config.model, self.config.api_base)]
+
+    def _auto_strategy(self) -> str:
+        """One strategy every deployment takes (several that differ: the chat protocol, which every chat
+        endpoint takes; set ``strategy`` when that is not what you want)."""
+        found = {choose_strategy(m, b) for m, b in self._deployments()}
+        return found.pop() if len(found) == 1 else CHAT_PROTOCOL
+
+    def close(self) -> None:
+        if self._router_call is not None:
+            self._router_call.close()
 
     def bind(self, local_vocab: str) -> bool:
         """Use the token-exact path when the cloud's vocabulary is the local model's (``config.vocab`` is the
@@ -206,7 +257,10 @@ class CloudClient:
         """Raise ``CloudConfigError`` for an unknown model string or a missing key, before any work."""
         litellm = _litellm()
         cfg = self.config
-        choose_strategy(cfg.model, cfg.api_base)  # raises on an unknown provider
+        for model, base in self._deployments():
+            choose_strategy(model, base)  # raises on an unknown provider
+        if self.router is not None:  # the deployments carry their own keys
+            return
         if cfg.api_key or (cfg.api_base and _LOOPBACK.match(cfg.api_base)):
             return
         env = litellm.validate_environment(model=cfg.model, api_base=cfg.api_base)
@@ -229,27 +283,40 @@ class CloudClient:
         """The span cache's key for ``req``: everything that shapes the cloud's answer, nothing else."""
         cc = self.config
         completion = self.strategy == "completion"
-        return span_key(cc.model, cc.api_base, self.strategy, cc.span_tokens, cc.temperature, self.token_exact,
+        return span_key(self.model, cc.api_base, self.strategy, cc.span_tokens, cc.temperature, self.token_exact,
                         req.prompt_text if completion else req.messages, req.partial if completion else req.answer,
                         req.word_start if self.strategy in ("instruct", "prefill") else None)
 
+    def redacted(self, req: SpanRequest) -> SpanRequest:
+        """``req`` as the cloud may read it: every text through the redactor (``req`` itself without one)."""
+        r = self.redactor
+        if r is None:
+            return req
+        return dataclasses.replace(req, messages=redact_messages(r, req.messages), prompt_text=r.redact(req.prompt_text),
+                                   partial=r.redact(req.partial), prefix=r.redact(req.prefix))
+
     def build(self, req: SpanRequest) -> tuple[str, dict]:
-        """(call kind, keyword arguments for litellm) -- the stable prefix always comes first."""
+        """(call kind, keyword arguments for litellm) -- the stable prefix always comes first; every text has
+        been through the redactor."""
         cfg = self.config
-        kw: dict[str, Any] = {
-            "model": cfg.model,
-            "max_tokens": cfg.span_tokens,
-            "temperature": cfg.temperature,
-            "timeout": cfg.timeout_s,
-            "num_retries": 0,
-            "max_retries": 0,
-            **cfg.extra,
-        }
-        if cfg.api_base:
-            kw["api_base"] = cfg.api_base
-        key = self._api_key()
-        if key:
-            kw["api_key"] = key
+        req = self.redacted(req)
+        kw: dict[str, Any] = {"model": self.model, "max_tokens": cfg.span_tokens, "temperature": cfg.temperature,
+                              "timeout": cfg.timeout_s}
+        if self.router is None:  # a Router's deployments carry their endpoints, keys and retry settings
+            kw.update(num_retries=0, max_retries=0)
+            if cfg.api_base:
+                kw["api_base"] = cfg.api_base
+            key = self._api_key()
+            if key:
+                kw["api_key"] = key
+        kw.update(cfg.extra)
+        kind, kw = self._shape(req, kw)
+        if self.cache_markers and "messages" in kw:
+            kw["messages"] = mark_stable_prefix(kw["messages"], req.messages)
+        return kind, kw
+
+    def _shape(self, req: SpanRequest, kw: dict) -> tuple[str, dict]:
+        cfg = self.config
         s = self.strategy
         if s == "completion":
             kw["prompt"] = req.prompt_text + req.partial
@@ -275,7 +342,16 @@ class CloudClient:
         return "completion", kw
 
     def parse(self, resp: Any, req: SpanRequest) -> tuple[str, str | None, list[int] | None]:
-        """(the span's text, the finish reason, its token ids when the token-exact path gave them)."""
+        """(the span's text, the finish reason, its token ids when the token-exact path gave them); redaction
+        placeholders in the text are restored (and token ids then dropped: the text is what counts)."""
+        text, finish, ids = self._parse(resp, self.redacted(req))
+        if self.redactor is not None:
+            restored = self.redactor.restore(text)
+            if restored != text:
+                text, ids = restored, None
+        return text, finish, ids
+
+    def _parse(self, resp: Any, req: SpanRequest) -> tuple[str, str | None, list[int] | None]:
         choice = resp.choices[0]
         text = choice.text if self.strategy == "completion" else choice.message.content
         if text is None or not isinstance(text, str):
@@ -313,11 +389,10 @@ class CloudClient:
         not begun, no retries. A server that caches prompt prefixes (vLLM, SGLang, ``mlx_lm.server``) then
         answers the first span without a cold prefill. Returns whether the call went through; a failure is
         only a lost head start."""
-        litellm = _litellm()
         kind, kw = self.build(dataclasses.replace(req, partial=""))
         kw["max_tokens"] = 1
         try:
-            (litellm.text_completion if kind == "text_completion" else litellm.completion)(**kw)
+            self._caller(kind)(**kw)
         except Exception:  # noqa: BLE001 - a head start, never a failure of the answer
             return False
         return True
@@ -333,10 +408,9 @@ class CloudClient:
             wait_random_exponential,
         )
 
-        litellm = _litellm()
         kind, kw = self.build(req)
-        call = litellm.text_completion if kind == "text_completion" else litellm.completion
-        stop = stop_after_attempt(self.config.max_retries + 1)
+        call = self._caller(kind)
+        stop = stop_after_attempt(1 if self.litellm_retries else self.config.max_retries + 1)
         if deadline is not None:
             stop = stop | stop_before_delay(max(0.0, deadline - time.perf_counter()))
         t0 = time.perf_counter()
@@ -362,19 +436,81 @@ class CloudClient:
             raise CloudError(f"malformed cloud response: {_short(exc)}", attempts=attempts,
                              kind="MalformedResponse") from exc
         usage = getattr(resp, "usage", None)
+        cached, written = cache_usage(usage)
+        deployment, rerouted = served_by(resp)
         return CloudSpan(
             text=text, finish_reason=finish,
             input_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
             output_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
             cost_usd=self._cost(resp), latency_s=time.perf_counter() - t0, strategy=self.strategy, token_ids=ids,
+            cached_input_tokens=cached, cache_write_tokens=written, deployment=deployment, rerouted=rerouted,
         )
 
+    def _caller(self, kind: str):
+        if self._router_call is not None:
+            return lambda **kw: self._router_call(kind, kw)
+        litellm = _litellm()
+        return litellm.text_completion if kind == "text_completion" else litellm.completion
+
     def _cost(self, resp: Any) -> float:
+        """LiteLLM's cost of the call, cache pricing included: what it computed as it logged the call (custom
+        prices of a deployment included), else what a proxy reports, else ``completion_cost``; 0 when no price
+        is known (e.g. a loopback server)."""
+        hidden = getattr(resp, "_hidden_params", None) or {}
+        for known in (hidden.get("response_cost"), proxy_cost(resp)):
+            if isinstance(known, (int, float)) and known > 0:
+                return float(known)
         litellm = _litellm()
         try:
-            return float(litellm.completion_cost(completion_response=resp, model=self.config.model) or 0.0)
-        except Exception:  # no price known for this model (e.g. a loopback server)
+            return float(litellm.completion_cost(completion_response=resp, model=self.model) or 0.0)
+        except Exception:
             return 0.0
+
+
+def cache_usage(usage: Any) -> tuple[int, int]:
+    """(input tokens read from the provider's prompt cache, input tokens written to it) from LiteLLM's usage:
+    ``prompt_tokens_details.cached_tokens`` (OpenAI, and Anthropic's reads as LiteLLM maps them) or
+    ``cache_read_input_tokens``; ``cache_creation_input_tokens`` (Anthropic)."""
+    if usage is None:
+        return 0, 0
+    details = getattr(usage, "prompt_tokens_details", None)
+    cached = getattr(details, "cached_tokens", None) if details is not None else None
+    if not cached:
+        cached = getattr(usage, "cache_read_input_tokens", None)
+    written = getattr(usage, "cache_creation_input_tokens", None)
+    return int(cached or 0), int(written or 0)
+
+
+def mark_stable_prefix(messages: list[dict], conversation: list[dict]) -> list[dict]:
+    """``messages`` with an Anthropic ``cache_control`` marker at the end of the conversation (the stable prefix:
+    the same on every call of an answer). A last message that was extended (the restate protocol's request) is
+    split into two text blocks, the conversation's own text marked."""
+    if not conversation:
+        return messages
+    n = len(conversation)
+    last = conversation[-1]
+    last_text = last.get("content")
+    if not isinstance(last_text, str):
+        return messages
+    for k in range(len(messages) - n + 1):
+        m = messages[k + n - 1]
+        text = m.get("content")
+        if (messages[k:k + n - 1] == conversation[:-1] and m.get("role") == last.get("role")
+                and isinstance(text, str) and text.startswith(last_text) and last_text):
+            blocks = [{"type": "text", "text": last_text, "cache_control": dict(_EPHEMERAL)}]
+            if text[len(last_text):]:
+                blocks.append({"type": "text", "text": text[len(last_text):]})
+            out = list(messages)
+            out[k + n - 1] = {**m, "content": blocks}
+            return out
+    return messages
+
+
+def _provider(model: str, api_base: str | None = None) -> str | None:
+    try:
+        return _litellm().get_llm_provider(model, api_base=api_base)[1]
+    except Exception:
+        return None
 
 
 def token_ids_of(choice: Any) -> list[int] | None:

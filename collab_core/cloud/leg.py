@@ -9,12 +9,16 @@ writes what happens into that generation's ``GenerationStats``:
   caller uses its local token;
 * the breaker: three failures in a row, an authentication/permission/not-found error or a passed deadline
   switch the cloud off for the rest of the generation (``off_reason``; ``usable()`` is then False), as does
-  reaching ``max_calls``.
+  reaching ``max_calls``;
+* money: the request's ``max_cost_usd`` (``max_cloud_cost_usd``) or the engine's ``SpendLimit``
+  (``max_spend_usd``) reached switches it off too (``off_reason`` says which). Costs are known once a span is
+  back, so the call that crosses a limit is the last one: a limit is overshot by at most the spans in flight.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,20 +51,48 @@ class Pending:
             self.future.cancel()
 
 
+class SpendLimit:
+    """What an engine spent on the cloud over all its requests, and its limit (None: no limit). Thread-safe."""
+
+    def __init__(self, limit_usd: float | None = None):
+        self.limit_usd = limit_usd
+        self.spent_usd = 0.0
+        self._lock = threading.Lock()
+
+    def add(self, cost_usd: float) -> None:
+        with self._lock:
+            self.spent_usd += cost_usd
+
+    @property
+    def reached(self) -> bool:
+        return self.limit_usd is not None and self.spent_usd >= self.limit_usd
+
+
 class CloudLeg:
     MAX_CONSECUTIVE_FAILURES = 3
 
     def __init__(self, client: CloudClient, cache: SpanCache | None, stats: GenerationStats, *,
-                 submit: Submit | None = None, deadline: float | None = None, max_calls: int | None = None):
+                 submit: Submit | None = None, deadline: float | None = None, max_calls: int | None = None,
+                 max_cost_usd: float | None = None, spend: SpendLimit | None = None):
         self.client, self.cache, self.stats = client, cache, stats
         self.submit = submit
         self.deadline = deadline  # time.perf_counter() value after which the cloud is not waited for
         self.max_calls = max_calls
+        self.max_cost_usd = max_cost_usd  # this request's cost cap
+        self.spend = spend  # the engine's spend and its limit
         self.failures_in_row = 0
         self.off_reason: str | None = None
 
     def usable(self) -> bool:
         if self.off_reason:
+            return False
+        if self.max_cost_usd is not None and self.stats.cost_usd >= self.max_cost_usd:
+            self.off_reason = (f"cost cap reached: ${self.stats.cost_usd:.6f} spent, "
+                               f"max_cloud_cost_usd={self.max_cost_usd:g}")
+            return False
+        if self.spend is not None and self.spend.reached:
+            self.off_reason = (f"engine spend limit reached: ${self.spend.spent_usd:.6f} spent, "
+                               f"max_spend_usd={self.spend.limit_usd:g}")
             return False
         if self.max_calls is not None and self.stats.cloud_calls + self.stats.cloud_cache_hits >= self.max_calls:
             return False
@@ -79,7 +111,14 @@ class CloudLeg:
         s.time_cloud_hidden_s += max(0.0, span.latency_s - waited)
         s.cloud_input_tokens += span.input_tokens
         s.cloud_output_tokens += span.output_tokens
+        s.cloud_cached_input_tokens += span.cached_input_tokens
+        s.cloud_cache_write_tokens += span.cache_write_tokens
         s.cost_usd += span.cost_usd
+        s.cloud_rerouted += span.rerouted
+        if span.deployment:
+            s.cloud_deployments[span.deployment] = s.cloud_deployments.get(span.deployment, 0) + 1
+        if self.spend is not None:
+            self.spend.add(span.cost_usd)
         self.failures_in_row = 0
         if self.cache is not None and key is not None:
             self.cache.put(key, span)

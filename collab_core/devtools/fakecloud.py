@@ -2,7 +2,8 @@
 
 For tests and benchmarks: a real HTTP peer on 127.0.0.1 (so LiteLLM, httpx and the OpenAI SDK run for
 real), answering ``/v1/completions`` and ``/v1/chat/completions``. What it answers is a function of the
-request; faults are queued per call:
+request; every request is recorded (``requests``: path, parsed body, and the raw bytes that came over the
+wire); faults are queued per call:
 
     with FakeCloud(reply=lambda body: " Paris", latency_s=0.15) as cloud:
         cloud.faults.extend(["429", "500", "timeout", "garbled", "empty", "cut"])
@@ -34,6 +35,8 @@ class FakeCloud:
         self.requests: list[dict] = []
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._conns: set = set()  # open connections (kill() cuts them, as a dead server would)
+        self._conns_lock = threading.Lock()
 
     @property
     def url(self) -> str:
@@ -49,13 +52,27 @@ class FakeCloud:
             def log_message(self, *args):  # quiet
                 pass
 
+            def setup(self):
+                super().setup()
+                with owner._conns_lock:
+                    owner._conns.add(self.connection)
+
+            def finish(self):
+                with owner._conns_lock:
+                    owner._conns.discard(self.connection)
+                try:
+                    super().finish()
+                except OSError:  # cut by kill()
+                    pass
+
             def do_GET(self):
                 self._send(200, {"object": "list", "data": [{"id": "fake", "object": "model"}]})
 
             def do_POST(self):
                 length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length) or b"{}")
-                owner.requests.append({"path": self.path, "body": body})
+                raw = self.rfile.read(length)
+                body = json.loads(raw or b"{}")
+                owner.requests.append({"path": self.path, "body": body, "raw": raw})  # raw: the bytes on the wire
                 fault = owner.faults.popleft() if owner.faults else None
                 if owner.latency_s:
                     time.sleep(owner.latency_s)
@@ -119,6 +136,20 @@ class FakeCloud:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+    def kill(self) -> None:
+        """Die as a crashed server does: stop listening and cut every open (kept-alive) connection."""
+        import socket
+
+        self.stop()
+        with self._conns_lock:
+            conns, self._conns = list(self._conns), set()
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+                c.close()
+            except OSError:
+                pass
 
     def __enter__(self) -> FakeCloud:
         return self.start()

@@ -12,12 +12,16 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import contextlib
+import dataclasses
 import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 from ..cloud.cache import SpanCache
 from ..cloud.client import CloudClient, CloudConfig, SpanRequest
+from ..cloud.deployments import is_router
+from ..cloud.leg import SpendLimit
 from ..errors import ConfigError
 from ..local.decoder import StepDecoder, greedy
 from ..local.loading import LocalModel, load_local_model
@@ -58,9 +62,14 @@ class Engine:
 
     Args:
         local_model: a ``LocalModel`` or a spec (``None``: the bundled default); loaded on first use.
-        cloud: a LiteLLM model string or a ``CloudConfig`` (``None``: local only). Unknown model strings and
-            missing keys raise ``CloudConfigError`` here, before any work.
+        cloud: a LiteLLM model string, a ``litellm.Router`` or a ``CloudConfig`` (``None``: local only). Unknown
+            model strings and missing keys raise ``CloudConfigError`` here, before any work.
         api_base, api_key: for a ``cloud`` given as a string.
+        cloud_config: a ``litellm.Router`` or a router config file; ``cloud`` (a string) then names its model
+            group (default: the first). LiteLLM retries and falls back; we make one attempt per span.
+        max_spend_usd: stop routing once this engine has spent this much on the cloud (over all requests);
+            ``spend.spent_usd`` is what it spent. Per request: the ``max_cloud_cost_usd`` option.
+        redact: ``"default"`` or a function over every text sent to the cloud (``collab_core.cloud.redact``).
         router: a ``Router`` or a spec (``threshold:0.5``, ``budget:0.07``, ``learned``, ``never``);
             ``threshold``/``budget`` are shortcuts. A budget holds over every request of this engine.
         pipeline: ``async`` drafts locally while a cloud call is in flight (up to ``max_draft`` tokens);
@@ -70,18 +79,23 @@ class Engine:
         want_hidden: keep the last hidden state on every step (a learned router asks for it anyway).
     """
 
-    def __init__(self, local_model: LocalModel | str | None = None, *, cloud: CloudConfig | str | None = None,
+    def __init__(self, local_model: LocalModel | str | None = None, *, cloud: CloudConfig | str | Any = None,
                  api_base: str | None = None, api_key: str | None = None, router: Router | str | None = None,
                  threshold: float | None = None, budget: float | None = None, pipeline: str = "async",
                  max_draft: int = 8, cache: SpanCache | bool = True, config: GenerationConfig | None = None,
-                 want_hidden: bool = False):
+                 want_hidden: bool = False, cloud_config: Any = None, max_spend_usd: float | None = None,
+                 redact: Any = None):
         if pipeline not in PIPELINES:
             raise ConfigError(f"pipeline must be one of {PIPELINES}, not {pipeline!r}")
         self._local_spec = local_model
         self._lm = local_model if isinstance(local_model, LocalModel) else None
         self.config = config or GenerationConfig()
-        if isinstance(cloud, str):
-            cloud = CloudConfig(model=cloud, api_base=api_base, api_key=api_key)
+        if is_router(cloud):
+            cloud, cloud_config = None, cloud
+        if isinstance(cloud, str) or (cloud is None and cloud_config is not None):
+            cloud = CloudConfig(model=cloud, api_base=api_base, api_key=api_key, router=cloud_config, redact=redact)
+        elif redact is not None and cloud is not None:
+            cloud = dataclasses.replace(cloud, redact=redact)
         self.cloud: CloudClient | None = CloudClient(cloud) if cloud is not None else None
         if self.cloud is not None:
             self.cloud.validate()
@@ -90,6 +104,7 @@ class Engine:
         self.max_draft = max_draft if pipeline == "async" else 0
         self.cache = cache if isinstance(cache, SpanCache) else (SpanCache() if cache else None)
         self.want_hidden = want_hidden
+        self.spend = SpendLimit(max_spend_usd)
         self._decoder: StepDecoder | None = None
         self._bound = False
         self._executor: cf.ThreadPoolExecutor | None = None
@@ -100,12 +115,12 @@ class Engine:
         """The engine ``settings`` describe (the CLI and both adapters build theirs this way)."""
         s = settings
         cloud = None
-        if s.cloud_model:
+        if s.cloud_model or s.cloud_config is not None:
             cloud = CloudConfig(model=s.cloud_model, api_base=s.api_base, api_key=s.api_key, timeout_s=s.timeout,
                                 max_retries=s.max_retries, span_tokens=s.span_tokens, strategy=s.strategy,
-                                vocab=s.cloud_vocab)
+                                vocab=s.cloud_vocab, router=s.cloud_config, redact=s.redact)
         return cls(s.local_model, cloud=cloud, router=s.router, threshold=s.threshold, budget=s.budget,
-                   pipeline=s.pipeline, config=config, cache=cache)
+                   pipeline=s.pipeline, config=config, cache=cache, max_spend_usd=s.max_spend_usd)
 
     @property
     def local_model(self) -> LocalModel:
@@ -121,7 +136,7 @@ class Engine:
     @property
     def model_name(self) -> str:
         name = self.local_model.name
-        return f"{name}+{self.cloud.config.model}" if self.cloud is not None else name
+        return f"{name}+{self.cloud.model}" if self.cloud is not None else name
 
     def encode(self, prompt: Prompt, cfg: GenerationConfig | None = None) -> list[int]:
         cfg = cfg or self.config
@@ -169,7 +184,7 @@ class Engine:
         router = self.router if router is None else router
         with _model_lock(lm):
             run = Run(lm, self._decoder_for(cfg, router), router, prompt, cfg, cloud=self.cloud, cache=self.cache,
-                      submit=self._submit, max_draft=self.max_draft)
+                      submit=self._submit, max_draft=self.max_draft, spend=self.spend)
             yield from run.events()
 
     def generate(self, prompt: Prompt, *, router: Router | None = None,
@@ -216,6 +231,8 @@ class Engine:
                                       self.model_name)
 
     def close(self) -> None:
+        if self.cloud is not None:
+            self.cloud.close()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None

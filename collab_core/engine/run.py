@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 from ..cloud.cache import SpanCache
 from ..cloud.client import CloudClient, CloudSpan, SpanRequest
-from ..cloud.leg import CloudLeg, Pending, Submit
+from ..cloud.leg import CloudLeg, Pending, SpendLimit, Submit
 from ..errors import ContextOverflowError
 from ..local.decoder import Step, StepDecoder
 from ..local.loading import LocalModel
@@ -40,7 +40,8 @@ class Run:
     """The state of one generation. ``events()`` is the loop."""
 
     def __init__(self, lm: LocalModel, decoder: StepDecoder, router: Router, prompt: Prompt, cfg: GenerationConfig,
-                 *, cloud: CloudClient | None, cache: SpanCache | None, submit: Submit, max_draft: int):
+                 *, cloud: CloudClient | None, cache: SpanCache | None, submit: Submit, max_draft: int,
+                 spend: SpendLimit | None = None):
         self.t0 = time.perf_counter()
         self.lm, self.dec, self.router, self.cfg, self.max_draft = lm, decoder, router, cfg, max_draft
         self.prompt_text, self.ids = render_prompt(lm, prompt, chat=cfg.chat, system=cfg.system)
@@ -53,7 +54,8 @@ class Run:
         self.eos = lm.eos_token_ids
         deadline = self.t0 + cfg.deadline_s if cfg.deadline_s else None
         self.leg = None if cloud is None or cfg.local_only else CloudLeg(
-            cloud, cache, self.stats, submit=submit, deadline=deadline, max_calls=cfg.max_cloud_calls)
+            cloud, cache, self.stats, submit=submit, deadline=deadline, max_calls=cfg.max_cloud_calls,
+            max_cost_usd=cfg.max_cloud_cost_usd, spend=spend)
         self.request = SpanRequest.for_prompt(prompt, self.prompt_text, system=cfg.system)  # partial filled per call
         self.answer: list[int] = []  # committed tokens
         self.sources: list[str] = []

@@ -161,7 +161,7 @@ class TraceCollector:
                 k += 1
                 break
             j = k
-        return self._save(task, sigs, disagree, alt_ok, local_ok, local_text, cloud_next, self.client.config.model)
+        return self._save(task, sigs, disagree, alt_ok, local_ok, local_text, cloud_next, self.client.model)
 
     def _alt_outcome(self, prompt_ids, head: list[int], cloud_text: str, check) -> bool:
         """Is the answer right if the cloud writes its next token here and the local model goes on?"""
