@@ -68,8 +68,17 @@ class Constraint:
         return self.kind in ("json", "tool")
 
 
+#: JSON is written on one line, ``{"a": 1, "b": [2, 3]}`` (as ``json.dumps`` and Qwen's tool calls write it):
+#: with free whitespace a small model can indent forever, and cloud spans agree more often with one layout.
+JSON_LAYOUT = {"whitespace_flexible": False, "key_separator": ": ", "item_separator": ", "}
+
+
+def _schema(schema: Mapping[str, Any]) -> dict[str, Any]:
+    return {**closed(dict(schema)), "x-guidance": JSON_LAYOUT}
+
+
 def _json_rule(schema: Mapping[str, Any]) -> str:
-    return "%json " + json.dumps(closed(dict(schema)), separators=(",", ":"))
+    return "%json " + json.dumps(_schema(schema), separators=(",", ":"))
 
 
 def _lark(body: str) -> str:
@@ -111,7 +120,7 @@ def tool_constraint(tools: Sequence[Mapping[str, Any]], *, start: str, end: str,
                                 f"{json.dumps(chr(10) + end)}\n"), "tool")
     from llguidance import StructTag
 
-    tag = StructTag(trigger=start, begin=start + "\n", grammar=closed(schema), end="\n" + end)
+    tag = StructTag(trigger=start, begin=start + "\n", grammar=_schema(schema), end="\n" + end)
     return Constraint(StructTag.to_grammar([tag], assume_special=False), "tools")
 
 
