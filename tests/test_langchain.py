@@ -16,6 +16,9 @@ from collab_core.router import ScheduledRouter
 from langchain_collab import CollabLLM
 
 CLOUD = {"cloud_model": "text-completion-openai/default_model", "api_base": LOOPBACK_BASE}
+# The local model of the standard integration suite: the bundled SmolLM2 (None). For the Qwen run, one line:
+# LOCAL = {"local_model": "qwen2.5-coder-0.5b"}
+LOCAL: dict = {}
 
 
 class TestCollabLLMUnit(ChatModelUnitTests):
@@ -49,7 +52,14 @@ class TestCollabLLMIntegration(ChatModelIntegrationTests):
 
     @property
     def chat_model_params(self):
-        return {**CLOUD, "threshold": 0.5, "max_tokens": 12, "pipeline": "sync"}
+        # room for a tool call or a small JSON object (a plain answer usually ends well before)
+        return {**CLOUD, "threshold": 0.5, "max_tokens": 96, "pipeline": "sync", **LOCAL}
+
+    # tools and structured output, enforced by the grammar (capability flags: bind_tools with tool_choice and
+    # with_structured_output are overridden, so has_tool_calling / has_tool_choice / has_structured_output hold)
+    @property
+    def supports_json_mode(self):
+        return True
 
     @property
     def model_override_value(self):
