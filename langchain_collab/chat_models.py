@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model
 
 import collab_core  # noqa: F401  (first: OpenBLAS before mlx on Linux)
 from collab_core.engine import Engine, Event, FinalEvent, TokenEvent
-from collab_core.integration import OwnedEngines, collab_metadata, usage
+from collab_core.integration import OwnedEngines, cloud_spans, collab_metadata, usage
 from collab_core.local.loading import display_name
 from collab_core.prompts import chat_role
 from collab_core.settings import EngineSettings, generation_options
@@ -197,6 +197,7 @@ class CollabLLM(BaseChatModel):
         last = events[-1]
         meta = self._final_metadata(engine, last)
         meta["collab"]["token_sources"] = [e.source for e in events if isinstance(e, TokenEvent)]
+        meta["collab"]["cloud_spans"] = cloud_spans(events)
         text = "".join(e.text for e in events)
         calls, invalid = _lc_tool_calls(last.structured)
         if last.structured is not None and (calls or invalid):

@@ -24,7 +24,8 @@ What a response carries:
 * streams: one chunk per generated token, with ``additional_kwargs["source"]`` (``"local"`` or
   ``"cloud"``) and, in ``raw``, the token id, its source and the local model's confidence; the delta
   may be empty while bytes of a character or a possible stop sequence are held back. A closing chunk
-  (delta: any held-back text) carries ``usage``, ``collab`` and ``finish_reason``.
+  (delta: any held-back text) carries ``usage``, ``collab`` (with ``cloud_spans``: the text the cloud wrote)
+  and ``finish_reason``.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ from llama_index.core.llms.llm import ToolSelection, default_completion_to_promp
 import collab_core  # noqa: F401  (first: OpenBLAS before mlx on Linux)
 from collab_core.engine import Engine, Event, FinalEvent, Generation, TokenEvent
 from collab_core.errors import UnsupportedInputError
-from collab_core.integration import OwnedEngines, collab_metadata, usage
+from collab_core.integration import OwnedEngines, cloud_spans, collab_metadata, usage
 from collab_core.local.loading import display_name
 from collab_core.prompts import chat_role
 from collab_core.settings import EngineSettings, generation_options
@@ -90,20 +91,23 @@ class _Chunks:
         # with tools, a call's text is held back from the deltas; the parsed calls come on the closing chunk
         self.visible = VisibleText() if options.get("tools") and options.get("tool_choice") != "none" else None
         self.tool_calls: list[dict] = []
+        self.events: list[TokenEvent] = []
 
     def __call__(self, ev: Event) -> tuple[str, dict, dict]:
         text = self.visible.feed(ev.text) if self.visible is not None else ev.text
         if isinstance(ev, TokenEvent):  # a token; its text may be "" (part of a character, or of a possible stop string)
             self.text += text
             self.last_source = ev.source
+            self.events.append(ev)
             return text, ev.as_dict(), {"source": ev.source}
         # the closing event: any held-back text, usage and stats (and the tool calls)
         if self.visible is not None:
             text += self.visible.finish()
         self.text += text
         self.tool_calls = _tool_calls(ev)
-        return text, self.llm._final_raw(self.engine, ev), {"source": self.last_source,
-                                                             "finish_reason": ev.finish_reason}
+        raw = self.llm._final_raw(self.engine, ev)
+        raw["collab"]["cloud_spans"] = cloud_spans(self.events)
+        return text, raw, {"source": self.last_source, "finish_reason": ev.finish_reason}
 
 
 def _tool_calls(ev: FinalEvent | Generation) -> list[dict]:
@@ -227,6 +231,7 @@ class CollabLLM(FunctionCallingLLM):
     def _generation_raw(self, engine: Engine, gen: Generation) -> dict[str, Any]:
         raw = self._final_raw(engine, gen)
         raw["collab"]["token_sources"] = [e.source for e in gen.events]
+        raw["collab"]["cloud_spans"] = cloud_spans(gen.events)
         return raw
 
     def _completion(self, engine: Engine, gen: Generation) -> CompletionResponse:
