@@ -2,8 +2,8 @@
 
 The fake cloud (``collab_core.devtools.fakecloud``, OpenAI-compatible on loopback) plays a strong model that
 knows the answer: asked to continue the assistant's turn, it continues the call or the answer it would write
-(the capital's name, the tool's result in words). Whatever position the router sends it, what it writes is
-checked against the tool-call grammar before it is kept.
+(the capital's name, the tool's result in words), a word at a time. Whatever position the router sends it,
+what it writes is checked against the tool-call grammar before it is kept.
 """
 
 from __future__ import annotations
@@ -37,8 +37,12 @@ def scripted_turn(prompt: str) -> str:
 
 
 def fake_reply(body: dict) -> str:
-    """FakeCloud reply: the rest of the scripted turn after the partial answer (text completion)."""
+    """FakeCloud reply (text completion): the next word of the scripted turn after the partial answer, as a
+    real cloud asked for a short span would write it; off script, a space."""
     prompt = body.get("prompt", "")
     head, _, partial = prompt.rpartition("<|im_start|>assistant\n")
     target = scripted_turn(head)
-    return target[len(partial):] if target.startswith(partial) else " "
+    if not target.startswith(partial):
+        return " "
+    m = re.match(r"\W*\w+", target[len(partial):])
+    return m.group(0) if m else target[len(partial):]

@@ -29,6 +29,7 @@ dependency for a library whose local side runs on MLX.
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -110,18 +111,26 @@ def tool_call_schema(tools: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 def tool_constraint(tools: Sequence[Mapping[str, Any]], *, start: str, end: str, forced: bool) -> Constraint:
     """Tool calls written as ``start`` + the call's JSON + ``end`` (Qwen2.5 and the generic fallback:
-    ``<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>``).
+    ``<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>``).
 
-    ``forced``: the answer is exactly one call. Otherwise free text in which a call may begin anywhere
-    (the call is enforced from its start tag on -- llguidance's lazily triggered lexemes)."""
+    ``forced``: the answer is exactly one call. Otherwise either plain text (which never contains ``start``),
+    or text followed by one or more calls and nothing else -- a call begins wherever ``start`` is written (a
+    lazily matched lexeme), is enforced from there on, and after a call only another call or the end may come
+    (a small model would otherwise chat on after its call)."""
     schema = tool_call_schema(tools)
+    q = json.dumps
+    body = f"{q(chr(10))} {_json_rule(schema)} {q(chr(10) + end)}"
     if forced:
-        return Constraint(_lark(f"start: {json.dumps(start + chr(10))} {_json_rule(schema)} "
-                                f"{json.dumps(chr(10) + end)}\n"), "tool")
-    from llguidance import StructTag
-
-    tag = StructTag(trigger=start, begin=start + "\n", grammar=_schema(schema), end="\n" + end)
-    return Constraint(StructTag.to_grammar([tag], assume_special=False), "tools")
+        return Constraint(_lark(f"start: {q(start)} {body}\n"), "tool")
+    s = re.escape(start).replace("/", "\\/")
+    return Constraint(_lark(
+        f"start: PLAIN | pre_call body (SEP call)* SEP?\n"
+        f"PLAIN: /(.|\\n)*/ & ~/(.|\\n)*{s}(.|\\n)*/\n"
+        f"pre_call[lazy]: TEXT {q(start)}\n"
+        f"TEXT: /(.|\\n)*/\n"
+        f"call: {q(start)} body\n"
+        f"body: {body}\n"
+        f"SEP: /[ \\n]+/\n"), "tools")
 
 
 # -- the tokenizer, once per local model ---------------------------------------------------------------------

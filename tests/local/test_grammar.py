@@ -103,6 +103,11 @@ def test_tool_grammars(tiny_lm):
     assert free.valid_prefix(text) == len(text)
     bad = _ids(tiny_lm, 'Let me. <tool_call>\n{"name": "mul"')
     assert free.valid_prefix(bad) < len(bad)  # a call to an unknown tool is cut where it goes wrong
+    assert free.valid_prefix(_ids(tiny_lm, "Just text, no call.")) == len(_ids(tiny_lm, "Just text, no call."))
+    two = _ids(tiny_lm, call + "\n" + call)
+    assert free.valid_prefix(two) == len(two)
+    chatty = _ids(tiny_lm, call + " and then some text")
+    assert len(_ids(tiny_lm, call)) <= free.valid_prefix(chatty) < len(chatty)  # after a call: a call or the end
 
 
 def test_structured_output_always_parses_and_validates(tiny_long):
