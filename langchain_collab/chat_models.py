@@ -14,15 +14,15 @@ include_raw=...)``.
 
 from __future__ import annotations
 
-import os
 import json
+import os
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from operator import itemgetter
 from typing import Any, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models.chat_models import BaseChatModel, LangSmithParams
 from langchain_core.language_models import LanguageModelInput
+from langchain_core.language_models.chat_models import BaseChatModel, LangSmithParams
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ToolMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
@@ -268,11 +268,14 @@ class CollabLLM(BaseChatModel):
         in the prompt). Pydantic models come back as instances, other schemas as dicts. ``include_raw``:
         ``{"raw": AIMessage, "parsed": ..., "parsing_error": ...}``.
         """
-        from langchain_core.output_parsers import JsonOutputKeyToolsParser, JsonOutputParser, PydanticOutputParser
+        from langchain_core.output_parsers import (
+            JsonOutputKeyToolsParser,
+            JsonOutputParser,
+            PydanticOutputParser,
+        )
         from langchain_core.output_parsers.openai_tools import PydanticToolsParser
 
-        if kwargs.pop("strict", None) is not None:
-            pass  # the grammar always enforces the schema
+        kwargs.pop("strict", None)  # the grammar always enforces the schema
         if kwargs:
             raise ValueError(f"unexpected arguments: {sorted(kwargs)}")
         is_model = isinstance(schema, type) and issubclass(schema, BaseModel)

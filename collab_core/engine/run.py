@@ -31,8 +31,8 @@ from ..scoring import Confidence, TokenSignal
 from ..settings import GenerationConfig
 from ..stats import GenerationStats
 from ..text import TextStream, common_prefix_len
-from .events import Event, FinalEvent, TokenEvent
 from ..tools import constraint, structured_result
+from .events import Event, FinalEvent, TokenEvent
 from .reconcile import check_grammar, reconcile
 
 Drafted = tuple[int, Confidence, "float | None"]  # (token, its confidence, its routing score)

@@ -38,7 +38,6 @@ from typing import Any
 from ..errors import ConfigError, GrammarError
 
 
-
 def closed(schema: Any) -> Any:
     """``schema`` with ``additionalProperties: false`` on every object that lists its properties and says
     nothing of others (as OpenAI's strict mode does): a small model, once past the keys it was asked for,
