@@ -86,7 +86,8 @@ def run_engine(engine: Engine, task: dict, tools: list[dict], choice: str, max_t
     return ({"name": call.name, "arguments": call.arguments} if call else None), info
 
 
-def run_cloud(model: str, api_base: str | None, task: dict, tools: list[dict], lm, max_tokens: int):
+def run_cloud(model: str, api_base: str | None, task: dict, tools: list[dict], lm, max_tokens: int,
+              api_key: str | None = None):
     """The cloud alone: the conversation in the generic format; text completion gets the local rendering."""
     import litellm
 
@@ -94,6 +95,10 @@ def run_cloud(model: str, api_base: str | None, task: dict, tools: list[dict], l
     kw = {"model": model, "max_tokens": max_tokens, "temperature": 0.0}
     if api_base:
         kw["api_base"] = api_base
+        if api_key is None and api_base.startswith(("http://127.0.0.1", "http://localhost")):
+            api_key = os.environ.get("OPENAI_API_KEY") or "sk-loopback-no-key"  # the SDK insists on one
+    if api_key:
+        kw["api_key"] = api_key
     if model.startswith("text-completion-"):
         prompt, _ = render_prompt(lm, messages)
         text = litellm.text_completion(prompt=prompt, **kw).choices[0].text
@@ -110,6 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--local-model", default=None)
     ap.add_argument("--cloud-model", default=None)
     ap.add_argument("--api-base", default=None)
+    ap.add_argument("--api-key", default=None, help="default: the provider's usual variable")
     ap.add_argument("--budget", type=float, default=0.07)
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--limit", type=int, default=None)
@@ -130,8 +136,8 @@ def main(argv: list[str] | None = None) -> None:
     if "local" in modes:
         engines["local"] = Engine(lm)
     if "routed" in modes:
-        engines["routed"] = Engine(lm, cloud=args.cloud_model, api_base=args.api_base, budget=args.budget,
-                                   pipeline="sync")
+        engines["routed"] = Engine(lm, cloud=args.cloud_model, api_base=args.api_base, api_key=args.api_key,
+                                   budget=args.budget, pipeline="sync")
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     with open(args.out / "rows.jsonl", "w") as f:
@@ -139,7 +145,8 @@ def main(argv: list[str] | None = None) -> None:
             for mode in modes:
                 t = time.perf_counter()
                 if mode == "cloud":
-                    call, info = run_cloud(args.cloud_model, args.api_base, task, tools, lm, args.max_tokens)
+                    call, info = run_cloud(args.cloud_model, args.api_base, task, tools, lm, args.max_tokens,
+                                           args.api_key)
                 else:
                     call, info = run_engine(engines[mode], task, tools, args.tool_choice, args.max_tokens)
                 row = {"id": task["id"], "mode": mode, "call": call, "expected": task["expected"],

@@ -24,7 +24,8 @@ message, and the answer is the JSON value alone.
 
 Either way the grammar (``constraint``) enforces the format while decoding (``local/grammar.py``): a forced
 call (``tool_choice`` ``"required"``/``"any"``/a tool's name) or structured output always completes, parses
-and validates; with ``"auto"`` the model may write text, and any call it begins is enforced.
+and validates; with ``"auto"`` the model may write text, any call it begins is enforced, and after a call only
+another call or the end may follow.
 """
 
 from __future__ import annotations
