@@ -29,6 +29,7 @@ from .errors import (
     ConfigError,
     ContextOverflowError,
     EmptyPromptError,
+    GrammarError,
     ModelLoadError,
     RouterLoadError,
     TraceError,
@@ -47,7 +48,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CloudConfigError", "CloudError", "CollabError", "Confidence", "ConfigError", "ContextOverflowError",
     "EmptyPromptError", "Engine", "EngineSettings", "Event", "FinalEvent", "GenerateOptions", "Generation",
-    "GenerationConfig", "GenerationStats", "LearnedScorer", "LocalModel", "Message", "ModelLoadError", "Prompt",
+    "GenerationConfig", "GrammarError", "GenerationStats", "LearnedScorer", "LocalModel", "Message", "ModelLoadError", "Prompt",
     "RouterLoadError", "Step", "StepDecoder", "TokenEvent", "TokenSignal", "TraceError", "UnsupportedInputError",
     "UnsupportedModelError", "encode_prompt", "load_local_model", "render_prompt",
 ]

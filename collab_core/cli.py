@@ -57,6 +57,11 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
                    help="seconds per request after which the cloud is not waited for")
     g.add_argument("--max-cloud-cost-usd", type=float, default=None,
                    help="per request: stop routing once the cloud cost this many USD (the answer finishes locally)")
+    g.add_argument("--tools", type=_json_arg, default=None,
+                   help="tools the model may call: a JSON list of function specs, or @FILE")
+    g.add_argument("--tool-choice", default=None, help="auto | none | required | a tool's name")
+    g.add_argument("--json-schema", type=_json_arg, default=None,
+                   help="the answer is JSON following this schema (JSON, or @FILE; {} for any object)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,11 +135,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _json_arg(value: str):
+    import json
+    from pathlib import Path
+
+    return json.loads(Path(value[1:]).read_text() if value.startswith("@") else value)
+
+
 def generation_config(args: argparse.Namespace) -> GenerationConfig:
     return GenerationConfig(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
                             seed=args.seed, stop=tuple(args.stop), chat=False if args.raw else None,
                             system=args.system, local_only=args.local_only, max_cloud_calls=args.max_cloud_calls,
-                            deadline_s=args.deadline, max_cloud_cost_usd=args.max_cloud_cost_usd)
+                            deadline_s=args.deadline, max_cloud_cost_usd=args.max_cloud_cost_usd, tools=args.tools,
+                            tool_choice=args.tool_choice, json_schema=args.json_schema)
 
 
 def engine_from_args(args: argparse.Namespace):

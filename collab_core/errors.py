@@ -14,6 +14,7 @@
     ├── RouterLoadError -- a router file is missing, malformed, or trained for another local model
     ├── TraceError -- router traces are missing, mixed, or cannot give the label asked for
     ├── CloudError -- one cloud call failed after retries (the engine catches it and uses the local token)
+    ├── GrammarError -- constrained decoding failed (bad grammar or tokenizer, a forced structure cut short)
     └── ProcessError -- a helper process we started (the stand-in cloud) failed to start or died
 
 A ``ConfigError`` is also a ``ValueError``, so ``except ValueError`` keeps working for bad arguments.
@@ -90,3 +91,8 @@ class RequestError(ConfigError):
         self.status = status
         self.param = param
         self.code = code
+
+
+class GrammarError(CollabError):
+    """Constrained decoding failed: a grammar that does not compile, a tokenizer it cannot use, or a forced
+    structure (tool call, structured output) left incomplete when the token limit was reached."""

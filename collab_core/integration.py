@@ -62,3 +62,21 @@ def collab_metadata(stats: GenerationStats) -> dict[str, Any]:
     """The routing stats reported by both adapters (``response_metadata["collab"]`` / ``raw["collab"]``)."""
     d = stats.as_dict()
     return {k: d[k] for k in _METADATA_KEYS}
+
+
+def cloud_spans(events) -> list[str]:
+    """The text the cloud wrote, one string per run of consecutive cloud tokens (both adapters report it as
+    ``collab["cloud_spans"]``: in a tool call, the values the cloud filled in)."""
+    spans: list[str] = []
+    prev = None
+    for ev in events:
+        source = getattr(ev, "source", None)
+        if source is None:
+            continue
+        if source == "cloud":
+            if prev == "cloud":
+                spans[-1] += ev.text
+            else:
+                spans.append(ev.text)
+        prev = source
+    return spans

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .errors import EmptyPromptError, UnsupportedInputError
+from .tools import has_tool_content, normalize_tools, tool_format, tool_messages
 
 #: One chat message: ``{"role": "user" | "assistant" | "system" | "tool", "content": str | [text parts]}``.
 Message = Mapping[str, Any]
@@ -74,32 +75,55 @@ def split_prefill(prompt: Prompt) -> tuple[Prompt, str]:
     return prompt, ""
 
 
-def render_prompt(lm, prompt: Prompt, *, chat: bool | None = None, system: str | None = None) -> tuple[str, list[int]]:
+def render_prompt(lm, prompt: Prompt, *, chat: bool | None = None, system: str | None = None,
+                  tools: Sequence[Mapping[str, Any]] | None = None,
+                  json_schema: Mapping[str, Any] | None = None) -> tuple[str, list[int]]:
     """The prompt as text and as token ids for the local model ``lm``.
 
     A string goes through the chat template (with the generation prompt) when the model has one, unless
     ``chat=False``; a message list always does, and a trailing assistant message is appended after the
-    generation prompt as the answer's start; token ids are taken as they are.
+    generation prompt as the answer's start; token ids are taken as they are. ``tools`` and ``json_schema``
+    (and a conversation's earlier tool calls and results) are written in the model's tool format
+    (``tools.tool_messages``): its template's tools section where it has one, the generic fallback otherwise.
     """
     tok = lm.tokenizer
     if is_token_ids(prompt):
         return tok.decode(list(prompt)), list(prompt)
+    structured = bool(tools) or json_schema is not None
     if isinstance(prompt, str):
         if not prompt.strip():
             raise EmptyPromptError("the prompt is empty")
         use_chat = lm.has_chat_template if chat is None else chat
-        if not use_chat:
+        if not use_chat and not structured:
             return prompt, list(tok.encode(prompt))
     conversation, prefill = split_prefill(prompt)
     messages = _messages(conversation)
-    if not any(m["content"].strip() for m in messages):
+    if not any(m["content"].strip() or m.get("tool_calls") for m in messages):
         raise EmptyPromptError("the message list has no content")
     messages = _with_system(messages, system)
+    template_kw: dict[str, Any] = {}
+    if structured or has_tool_content(messages):
+        fmt = tool_format(lm)
+        messages = tool_messages(messages, tools, json_schema, fmt)
+        if fmt.kind == "native" and tools:
+            template_kw["tools"] = normalize_tools(tools)
     if not lm.has_chat_template:
         text = "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:" + prefill
         return text, list(tok.encode(text))
-    text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + prefill
+    text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **template_kw) + prefill
     return text, list(tok.encode(text, add_special_tokens=False))
+
+
+def cloud_prompt(prompt: Prompt, *, system: str | None = None, tools: Sequence[Mapping[str, Any]] | None = None,
+                 json_schema: Mapping[str, Any] | None = None) -> Prompt:
+    """The prompt as the cloud's chat strategies see it: tools, tool calls and results in the generic text
+    format (``tools.tool_messages``), so the cloud continues the answer in the format the grammar expects."""
+    if is_token_ids(prompt) or not (tools or json_schema is not None or
+                                    (not isinstance(prompt, str) and has_tool_content(prompt))):
+        return prompt
+    conversation, prefill = split_prefill(prompt)
+    messages = tool_messages(_with_system(_messages(conversation), system), tools, json_schema)
+    return messages + ([{"role": "assistant", "content": prefill}] if prefill else [])
 
 
 def encode_prompt(lm, prompt: Prompt, *, chat: bool | None = None, system: str | None = None) -> list[int]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,6 +129,12 @@ class GenerationConfig:
     max_cloud_calls: int | None = None  # cap per request
     deadline_s: float | None = None  # per request: no cloud waiting past this many seconds from the start
     max_cloud_cost_usd: float | None = None  # per request: no routing once the cloud cost this much (USD)
+    # tool calling and structured output (collab_core.tools): OpenAI-style function specs, the choice among them
+    # ("auto", "none", "required"/"any", or a tool's name), and a JSON schema the answer must follow ({} or
+    # {"type": "object"}: any JSON object). Enforced by a grammar while decoding.
+    tools: Sequence[Mapping[str, Any]] | None = None
+    tool_choice: str | None = None
+    json_schema: Mapping[str, Any] | None = None
 
     def __post_init__(self):
         if self.max_tokens is None or int(self.max_tokens) < 0:
@@ -143,6 +149,8 @@ class GenerationConfig:
             raise ConfigError(f"max_cloud_cost_usd must be >= 0, not {self.max_cloud_cost_usd!r}")
         if isinstance(self.stop, str):
             self.stop = (self.stop,)
+        if self.json_schema is not None and self.tools and self.tool_choice != "none":
+            raise ConfigError("a request has either tools or a json_schema, not both")
 
     def replace(self, **overrides: Any) -> GenerationConfig:
         """A copy with ``overrides`` (``None`` keeps the current value); unknown names raise ``ConfigError``."""
@@ -167,6 +175,9 @@ class GenerateOptions(TypedDict, total=False):
     max_cloud_calls: int
     deadline_s: float
     max_cloud_cost_usd: float
+    tools: Sequence[Mapping[str, Any]]
+    tool_choice: str
+    json_schema: Mapping[str, Any]
 
 
 def generation_options(max_tokens: int | None, temperature: float | None, stop: Sequence[str] | None,

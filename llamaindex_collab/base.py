@@ -16,10 +16,16 @@ What a response carries:
   the last chunk of a stream);
 * ``raw["collab"]``: the routing stats (tokens from the cloud, calls, failures, cost, time split);
 * ``raw["finish_reason"]`` and ``raw["model"]``;
+* tools (it is a ``FunctionCallingLLM``: ``chat_with_tools``, ``predict_and_call``, ``structured_predict``,
+  ``as_structured_llm``, ``FunctionAgent``): the tools and ``tool_choice`` go to the engine, which enforces the
+  calls with a grammar and parses them (``collab_core.tools``); the calls come back in
+  ``message.additional_kwargs["tool_calls"]`` (``{"id", "name", "arguments"}``), the message's content being
+  the text outside them. ``chat(messages, json_schema=...)`` gives an answer that is that schema's JSON;
 * streams: one chunk per generated token, with ``additional_kwargs["source"]`` (``"local"`` or
   ``"cloud"``) and, in ``raw``, the token id, its source and the local model's confidence; the delta
   may be empty while bytes of a character or a possible stop sequence are held back. A closing chunk
-  (delta: any held-back text) carries ``usage``, ``collab`` and ``finish_reason``.
+  (delta: any held-back text) carries ``usage``, ``collab`` (with ``cloud_spans``: the text the cloud wrote)
+  and ``finish_reason``.
 """
 
 from __future__ import annotations
@@ -42,15 +48,17 @@ from llama_index.core.base.llms.types import (
 )
 from llama_index.core.bridge.pydantic import Field, PrivateAttr, SecretStr
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
-from llama_index.core.llms.llm import LLM, default_completion_to_prompt
+from llama_index.core.llms.function_calling import FunctionCallingLLM
+from llama_index.core.llms.llm import ToolSelection, default_completion_to_prompt
 
 import collab_core  # noqa: F401  (first: OpenBLAS before mlx on Linux)
 from collab_core.engine import Engine, Event, FinalEvent, Generation, TokenEvent
 from collab_core.errors import UnsupportedInputError
-from collab_core.integration import OwnedEngines, collab_metadata, usage
+from collab_core.integration import OwnedEngines, cloud_spans, collab_metadata, usage
 from collab_core.local.loading import display_name
 from collab_core.prompts import chat_role
 from collab_core.settings import EngineSettings, generation_options
+from collab_core.tools import VisibleText
 
 
 def to_engine_messages(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
@@ -63,29 +71,50 @@ def to_engine_messages(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
                 raise UnsupportedInputError(f"CollabLLM takes text only, not {type(block).__name__}")
             parts.append(block.text)
         role = m.role.value if isinstance(m.role, MessageRole) else str(m.role)
-        out.append({"role": chat_role(role), "content": "\n".join(parts)})
+        msg = {"role": chat_role(role), "content": "\n".join(parts)}
+        if m.additional_kwargs.get("tool_calls"):
+            msg["tool_calls"] = list(m.additional_kwargs["tool_calls"])
+        if msg["role"] == "tool":
+            msg.update({k: m.additional_kwargs[k] for k in ("tool_call_id", "name") if m.additional_kwargs.get(k)})
+        out.append(msg)
     return out
 
 
 class _Chunks:
     """Turns the engine's events into (delta, raw, additional_kwargs) for stream responses."""
 
-    def __init__(self, llm: CollabLLM, engine: Engine):
+    def __init__(self, llm: CollabLLM, engine: Engine, options: dict | None = None):
         self.llm, self.engine = llm, engine
         self.text = ""
         self.last_source = "local"
+        options = options or {}
+        # with tools, a call's text is held back from the deltas; the parsed calls come on the closing chunk
+        self.visible = VisibleText() if options.get("tools") and options.get("tool_choice") != "none" else None
+        self.tool_calls: list[dict] = []
+        self.events: list[TokenEvent] = []
 
     def __call__(self, ev: Event) -> tuple[str, dict, dict]:
-        self.text += ev.text
+        text = self.visible.feed(ev.text) if self.visible is not None else ev.text
         if isinstance(ev, TokenEvent):  # a token; its text may be "" (part of a character, or of a possible stop string)
+            self.text += text
             self.last_source = ev.source
-            return ev.text, ev.as_dict(), {"source": ev.source}
-        # the closing event: any held-back text, usage and stats
-        return ev.text, self.llm._final_raw(self.engine, ev), {"source": self.last_source,
-                                                                "finish_reason": ev.finish_reason}
+            self.events.append(ev)
+            return text, ev.as_dict(), {"source": ev.source}
+        # the closing event: any held-back text, usage and stats (and the tool calls)
+        if self.visible is not None:
+            text += self.visible.finish()
+        self.text += text
+        self.tool_calls = _tool_calls(ev)
+        raw = self.llm._final_raw(self.engine, ev)
+        raw["collab"]["cloud_spans"] = cloud_spans(self.events)
+        return text, raw, {"source": self.last_source, "finish_reason": ev.finish_reason}
 
 
-class CollabLLM(LLM):
+def _tool_calls(ev: FinalEvent | Generation) -> list[dict]:
+    return [c.as_dict() for c in ev.structured.tool_calls] if ev.structured is not None else []
+
+
+class CollabLLM(FunctionCallingLLM):
     """A small local MLX model writes the answer; its hard tokens go to a cloud model (any LiteLLM model).
 
     Example:
@@ -180,7 +209,7 @@ class CollabLLM(LLM):
         """Loads the local model on first access (``context_window`` comes from its config)."""
         engine = self._engine()
         return LLMMetadata(context_window=engine.local_model.context_window, num_output=self.max_tokens,
-                           is_chat_model=True, is_function_calling_model=False, model_name=engine.model_name)
+                           is_chat_model=True, is_function_calling_model=True, model_name=engine.model_name)
 
     def to_payload(self) -> dict[str, Any]:
         """What the callback decorators report about this LLM (never the API key).
@@ -193,7 +222,7 @@ class CollabLLM(LLM):
             return super().to_payload()
         name = display_name(self.local_model)
         return {"class_name": self.class_name(), "num_output": self.max_tokens, "is_chat_model": True,
-                "is_function_calling_model": False,
+                "is_function_calling_model": True,
                 "model_name": f"{name}+{engine.cloud.model}" if engine.cloud is not None else name}
 
     # -- results -------------------------------------------------------------------------------------------
@@ -210,6 +239,7 @@ class CollabLLM(LLM):
     def _generation_raw(self, engine: Engine, gen: Generation) -> dict[str, Any]:
         raw = self._final_raw(engine, gen)
         raw["collab"]["token_sources"] = [e.source for e in gen.events]
+        raw["collab"]["cloud_spans"] = cloud_spans(gen.events)
         return raw
 
     def _completion(self, engine: Engine, gen: Generation) -> CompletionResponse:
@@ -217,7 +247,11 @@ class CollabLLM(LLM):
                                   additional_kwargs={"finish_reason": gen.finish_reason})
 
     def _chat(self, engine: Engine, gen: Generation) -> ChatResponse:
-        return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=gen.text),
+        calls = _tool_calls(gen)
+        content = gen.structured.content if calls or (gen.structured and gen.structured.invalid_tool_calls) else gen.text
+        message = ChatMessage(role=MessageRole.ASSISTANT, content=content,
+                              additional_kwargs={"tool_calls": calls} if calls else {})
+        return ChatResponse(message=message,
                             raw=self._generation_raw(engine, gen),
                             additional_kwargs={"finish_reason": gen.finish_reason})
 
@@ -227,12 +261,13 @@ class CollabLLM(LLM):
 
     @staticmethod
     def _stream_chats(chunks: _Chunks, delta: str, raw: dict, extra: dict) -> ChatResponse:
-        return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=chunks.text), delta=delta,
-                            raw=raw, additional_kwargs=extra)
+        kw = {"tool_calls": chunks.tool_calls} if chunks.tool_calls else {}
+        return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=chunks.text, additional_kwargs=kw),
+                            delta=delta, raw=raw, additional_kwargs=extra)
 
     def _sync_stream(self, prompt: Any, options: dict, make) -> Iterator:
         engine = self._engine()
-        chunks = _Chunks(self, engine)
+        chunks = _Chunks(self, engine, options)
 
         def gen():
             events = engine.stream(prompt, **options)
@@ -246,7 +281,7 @@ class CollabLLM(LLM):
 
     def _async_stream(self, prompt: Any, options: dict, make) -> AsyncIterator:
         engine = self._engine()
-        chunks = _Chunks(self, engine)
+        chunks = _Chunks(self, engine, options)
 
         async def gen():
             async with aclosing(engine.astream(prompt, **options)) as events:
@@ -297,6 +332,28 @@ class CollabLLM(LLM):
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
         return self._async_stream(to_engine_messages(messages), self._options(kwargs), self._stream_chats)
+
+    # -- tools: FunctionCallingLLM ---------------------------------------------------------------------------
+    def _prepare_chat_with_tools(self, tools: Sequence[Any], user_msg: str | ChatMessage | None = None,
+                                 chat_history: list[ChatMessage] | None = None, verbose: bool = False,
+                                 allow_parallel_tool_calls: bool = False, tool_required: bool = False,
+                                 tool_choice: str | None = None, **kwargs: Any) -> dict[str, Any]:
+        """``chat`` arguments: the messages, the tools as OpenAI-style specs and the choice (``tool_required``:
+        a call is forced; ``tool_choice``: ``"auto"``, ``"none"``, ``"required"`` or a tool's name)."""
+        messages = list(chat_history or [])
+        if user_msg is not None:
+            messages.append(user_msg if isinstance(user_msg, ChatMessage) else
+                            ChatMessage(role=MessageRole.USER, content=user_msg))
+        specs = [t.metadata.to_openai_tool() for t in tools]
+        choice = "required" if tool_required else tool_choice
+        return {"messages": messages, "tools": specs or None, **({"tool_choice": choice} if choice else {}), **kwargs}
+
+    def get_tool_calls_from_response(self, response: ChatResponse, error_on_no_tool_call: bool = True,
+                                     **kwargs: Any) -> list[ToolSelection]:
+        calls = response.message.additional_kwargs.get("tool_calls") or []
+        if not calls and error_on_no_tool_call:
+            raise ValueError(f"expected at least one tool call, got none: {response.message.content!r}")
+        return [ToolSelection(tool_id=c["id"], tool_name=c["name"], tool_kwargs=c["arguments"]) for c in calls]
 
 
 __all__ = ["CollabLLM", "to_engine_messages"]

@@ -11,11 +11,25 @@ from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
 
 from collab_core.devtools.fakecloud import FakeCloud
-from collab_core.errors import CloudConfigError
+from collab_core.errors import CloudConfigError, GrammarError
 from collab_core.router import ScheduledRouter
 from langchain_collab import CollabLLM
 
 CLOUD = {"cloud_model": "text-completion-openai/default_model", "api_base": LOOPBACK_BASE}
+# The local model of the standard integration suite: the bundled SmolLM2 (None). For the Qwen run, one line:
+# LOCAL = {"local_model": "qwen2.5-coder-0.5b"}
+LOCAL: dict = {}
+# What SmolLM2-135M cannot do, and the standard tests that ask for it. They are expected to fail on SmolLM2 in exactly
+# this way (``raises=``: any other failure fails); with another local model (the Qwen run) they run plainly.
+# * free text inside a JSON string: greedy, it repeats itself ("A cat is a cat, a cat is ...") until the token
+#   limit, and the grammar then refuses to hand back half an object (GrammarError);
+# * choosing to call a tool when the call is not forced (tool_choice "auto"): it answers in prose instead.
+_STRINGS = (GrammarError, "SmolLM2-135M repeats itself inside free-text JSON strings until max_tokens")
+SMOLLM_LIMITS = {name: _STRINGS for name in (
+    "test_structured_output", "test_structured_output_async", "test_structured_output_pydantic_2_v1",
+    "test_structured_output_optional_param", "test_json_mode", "test_bind_runnables_as_tools",
+    "test_unicode_tool_call_integration")}
+SMOLLM_LIMITS["test_agent_loop"] = (AssertionError, "SmolLM2-135M answers in prose when a tool call is optional")
 
 
 class TestCollabLLMUnit(ChatModelUnitTests):
@@ -39,6 +53,12 @@ class TestCollabLLMUnit(ChatModelUnitTests):
 @pytest.mark.smollm
 class TestCollabLLMIntegration(ChatModelIntegrationTests):
     @pytest.fixture(autouse=True)
+    def _smollm_limits(self, request):
+        if not LOCAL.get("local_model") and request.node.originalname in SMOLLM_LIMITS:
+            raises, reason = SMOLLM_LIMITS[request.node.originalname]
+            request.applymarker(pytest.mark.xfail(raises=raises, strict=False, reason=reason))
+
+    @pytest.fixture(autouse=True)
     def _replay_cloud(self):
         with use_cassette("loopback_completion", match_on=("method", "path"), allow_playback_repeats=True):
             yield
@@ -49,7 +69,14 @@ class TestCollabLLMIntegration(ChatModelIntegrationTests):
 
     @property
     def chat_model_params(self):
-        return {**CLOUD, "threshold": 0.5, "max_tokens": 12, "pipeline": "sync"}
+        # room for a tool call or a small JSON object (a plain answer usually ends well before)
+        return {**CLOUD, "threshold": 0.5, "max_tokens": 96, "pipeline": "sync", **LOCAL}
+
+    # tools and structured output, enforced by the grammar (capability flags: bind_tools with tool_choice and
+    # with_structured_output are overridden, so has_tool_calling / has_tool_choice / has_structured_output hold)
+    @property
+    def supports_json_mode(self):
+        return True
 
     @property
     def model_override_value(self):
@@ -170,3 +197,104 @@ def test_example_chain_runs_and_swaps_provider_by_model_string(tiny_dir, monkeyp
         assert isinstance(out, str) and out and fc.requests  # the cloud leg was used
     chain = mod.build_chain(None)  # same chain, local only
     assert isinstance(chain.invoke({"question": "Why?"}), str)
+
+
+# -- tools and structured output ----------------------------------------------------------------------------------
+def test_bind_tools_accepts_every_kind_of_tool_and_maps_tool_choice():
+    from langchain_core.tools import tool
+    from pydantic import BaseModel
+
+    class Lookup(BaseModel):
+        """Look a word up."""
+
+        word: str
+
+    def add(a: int, b: int) -> int:
+        """Add two integers."""
+        return a + b
+
+    @tool
+    def shout(text: str) -> str:
+        """Shout the text."""
+        return text.upper()
+
+    raw = {"type": "function", "function": {"name": "ping", "description": "Ping.", "parameters": {
+        "type": "object", "properties": {}}}}
+    llm = CollabLLM(max_tokens=8)
+    for choice, expected in ((None, None), ("auto", "auto"), ("any", "required"), ("required", "required"),
+                             (True, "required"), ("add", "add"), ({"type": "function", "function": {"name": "shout"}},
+                                                                  "shout")):
+        bound = llm.bind_tools([Lookup, add, shout, raw], tool_choice=choice)
+        assert [t["function"]["name"] for t in bound.kwargs["tools"]] == ["Lookup", "add", "shout", "ping"]
+        assert bound.kwargs.get("tool_choice") == expected
+    assert bound.kwargs["tools"][1]["function"]["parameters"]["properties"] == {"a": {"type": "integer"},
+                                                                                 "b": {"type": "integer"}}
+
+
+def test_tool_calls_and_results_are_converted_for_the_engine():
+    from langchain_core.messages import ToolMessage
+
+    from langchain_collab.chat_models import _to_messages
+
+    msgs = _to_messages([HumanMessage("Weather?"),
+                         AIMessage("", tool_calls=[{"name": "get_weather", "args": {"city": "Paris"}, "id": "c1"}]),
+                         ToolMessage("18 C", tool_call_id="c1", name="get_weather")])
+    assert msgs[1] == {"role": "assistant", "content": "", "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]}
+    assert msgs[2] == {"role": "tool", "content": "18 C", "tool_call_id": "c1", "name": "get_weather"}
+
+
+def _weather(city: str) -> str:
+    """Get the current weather in a city."""
+    return f"18 C in {city}"
+
+
+@pytest.mark.smollm
+def test_tool_calls_invoke_stream_and_a_tool_message_round_trip(smollm):
+    from langchain_core.messages import ToolMessage
+
+    llm = CollabLLM(max_tokens=64).bind_tools([_weather], tool_choice="any")
+    msg = llm.invoke("What is the weather in Paris?")
+    assert [c["name"] for c in msg.tool_calls] == ["_weather"] and set(msg.tool_calls[0]["args"]) == {"city"}
+    assert "<tool_call>" not in msg.content and not msg.invalid_tool_calls
+    chunks = list(llm.stream("What is the weather in Paris?"))
+    full = chunks[0]
+    for c in chunks[1:]:
+        full = full + c
+    assert "<tool_call>" not in full.content and full.tool_calls == [{**msg.tool_calls[0], "id": full.tool_calls[0]["id"]}]
+    assert len(chunks[-1].tool_call_chunks) == 1 and chunks[-1].chunk_position == "last"
+    # the result goes back through the chat template (generic format for SmolLM2); the cloud sees it as text
+    with FakeCloud(reply=" sunny") as fc:
+        plain = CollabLLM(cloud_model="text-completion-openai/fake", api_base=fc.url, router=ScheduledRouter([0]),
+                          max_tokens=6).bind_tools([_weather])
+        plain.invoke([HumanMessage("What is the weather in Paris?"), msg,
+                      ToolMessage("18 C in Paris", tool_call_id=msg.tool_calls[0]["id"])])
+        prompt = fc.requests[0]["body"]["prompt"]
+    assert "<tool_response>\n18 C in Paris\n</tool_response>" in prompt and '"name": "_weather"' in prompt
+
+
+@pytest.mark.smollm
+@pytest.mark.parametrize("method", ["json_schema", "function_calling", "json_mode"])
+def test_with_structured_output(smollm, method):
+    from typing import Literal
+
+    from pydantic import BaseModel
+
+    class Pick(BaseModel):
+        """A colour and a count."""
+
+        colour: Literal["red", "green", "blue"]
+        count: int
+
+    llm = CollabLLM(max_tokens=64)
+    prompt = "Pick a colour (red, green or blue) and a count, as JSON with keys colour and count."
+    if method == "json_mode":  # any JSON object: a dict (or the pydantic model, when it validates)
+        out = llm.with_structured_output({"title": "Pick", "type": "object"}, method=method).invoke(prompt)
+        assert isinstance(out, dict)
+        return
+    out = llm.with_structured_output(Pick, method=method).invoke(prompt)
+    assert isinstance(out, Pick)
+    raw = llm.with_structured_output(Pick, method=method, include_raw=True).invoke(prompt)
+    assert raw["parsed"] == out and raw["parsing_error"] is None and isinstance(raw["raw"], AIMessage)
+    as_dict = llm.with_structured_output(Pick.model_json_schema(), method=method).invoke(prompt)
+    assert Pick.model_validate(as_dict) == out

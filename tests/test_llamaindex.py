@@ -21,6 +21,7 @@ from collab_core.local.embedding import embedding_dim
 from collab_core.prompts import encode_prompt
 from collab_core.router import ScheduledRouter
 from llamaindex_collab import CollabEmbedding, CollabLLM
+from llamaindex_collab.base import to_engine_messages
 
 PROMPT = "What is the capital of France?"
 MESSAGES = [ChatMessage(role=MessageRole.SYSTEM, content="Be brief."), ChatMessage(role="user", content=PROMPT)]
@@ -51,7 +52,7 @@ def test_construction_is_cheap_and_metadata_comes_from_the_model(tiny_dir, tiny_
         _ = lazy.metadata  # the model loads on first use
     md = CollabLLM(local_model=str(tiny_dir), max_tokens=N).metadata
     assert md.context_window == tiny_lm.context_window == 256
-    assert md.num_output == N and md.is_chat_model and not md.is_function_calling_model
+    assert md.num_output == N and md.is_chat_model and md.is_function_calling_model
     assert md.model_name == str(tiny_dir)
 
 
@@ -262,3 +263,96 @@ async def test_query_engine_example_answers_sync_streaming_and_async(smollm):
     response = await engine.aquery("Who is the head baker at the Copper Kettle bakery?")
     assert "Marta" in str(response)
     assert "Copper Kettle" in response.source_nodes[0].node.get_content()
+
+
+# -- tools and structured output (FunctionCallingLLM) ---------------------------------------------------------
+def get_weather(city: str) -> str:
+    """Get the current weather in a city."""
+    return f"18 C and sunny in {city}"
+
+
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+def _tools():
+    from llama_index.core.tools import FunctionTool
+
+    return [FunctionTool.from_defaults(get_weather), FunctionTool.from_defaults(add)]
+
+
+def _agent_cloud(body):
+    """A scripted cloud for an agent: first a call, then (after the tool's result) a short answer."""
+    prompt = body["prompt"]
+    partial = prompt.rsplit("<|im_start|>assistant\n", 1)[1]
+    if "</tool_response><|im_end|>" in prompt:  # a tool result came back (not the instructions naming the tags)
+        target = "It is 18 C and sunny in Paris."
+    else:
+        target = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+    return target[len(partial):] if target.startswith(partial) else " ok"
+
+
+def test_tool_messages_go_back_through_the_template():
+    msgs = [ChatMessage(role="user", content="Weather?"),
+            ChatMessage(role="assistant", content="", additional_kwargs={"tool_calls": [
+                {"id": "c1", "name": "get_weather", "arguments": {"city": "Paris"}}]}),
+            ChatMessage(role=MessageRole.TOOL, content="18 C", additional_kwargs={"tool_call_id": "c1",
+                                                                                  "name": "get_weather"})]
+    out = to_engine_messages(msgs)
+    assert out[1]["tool_calls"] == [{"id": "c1", "name": "get_weather", "arguments": {"city": "Paris"}}]
+    assert out[2] == {"role": "tool", "content": "18 C", "tool_call_id": "c1", "name": "get_weather"}
+
+
+@pytest.mark.smollm
+def test_chat_with_tools_predict_and_call_and_stream(smollm):
+    llm = CollabLLM(max_tokens=80)
+    r = llm.chat_with_tools(_tools(), user_msg="What is the weather in Paris?", tool_required=True)
+    calls = llm.get_tool_calls_from_response(r)
+    assert len(calls) == 1 and calls[0].tool_name in ("get_weather", "add") and "<tool_call>" not in str(
+        r.message.content)
+    if calls[0].tool_name == "get_weather":
+        assert set(calls[0].tool_kwargs) == {"city"} and isinstance(calls[0].tool_kwargs["city"], str)
+    out = llm.predict_and_call(_tools(), user_msg="Add 2 and 3.", tool_required=True)
+    assert out.sources and out.sources[0].tool_name in ("get_weather", "add") and not out.sources[0].is_error
+    chunks = list(llm.stream_chat_with_tools(_tools(), user_msg="Add 2 and 3.", tool_required=True))
+    assert "".join(c.delta or "" for c in chunks) == chunks[-1].message.content == ""  # the call is held back
+    streamed = llm.get_tool_calls_from_response(chunks[-1])
+    assert len(streamed) == 1 and streamed[0].tool_name in ("get_weather", "add")
+    with pytest.raises(ValueError, match="no"):
+        llm.get_tool_calls_from_response(llm.chat([ChatMessage(role="user", content="Hi")], max_tokens=4))
+
+
+@pytest.mark.smollm
+def test_structured_predict_and_structured_llm(smollm):
+    from llama_index.core.prompts import PromptTemplate
+    from pydantic import BaseModel
+
+    class Person(BaseModel):
+        name: str
+        age: int
+
+    llm = CollabLLM(max_tokens=60)
+    p = llm.structured_predict(Person, PromptTemplate("Make up a person called {n}."), n="Ann")
+    assert isinstance(p, Person) and isinstance(p.age, int)
+    r = llm.as_structured_llm(Person).chat([ChatMessage(role="user", content="Make up a person called Bob.")])
+    assert isinstance(r.raw, Person)
+    g = llm.chat([ChatMessage(role="user", content="A person?")], json_schema=Person.model_json_schema())
+    assert Person.model_validate_json(g.message.content)
+
+
+@pytest.mark.smollm
+async def test_function_agent_runs_to_completion_with_a_routed_call(smollm):
+    from llama_index.core.agent.workflow import FunctionAgent, ToolCallResult
+
+    with FakeCloud(reply=_agent_cloud) as fc:
+        llm = CollabLLM(cloud_model=CLOUD, api_base=fc.url, router=ScheduledRouter([0]), pipeline="sync",
+                        max_tokens=40)
+        agent = FunctionAgent(tools=_tools(), llm=llm, system_prompt="Use the tools.")
+        handler = agent.run(user_msg="What is the weather in Paris?")
+        results = [ev async for ev in handler.stream_events() if isinstance(ev, ToolCallResult)]
+        answer = await handler
+        assert len(fc.requests) >= 2
+    assert [(r.tool_name, r.tool_kwargs) for r in results] == [("get_weather", {"city": "Paris"})]
+    assert results[0].tool_output.content == "18 C and sunny in Paris"
+    assert str(answer).startswith("It is 18 C and sunny in Paris.")

@@ -140,7 +140,8 @@ class Engine:
 
     def encode(self, prompt: Prompt, cfg: GenerationConfig | None = None) -> list[int]:
         cfg = cfg or self.config
-        return render_prompt(self.local_model, prompt, chat=cfg.chat, system=cfg.system)[1]
+        return render_prompt(self.local_model, prompt, chat=cfg.chat, system=cfg.system, tools=cfg.tools,
+                             json_schema=cfg.json_schema)[1]
 
     def _decoder_for(self, cfg: GenerationConfig, router: Router) -> StepDecoder:
         lm = self.local_model

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from ..scoring import Confidence
 from ..stats import GenerationStats
+from ..tools import Structured, ToolCall
 
 
 @dataclass
@@ -37,6 +38,7 @@ class FinalEvent:
     text: str
     finish_reason: str  # "stop" or "length"
     stats: GenerationStats
+    structured: Structured | None = None  # with tools or a JSON schema: the parsed calls / value
 
 
 #: What ``Engine.stream`` yields.
@@ -51,6 +53,11 @@ class Generation:
     stats: GenerationStats
     model_name: str = ""
     extra: dict = field(default_factory=dict)
+    structured: Structured | None = None  # with tools or a JSON schema: the parsed calls / value
+
+    @property
+    def tool_calls(self) -> list[ToolCall]:
+        return self.structured.tool_calls if self.structured is not None else []
 
     @classmethod
     def from_events(cls, events: list[Event], model_name: str) -> Generation:
@@ -59,7 +66,7 @@ class Generation:
             raise ValueError("a stream ends with its FinalEvent")  # pragma: no cover - the engine guarantees it
         tokens = [e for e in events if isinstance(e, TokenEvent)]
         return cls(text="".join(e.text for e in events), events=tokens, finish_reason=final.finish_reason,
-                   stats=final.stats, model_name=model_name)
+                   stats=final.stats, model_name=model_name, structured=final.structured)
 
     def as_dict(self) -> dict:
         return {
@@ -68,4 +75,5 @@ class Generation:
             "model": self.model_name,
             "tokens": [e.as_dict() for e in self.events],
             "stats": self.stats.as_dict(),
+            **({"structured": self.structured.as_dict()} if self.structured is not None else {}),
         }

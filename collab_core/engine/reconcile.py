@@ -49,3 +49,26 @@ def reconcile(tokenizer, answer: Sequence[int], draft: Sequence[int], text: str,
         return Reconciliation(n_back, tuple(new_ids), max(0, len(target) - len(answer)), 0, False)
     return Reconciliation(n_back, tuple(new_ids), None, len(drafted) - common_prefix_len(drafted, target),
                           ends_answer)
+
+
+def check_grammar(r: Reconciliation, grammar, answer: Sequence[int], draft: Sequence[int]) -> Reconciliation:
+    """Settle ``r`` against a ``GrammarState`` whose position is ``answer`` + ``draft``; returns the
+    reconciliation to apply and leaves the grammar at its end.
+
+    The span's longest valid prefix is kept (the rest dropped: the local model, constrained, writes the next
+    token itself); a span with no valid token is refused and the draft stands. The draft survives only after a
+    span kept whole, and an end of answer counts only where the grammar is complete.
+    """
+    grammar.rollback(len(draft) + r.replace)
+    n = grammar.valid_prefix(r.cloud)
+    if n == 0 and r.cloud:
+        grammar.consume_all(list(answer[len(answer) - r.replace:]) + list(draft))  # back to answer + draft
+        return Reconciliation(0, (), 0, 0, False)
+    cloud = tuple(r.cloud[:n])
+    grammar.consume_all(cloud)
+    keep_from = r.keep_from if n == len(r.cloud) else None
+    if keep_from is not None:
+        grammar.consume_all(draft[keep_from:])
+    kept = len(draft) - keep_from if keep_from is not None else 0
+    return Reconciliation(r.replace, cloud, keep_from, len(draft) - kept, r.ends and n == len(r.cloud) and
+                          grammar.accepting)

@@ -21,17 +21,19 @@ from collections.abc import Iterator
 from ..cloud.cache import SpanCache
 from ..cloud.client import CloudClient, CloudSpan, SpanRequest
 from ..cloud.leg import CloudLeg, Pending, SpendLimit, Submit
-from ..errors import ContextOverflowError
+from ..errors import ContextOverflowError, GrammarError
 from ..local.decoder import Step, StepDecoder
+from ..local.grammar import GrammarState
 from ..local.loading import LocalModel
-from ..prompts import Prompt, render_prompt
+from ..prompts import Prompt, cloud_prompt, render_prompt
 from ..router import Router
 from ..scoring import Confidence, TokenSignal
 from ..settings import GenerationConfig
 from ..stats import GenerationStats
 from ..text import TextStream, common_prefix_len
+from ..tools import constraint, structured_result
 from .events import Event, FinalEvent, TokenEvent
-from .reconcile import reconcile
+from .reconcile import check_grammar, reconcile
 
 Drafted = tuple[int, Confidence, "float | None"]  # (token, its confidence, its routing score)
 
@@ -44,7 +46,8 @@ class Run:
                  spend: SpendLimit | None = None):
         self.t0 = time.perf_counter()
         self.lm, self.dec, self.router, self.cfg, self.max_draft = lm, decoder, router, cfg, max_draft
-        self.prompt_text, self.ids = render_prompt(lm, prompt, chat=cfg.chat, system=cfg.system)
+        self.prompt_text, self.ids = render_prompt(lm, prompt, chat=cfg.chat, system=cfg.system, tools=cfg.tools,
+                                                   json_schema=cfg.json_schema)
         window = lm.context_window
         if len(self.ids) >= window:
             raise ContextOverflowError(f"prompt has {len(self.ids)} tokens; the local model's context is {window}")
@@ -56,7 +59,12 @@ class Run:
         self.leg = None if cloud is None or cfg.local_only else CloudLeg(
             cloud, cache, self.stats, submit=submit, deadline=deadline, max_calls=cfg.max_cloud_calls,
             max_cost_usd=cfg.max_cloud_cost_usd, spend=spend)
-        self.request = SpanRequest.for_prompt(prompt, self.prompt_text, system=cfg.system)  # partial filled per call
+        # the grammar (tools, structured output): masks every local token, checks every cloud span
+        c = constraint(lm, cfg.tools, cfg.tool_choice, cfg.json_schema)
+        self.grammar = GrammarState(lm, c) if c is not None else None
+        cloud_view = cloud_prompt(prompt, system=cfg.system, tools=cfg.tools, json_schema=cfg.json_schema)
+        self.request = SpanRequest.for_prompt(cloud_view, self.prompt_text,  # partial filled per call
+                                              system=None if cloud_view is not prompt else cfg.system)
         self.answer: list[int] = []  # committed tokens
         self.sources: list[str] = []
         self.draft: list[Drafted] = []
@@ -104,10 +112,16 @@ class Run:
 
     # -- decode, score, route ------------------------------------------------------------------------------------
     def _decode(self, step: Step) -> tuple[int, Confidence, Step | None]:
-        """Read ``step``'s token, having queued the next forward pass (none at the token limit)."""
+        """Read ``step``'s token, having queued the next forward pass (none at the token limit). Under a grammar
+        the token is sampled from the masked distribution, and the next mask is computed while the next forward
+        pass runs."""
+        if self.grammar is not None:
+            step = self.dec.constrain(step, self.grammar.allowed())
         n_total = len(self.answer) + len(self.draft)
         nxt = self.dec.step(step.token) if n_total + 1 < self.max_tokens else None
         tid, conf = step.token_id, step.confidence
+        if self.grammar is not None:
+            self.grammar.consume(tid)
         if self._first:
             self.stats.time_prefill_s = time.perf_counter() - self.t0
             self._first = False
@@ -164,6 +178,8 @@ class Run:
         r = reconcile(self.lm.tokenizer, self.answer, [t for t, _, _ in draft], span.text,
                       ends_answer=span.ends_answer, max_tokens=self.max_tokens, eos=self.eos,
                       token_ids=span.token_ids)
+        if self.grammar is not None:  # the span's valid prefix only
+            r = check_grammar(r, self.grammar, self.answer, [t for t, _, _ in draft])
         self.stats.rollbacks += r.rollbacks
         target = r.target(self.answer, [t for t, _, _ in draft])
         if r.ends:
@@ -232,4 +248,13 @@ class Run:
         s.cloud_disabled_reason = self.leg.off_reason if self.leg is not None else None
         if self.text.stopped:
             self.finish = "stop"
-        return FinalEvent(text=tail, finish_reason=self.finish, stats=s)
+        structured = None
+        if self.grammar is not None or self.cfg.tools or self.cfg.json_schema is not None:
+            if self.grammar is not None and self.grammar.constraint.forced and not self.grammar.accepting:
+                raise GrammarError(f"the answer stopped ({self.finish}, {len(self.answer)} tokens) before the "
+                                   f"{'tool call' if self.grammar.constraint.kind == 'tool' else 'JSON value'} "
+                                   "was complete: raise max_tokens")
+            cfg = self.cfg
+            structured = structured_result(self.lm, self.lm.tokenizer.decode(self.answer), cfg.tools,
+                                           cfg.tool_choice, cfg.json_schema)
+        return FinalEvent(text=tail, finish_reason=self.finish, stats=s, structured=structured)

@@ -165,6 +165,24 @@ class StepDecoder:
         self._steps.append(step)
         return step
 
+    def constrain(self, step: Step, allowed) -> Step:
+        """``step``'s distribution restricted to the ``allowed`` tokens (an MLX bool mask, e.g. a grammar's)
+        and renormalised, with its token sampled from it: a token the mask forbids is never sampled, and a token
+        it forces has confidence 1. Lazy, like every Step."""
+        import mlx.core as mx
+
+        with mx.stream(self._stream):
+            lp = step.logprobs
+            n = lp.shape[-1]
+            if allowed.shape[-1] < n:  # padded logits beyond the tokenizer's vocabulary are never allowed
+                allowed = mx.concatenate([allowed, mx.zeros((n - allowed.shape[-1],), dtype=mx.bool_)])
+            lp = mx.where(allowed[:n], lp, -mx.inf)
+            lp = lp - mx.logsumexp(lp, keepdims=True)
+            token = self.sampler(lp[None]).squeeze()
+            packed, top = summary_graph(lp, self.top_k)
+        mx.async_eval(token, packed, top)
+        return Step(lp, token, packed, top, step.hidden)  # the history keeps the unconstrained Step
+
     @property
     def tokens(self) -> list[int]:
         """Every token in the cache, as ints (lazily appended tokens are read here)."""
