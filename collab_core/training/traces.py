@@ -251,7 +251,7 @@ class TeacherForcedCollector(TraceCollector):
                 alt_ok[k] = float(task.check(self._answer_text(alt)))
         cloud_next = [tok.decode([c]) if d else "" for c, d in zip(nxt, disagree)]
         return self._save(task, sigs, disagree, alt_ok, local_ok, local_text, cloud_next,
-                          f"teacher:{self.teacher.name}")
+                          f"teacher:{Path(self.teacher.name).name}")  # a folder's name, not a local path
 
 
 def _safe(name: str) -> str:

@@ -230,6 +230,17 @@ def test_shipped_router_for_the_default_model(smollm):
     assert 0.0 <= p <= 1.0
 
 
+def test_a_router_ships_for_the_seed_like_local_model():
+    from collab_core.local.weights import QWEN25_CODER_05B
+
+    path = S.shipped_router("sha256:" + QWEN25_CODER_05B.sha256)  # the fingerprint of the named model's GGUF
+    assert path is not None and path.name == "qwen2.5-coder-0.5b-instruct"
+    meta = json.loads((path / "router.json").read_text())
+    assert meta["in_dim"] == 896 + 3 and meta["metrics"]["folds"] == 5 and len(meta["score_quantiles"]) == 201
+    assert meta["metrics"]["label"] == "disagree" and meta["metrics"]["prompts"] >= 100
+    assert not any("/" in c for c in meta["metrics"]["cloud"])  # no local paths in a shipped file
+
+
 def test_train_router_cross_validates_and_writes_a_loadable_router(tiny_lm, tmp_path):
     """Synthetic traces where the label hides in the hidden state and the confidence score is noise: the
     cross-validated learned curve must beat confidence, and the saved router must load and bind."""
