@@ -23,12 +23,14 @@ from ..cloud.client import CloudClient, CloudConfig, SpanRequest
 from ..cloud.deployments import is_router
 from ..cloud.leg import SpendLimit
 from ..errors import ConfigError
-from ..local.decoder import StepDecoder, greedy
+from ..local.batch import BatchScheduler, LaneDecoder
+from ..local.decoder import greedy
 from ..local.loading import LocalModel, load_local_model
 from ..prompts import Prompt, render_prompt
 from ..router import Router, make_router
 from ..settings import PIPELINES, EngineSettings, GenerateOptions, GenerationConfig
 from ..threads import ParkedThreads
+from ..text import common_prefix_len
 from .events import Event, Generation
 from .run import Run
 
@@ -43,8 +45,9 @@ _MODEL_LOCKS_GUARD = threading.Lock()
 
 
 def _model_lock(lm: LocalModel) -> threading.RLock:
-    """One sequence at a time per local model, whichever engine decodes it (MLX state is not shared safely
-    across threads); the same thread may interleave two streams."""
+    """MLX work on one local model is serialized, whichever engine does it (MLX state is not shared safely
+    across threads); the same thread may interleave two streams. A generation holds it except where it waits
+    (for a batched step, for the cloud, for its caller to read an event): see ``local/batch.py``."""
     with _MODEL_LOCKS_GUARD:
         return _MODEL_LOCKS.setdefault(id(lm), threading.RLock())
 
@@ -77,6 +80,8 @@ class Engine:
         cache: a ``SpanCache``, ``True`` for an in-memory one, ``False`` for none.
         config: default per-request options (each call may override them).
         want_hidden: keep the last hidden state on every step (a learned router asks for it anyway).
+        max_batch: concurrent generations decoded together, one forward pass per step for all of them
+            (``local/batch.py``); a request beyond it waits for one to finish. 1: one at a time.
     """
 
     def __init__(self, local_model: LocalModel | str | None = None, *, cloud: CloudConfig | str | Any = None,
@@ -84,9 +89,11 @@ class Engine:
                  threshold: float | None = None, budget: float | None = None, pipeline: str = "async",
                  max_draft: int = 8, cache: SpanCache | bool = True, config: GenerationConfig | None = None,
                  want_hidden: bool = False, cloud_config: Any = None, max_spend_usd: float | None = None,
-                 redact: Any = None):
+                 redact: Any = None, max_batch: int = 8):
         if pipeline not in PIPELINES:
             raise ConfigError(f"pipeline must be one of {PIPELINES}, not {pipeline!r}")
+        if not isinstance(max_batch, int) or max_batch < 1:
+            raise ConfigError(f"max_batch must be a positive integer, not {max_batch!r}")
         self._local_spec = local_model
         self._lm = local_model if isinstance(local_model, LocalModel) else None
         self.config = config or GenerationConfig()
@@ -105,7 +112,10 @@ class Engine:
         self.cache = cache if isinstance(cache, SpanCache) else (SpanCache() if cache else None)
         self.want_hidden = want_hidden
         self.spend = SpendLimit(max_spend_usd)
-        self._decoder: StepDecoder | None = None
+        self.max_batch = max_batch
+        self._lanes: list[LaneDecoder] = []  # idle lanes, least recently used first (their KV caches are kept)
+        self._busy: set[LaneDecoder] = set()
+        self._scheduler: BatchScheduler | None = None
         self._bound = False
         self._executor: cf.ThreadPoolExecutor | None = None
 
@@ -143,7 +153,7 @@ class Engine:
         return render_prompt(self.local_model, prompt, chat=cfg.chat, system=cfg.system, tools=cfg.tools,
                              json_schema=cfg.json_schema)[1]
 
-    def _decoder_for(self, cfg: GenerationConfig, router: Router) -> StepDecoder:
+    def _bind(self, router: Router) -> None:
         lm = self.local_model
         if not self._bound:
             self.router.bind(lm)
@@ -152,15 +162,41 @@ class Engine:
             self._bound = True
         if router is not self.router:
             router.bind(lm)  # a router for one call (binding a bound scorer again is cheap)
+
+    def _take_lane(self, prompt: Prompt, cfg: GenerationConfig, router: Router) -> LaneDecoder:
+        """A lane for one generation (called holding the model lock): an idle one -- the one whose KV cache
+        shares the longest prefix with this prompt, so a next turn reuses it -- or a new one; waits while
+        ``max_batch`` are busy."""
+        lm = self.local_model
+        if self._scheduler is None:
+            self._scheduler = BatchScheduler(lm, _model_lock(lm))
+        self._bind(router)
+        self._scheduler.cond.wait_for(lambda: len(self._busy) < self.max_batch)
         hidden = self.want_hidden or router.needs_hidden
-        if self._decoder is None or self._decoder.want_hidden != hidden:
-            self._decoder = StepDecoder(lm, want_hidden=hidden)
-        self._decoder.sampler = make_sampler(cfg)
-        return self._decoder
+        lane = None
+        if len(self._lanes) > 1:
+            ids = self.encode(prompt, cfg)
+            lane = max(reversed(self._lanes), key=lambda d: common_prefix_len(d.tokens, ids))
+        elif self._lanes:
+            lane = self._lanes[0]
+        if lane is not None:
+            self._lanes.remove(lane)
+        if lane is None or lane.want_hidden != hidden:
+            lane = LaneDecoder(lm, self._scheduler, want_hidden=hidden)
+        lane.sampler = make_sampler(cfg)
+        self._busy.add(lane)
+        return lane
+
+    def _give_back(self, lane: LaneDecoder) -> None:
+        self._busy.discard(lane)
+        self._lanes.append(lane)
+        del self._lanes[: max(0, len(self._lanes) - self.max_batch)]
+        self._scheduler.cond.notify_all()
 
     def _submit(self, fn, *args) -> cf.Future:
         if self._executor is None:
-            self._executor = cf.ThreadPoolExecutor(max_workers=2, thread_name_prefix="collab-cloud")
+            self._executor = cf.ThreadPoolExecutor(max_workers=max(2, self.max_batch),
+                                                   thread_name_prefix="collab-cloud")
         return self._executor.submit(fn, *args)
 
     def prewarm(self, prompt: Prompt, **options: Unpack[GenerateOptions]) -> cf.Future | None:
@@ -179,14 +215,28 @@ class Engine:
 
         Options (``GenerateOptions``) override the engine's ``config`` for this call; an unknown one raises
         ``ConfigError``. ``router`` replaces the engine's router for this call only: a server gives each
-        request a fresh one, so that no answer depends on what other requests routed before it."""
+        request a fresh one, so that no answer depends on what other requests routed before it.
+
+        Concurrent calls (threads, ``astream``) are decoded as one batch, up to ``max_batch``: each keeps its
+        own stream, routing and stats."""
         cfg = self.config.replace(**options)
         lm = self.local_model
         router = self.router if router is None else router
-        with _model_lock(lm):
-            run = Run(lm, self._decoder_for(cfg, router), router, prompt, cfg, cloud=self.cloud, cache=self.cache,
-                      submit=self._submit, max_draft=self.max_draft, spend=self.spend)
-            yield from run.events()
+        lock = _model_lock(lm)
+        with lock:
+            lane = self._take_lane(prompt, cfg, router)
+            sched = self._scheduler
+            sched.join(lane)
+            try:
+                run = Run(lm, lane, router, prompt, cfg, cloud=self.cloud, cache=self.cache,
+                          submit=self._submit, max_draft=self.max_draft, spend=self.spend)
+                with contextlib.closing(run.events()) as events:
+                    for ev in events:
+                        with sched.stepped_out(lane):  # the caller reads it; the other lanes go on
+                            yield ev
+            finally:
+                sched.leave(lane)
+                self._give_back(lane)
 
     def generate(self, prompt: Prompt, *, router: Router | None = None,
                  **options: Unpack[GenerateOptions]) -> Generation:

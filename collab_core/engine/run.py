@@ -159,7 +159,7 @@ class Run:
         pending, self.pending = self.pending, None
         draft, self.draft = self.draft, []
         self.draft_closed = False
-        span = self.leg.wait(pending)
+        span = self.dec.blocking(self.leg.wait, pending)  # other generations decode meanwhile
         target, events = self._apply(span, pending, draft)
         self.stats.time_spans_s += time.perf_counter() - pending.submitted
         yield from events

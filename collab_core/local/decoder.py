@@ -227,6 +227,10 @@ class StepDecoder:
         self._steps.clear()
         return self.step(last)
 
+    def blocking(self, fn, *args):
+        """``fn(*args)``, a wait (e.g. for the cloud); a batched lane lets the others decode meanwhile."""
+        return fn(*args)
+
     def reset(self) -> None:
         self.cache = self._make_cache()
         self._tokens = []

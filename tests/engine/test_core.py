@@ -71,9 +71,10 @@ def test_second_turn_reuses_kv_cache_and_matches_fresh_engine(tiny_lm):
     first = eng.generate(PROMPT, max_tokens=8)
     msgs = [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": first.text},
             {"role": "user", "content": "Why?"}]
-    cache = eng._decoder.cache
+    (lane,) = eng._lanes
+    cache = lane.cache
     again = eng.generate(msgs, max_tokens=8)
-    assert eng._decoder.cache is cache
+    assert eng._lanes == [lane] and lane.cache is cache
     assert again.text == Engine(tiny_lm).generate(msgs, max_tokens=8).text
 
 

@@ -1,0 +1,301 @@
+"""Batched local decoding: concurrent generations on one model share each forward pass.
+
+Decoding is memory-bound on a CPU and on Apple silicon: one step over 8 sequences reads the weights once, as a
+step over one does. ``BatchScheduler`` gathers the single-token steps of every open ``LaneDecoder`` (one per
+concurrent generation) and runs them as one forward pass over mlx-lm's ``BatchKVCache`` (the lanes' caches
+merged, left-padded, then extracted back), so each generation keeps its own KV cache, routing, spans, rollback
+and stats, and a lane can join or leave between any two steps.
+
+How a round is decided. Every lane runs its generation in its own thread and holds the model's lock while it
+does (MLX work is serialized per model); it gives the lock up only where it waits:
+
+* for a step of its own (``LaneStep``): a **round** runs once every open lane has a step waiting or is away
+  (``linger_s`` caps the wait for a lane that is slow to submit); the thread that finds it due runs it;
+* while it is **away** (``LaneDecoder.blocking``: waiting for the cloud), rounds do not wait for it; its
+  submitted step still goes into the rounds the others run;
+* while its caller reads an event (``stepped_out``) it holds no lock either, but rounds wait for its next step
+  (up to ``linger_s``): it comes as soon as the caller asks for the next event.
+
+A lane that is alone decodes exactly as ``StepDecoder`` does (its own cache, the next forward pass queued
+before the current token is read), so a single request pays nothing for batching. Prefill, multi-token feeds
+(cloud spans) and rollback are per lane, on the lane's own cache.
+
+Where batching does not apply: a lane whose cache is not a plain ``KVCache`` (rotating windows, quantized or
+state-space caches) takes its own forward pass inside the round; greedy answers are the same as alone up to
+float rounding in a batched matrix product (tested on the bundled model, with routing on).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
+
+from ..scoring import summary_graph
+from .decoder import Step, StepDecoder
+from .loading import LocalModel
+
+T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def released(lock) -> Iterator[None]:
+    """``lock`` (an ``RLock`` held by this thread, at any depth) let go for the block, then taken back."""
+    state = lock._release_save()
+    try:
+        yield
+    finally:
+        lock._acquire_restore(state)
+
+
+class LaneStep:
+    """A step submitted to a round: a ``Step`` once the round has run (reading any field waits for it)."""
+
+    __slots__ = ("_lane", "_step", "cancelled")
+
+    def __init__(self, lane: LaneDecoder):
+        self._lane = lane
+        self._step: Step | None = None
+        self.cancelled = False
+
+    @property
+    def done(self) -> bool:
+        return self._step is not None
+
+    def resolved(self) -> Step:
+        if self._step is None:
+            self._lane.scheduler.wait_for(self)
+        return self._step
+
+    # the fields of ``Step``
+    @property
+    def token(self):
+        return self.resolved().token
+
+    @property
+    def token_id(self) -> int:
+        return self.resolved().token_id
+
+    @property
+    def confidence(self):
+        return self.resolved().confidence
+
+    @property
+    def logprobs(self):
+        return self.resolved().logprobs
+
+    @property
+    def hidden(self):
+        return self.resolved().hidden
+
+
+class LaneDecoder(StepDecoder):
+    """A ``StepDecoder`` whose single-token steps go through a ``BatchScheduler`` round (see the module)."""
+
+    def __init__(self, lm: LocalModel, scheduler: BatchScheduler, **kwargs):
+        super().__init__(lm, **kwargs)
+        self.scheduler = scheduler
+        self._pending: LaneStep | None = None
+
+    @property
+    def batchable(self) -> bool:
+        from mlx_lm.models.cache import KVCache
+
+        return all(type(c) is KVCache for c in self.cache)
+
+    def _settle(self) -> None:
+        """Wait for this lane's submitted step, if any: the cache must hold it before a per-lane operation."""
+        if self._pending is not None:
+            self._pending.resolved()
+
+    def step(self, token):
+        if isinstance(token, LaneStep):  # pragma: no cover - callers pass .token
+            token = token.token
+        self._settle()
+        if self.scheduler.alone(self):
+            return super().step(token)  # exactly StepDecoder: own cache, forward pass queued, nothing waits
+        tid = token if isinstance(token, int) else int(token.item())
+        self._tokens.append(tid)
+        ls = LaneStep(self)
+        self._pending = ls
+        self._steps.append(ls)  # type: ignore[arg-type]  # a Step once read
+        self.scheduler.submit(self, tid, ls)
+        return ls
+
+    def _round_done(self, ls: LaneStep, step: Step) -> None:
+        ls._step = step
+        if self._pending is ls:
+            self._pending = None
+
+    def cancel_pending(self) -> None:
+        """Drop a submitted step no round has run yet (the generation ended): the lane's tokens lose it too."""
+        ls = self._pending
+        if ls is None or ls.done:
+            self._pending = None
+            return
+        ls.cancelled = True
+        self._pending = None
+        self._tokens.pop()
+        if self._steps and self._steps[-1] is ls:
+            self._steps.pop()
+
+    def prefill(self, ids: Sequence[int]) -> Step:
+        self._settle()
+        return super().prefill(ids)
+
+    def feed(self, ids: Sequence[int]) -> Step:
+        self._settle()
+        return super().feed(ids)
+
+    def rollback(self, k: int) -> Step:
+        self._settle()
+        return super().rollback(k)
+
+    def constrain(self, step, allowed) -> Step:
+        return super().constrain(step.resolved() if isinstance(step, LaneStep) else step, allowed)
+
+    def reset(self) -> None:
+        self.cancel_pending()
+        super().reset()
+
+    @property
+    def tokens(self) -> list[int]:
+        return super().tokens
+
+    def blocking(self, fn: Callable[..., T], *args) -> T:
+        """``fn(*args)`` with the model given up meanwhile (this lane is away; its submitted step still runs)."""
+        return self.scheduler.away(self, fn, *args)
+
+
+class BatchScheduler:
+    """Runs the lanes' single-token steps as batched forward passes (see the module docstring).
+
+    Every method is called by a lane's thread holding ``lock`` (the model's ``RLock``); waiting releases it.
+    """
+
+    def __init__(self, lm: LocalModel, lock, *, linger_s: float = 0.005):
+        self.lm = lm
+        self.lock = lock
+        self.cond = threading.Condition(lock)
+        self.linger_s = linger_s
+        self.open: set[LaneDecoder] = set()
+        self.away_lanes: set[LaneDecoder] = set()
+        self.pending: list[tuple[LaneDecoder, int, LaneStep]] = []
+        self.rounds = 0  # batched forward passes run
+        self.rows = 0  # steps they carried
+        self._calls = 0
+
+    # -- lanes --------------------------------------------------------------------------------------------------
+    def join(self, lane: LaneDecoder) -> None:
+        self.open.add(lane)
+
+    def leave(self, lane: LaneDecoder) -> None:
+        lane.cancel_pending()
+        self.pending = [p for p in self.pending if p[0] is not lane]
+        self.open.discard(lane)
+        self.away_lanes.discard(lane)
+        self.cond.notify_all()  # the others may now be due
+
+    def alone(self, lane: LaneDecoder) -> bool:
+        return len(self.open) <= 1 and not self.pending
+
+    def submit(self, lane: LaneDecoder, tid: int, ls: LaneStep) -> None:
+        self.pending.append((lane, tid, ls))
+        self.cond.notify_all()
+
+    def away(self, lane: LaneDecoder, fn: Callable[..., T], *args) -> T:
+        self.away_lanes.add(lane)
+        self.cond.notify_all()
+        try:
+            with released(self.lock):
+                return fn(*args)
+        finally:
+            self.away_lanes.discard(lane)
+
+    @contextlib.contextmanager
+    def stepped_out(self, lane: LaneDecoder) -> Iterator[None]:
+        """The lane's caller has the floor (it reads an event), with the model given up. Not away: the lane
+        submits its next step as soon as its caller asks for the next event, and rounds wait for it (up to
+        ``linger_s``)."""
+        with released(self.lock):
+            yield
+
+    # -- rounds -------------------------------------------------------------------------------------------------
+    def _due(self) -> bool:
+        if not self.pending:
+            return False
+        ready = {p[0] for p in self.pending} | self.away_lanes
+        return self.open <= ready
+
+    def wait_for(self, ls: LaneStep) -> None:
+        """Block until a round has run ``ls`` (running it here when it is due)."""
+        since = time.perf_counter()
+        while not ls.done:
+            if ls.cancelled:
+                raise RuntimeError("a cancelled step was read")
+            if self._due() or time.perf_counter() - since >= self.linger_s:
+                self._round()
+                since = time.perf_counter()
+                continue
+            self.cond.wait(self.linger_s)
+
+    def _round(self) -> None:
+        batch, self.pending = self.pending, []
+        if not batch:
+            return
+        try:
+            together = [p for p in batch if p[0].batchable]
+            alone = [p for p in batch if not p[0].batchable]
+            if len(together) == 1:
+                alone, together = alone + together, []
+            for lane, tid, ls in alone:
+                lane._round_done(ls, StepDecoder._forward(lane, _ids([tid])))
+            if together:
+                self._forward_batch(together)
+            self.rounds += 1
+            self.rows += len(batch)
+        finally:
+            self.cond.notify_all()
+
+    def _forward_batch(self, batch: list[tuple[LaneDecoder, int, LaneStep]]) -> None:
+        import mlx.core as mx
+        from mlx_lm.models.cache import BatchKVCache
+
+        lanes = [lane for lane, _, _ in batch]
+        first = lanes[0]
+        n_layers = len(first.cache)
+        with mx.stream(first._stream):
+            caches = [BatchKVCache.merge([lane.cache[i] for lane in lanes]) for i in range(n_layers)]
+            ids = mx.array([[tid] for _, tid, _ in batch], dtype=mx.uint32)
+            hidden = None
+            if any(lane.want_hidden for lane in lanes):
+                h = first.model.model(ids, cache=caches)[:, -1, :]
+                logits = first._head()(h)
+                hidden = h
+            else:
+                logits = first.model(ids, cache=caches)[:, -1, :]
+            logprobs = (logits - mx.logsumexp(logits, axis=-1, keepdims=True)).astype(mx.float32)
+            steps, outs = [], []
+            for row, lane in enumerate(lanes):
+                lp = logprobs[row]
+                token = lane.sampler(lp[None]).squeeze()
+                packed, top = summary_graph(lp, lane.top_k)
+                hid = hidden[row] if hidden is not None and lane.want_hidden else None
+                steps.append(Step(lp, token, packed, top, hid))
+                outs += [token, packed, top] + ([hid] if hid is not None else [])
+            for row, lane in enumerate(lanes):
+                lane.cache = [c.extract(row) for c in caches]
+            mx.eval(*outs, *[c.state for lane in lanes for c in lane.cache])
+        for (lane, _, ls), step in zip(batch, steps):
+            lane._round_done(ls, step)
+        self._calls += 1
+        if self._calls % 256 == 0:
+            mx.clear_cache()
+
+
+def _ids(ids: list[int]):
+    import mlx.core as mx
+
+    return mx.array(ids, dtype=mx.uint32)

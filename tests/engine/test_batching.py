@@ -1,0 +1,120 @@
+"""Concurrent generations on one engine are decoded as a batch (collab_core/local/batch.py).
+
+Each answer must be the one the same request gives alone -- with routing on, against the fake cloud -- and the
+batch must really have been shared (rounds carrying several sequences).
+"""
+
+import asyncio
+import concurrent.futures as cf
+import threading
+
+import pytest
+
+from collab_core import Engine
+from collab_core.cloud.client import CloudConfig
+from collab_core.devtools.fakecloud import FakeCloud
+from collab_core.errors import ConfigError
+from collab_core.router import ScheduledRouter, ThresholdRouter
+
+PROMPTS = ["What is the capital of France?", "Name a large animal.", "Why is the sky blue?",
+           "Write a word that rhymes with cat.", "Count to five.", "What do bees make?",
+           "Say something about the sea.", "What is two plus two?"]
+
+
+def _together(engine, prompts, max_tokens=16, **opts):
+    barrier = threading.Barrier(len(prompts))
+
+    def one(p):
+        barrier.wait()  # every request starts at once
+        return engine.generate(p, max_tokens=max_tokens, **opts)
+
+    with cf.ThreadPoolExecutor(len(prompts)) as ex:
+        return list(ex.map(one, prompts))
+
+
+def _same(a, b):
+    assert [g.text for g in a] == [g.text for g in b]
+    assert [[e.token for e in g.events] for g in a] == [[e.token for e in g.events] for g in b]
+
+
+def test_concurrent_local_answers_equal_alone_and_share_rounds(smollm):
+    alone = [Engine(smollm, max_batch=1).generate(p, max_tokens=16) for p in PROMPTS]
+    eng = Engine(smollm, max_batch=8)
+    together = _together(eng, PROMPTS)
+    _same(together, alone)
+    sched = eng._scheduler
+    assert sched.rounds > 0 and sched.rows / sched.rounds > 2  # steps were really taken together
+
+
+def test_concurrent_routed_answers_equal_alone(smollm):
+    """Threshold routing (stateless, so order cannot matter) with a cloud that answers every span."""
+    with FakeCloud(reply=" the sea", latency_s=0.05) as fc:
+        cloud = CloudConfig(model="text-completion-openai/fake", api_base=fc.url)
+
+        def eng(n):
+            return Engine(smollm, cloud=cloud, router=ThresholdRouter(0.6), pipeline="sync", cache=False,
+                          max_batch=n)
+
+        alone = [eng(1).generate(p, max_tokens=16) for p in PROMPTS]
+        e8 = eng(8)
+        together = _together(e8, PROMPTS)
+    _same(together, alone)
+    assert [[e.source for e in g.events] for g in together] == [[e.source for e in g.events] for g in alone]
+    assert [g.stats.cloud_calls for g in together] == [g.stats.cloud_calls for g in alone]
+    assert sum(g.stats.cloud_tokens for g in together) > 0
+    assert e8._scheduler.rows > e8._scheduler.rounds  # some rounds carried several sequences
+
+
+def test_async_pipeline_batched_equals_alone(tiny_lm):
+    """Drafting while spans are in flight, rollback where the cloud disagrees: per lane, in a batch."""
+    with FakeCloud(reply=" zebra crossing", latency_s=0.05) as fc:
+        cloud = CloudConfig(model="text-completion-openai/fake", api_base=fc.url)
+
+        def eng(n):
+            return Engine(tiny_lm, cloud=cloud, router=ScheduledRouter((2, 7)), pipeline="async", cache=False,
+                          max_batch=n)
+
+        alone = [eng(1).generate(p, max_tokens=14) for p in PROMPTS[:4]]
+        together = _together(eng(4), PROMPTS[:4], max_tokens=14)
+    _same(together, alone)
+    assert [g.stats.cloud_calls for g in together] == [g.stats.cloud_calls for g in alone]
+    assert [g.stats.rollbacks for g in together] == [g.stats.rollbacks for g in alone]
+    assert sum(g.stats.cloud_calls for g in together) >= 4
+
+
+def test_requests_join_and_leave_between_steps(tiny_lm):
+    """Different lengths: short answers leave, later requests join the running batch."""
+    eng = Engine(tiny_lm, max_batch=3)
+    lengths = [3, 20, 7, 12, 5, 16]
+    alone = [Engine(tiny_lm, max_batch=1).generate(p, max_tokens=n) for p, n in zip(PROMPTS, lengths)]
+    with cf.ThreadPoolExecutor(6) as ex:
+        together = list(ex.map(lambda a: eng.generate(a[0], max_tokens=a[1]), zip(PROMPTS, lengths)))
+    _same(together, alone)
+    assert [g.stats.total_tokens for g in together] == lengths
+    assert len(eng._lanes) == 3 and not eng._busy  # three lanes, all idle again
+
+
+def test_astream_streams_per_request(tiny_lm):
+    eng = Engine(tiny_lm, max_batch=4)
+    alone = [Engine(tiny_lm, max_batch=1).generate(p, max_tokens=10).text for p in PROMPTS[:4]]
+
+    async def main():
+        async def one(p):
+            return "".join([ev.text async for ev in eng.astream(p, max_tokens=10)])
+        return await asyncio.gather(*(one(p) for p in PROMPTS[:4]))
+
+    assert asyncio.run(main()) == alone
+
+
+def test_a_stream_left_early_frees_its_lane(tiny_lm):
+    eng = Engine(tiny_lm, max_batch=2)
+    it = eng.stream(PROMPTS[0], max_tokens=20)
+    next(it)
+    it.close()
+    assert not eng._busy and not eng._scheduler.open and not eng._scheduler.pending
+    assert eng.generate(PROMPTS[1], max_tokens=8).text == Engine(tiny_lm).generate(PROMPTS[1], max_tokens=8).text
+
+
+def test_max_batch_is_checked(tiny_lm):
+    with pytest.raises(ConfigError):
+        Engine(tiny_lm, max_batch=0)
