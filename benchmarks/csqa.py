@@ -13,7 +13,7 @@ answer extraction (``--modes`` names them explicitly, replacing the lists below)
   training questions (never the evaluation ones);
 * ``learned-budget:B`` / ``learned:T``: routed by the learned router (``--router PATH``, default the one
   shipped for the local model), budget-calibrated the same way / thresholded on its probability;
-* ``seed:T``: the seed system's transport at threshold T -- no local KV cache (the whole sequence is
+* ``seed:T`` (one question at a time): the seed system's transport at threshold T -- no local KV cache (the whole sequence is
   re-run for every token), the full detokenized prefix sent for each routed token, first returned token
   kept.
 
@@ -114,7 +114,7 @@ def calibration_scores(lm, args, learned: bool) -> list[float]:
         return json.loads(path.read_text())
     router = BudgetRouter(0.07, scorer=LearnedScorer(args.router) if learned else None)
     prompts = [prompt_text(lm, q, args.format) for q in load_questions(TRAIN_DATA, args.calibration, seed=123)]
-    calibrate_on(router, lm, prompts, max_tokens=args.max_tokens, stop=args.stop)
+    calibrate_on(router, lm, prompts, max_tokens=args.max_tokens, stop=args.stop, batch=args.batch)
     scores = list(router.scores)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(scores))
@@ -138,18 +138,19 @@ def run_mode(mode: str, lm, questions, args, cloud_cfg, done: set, rows_file, st
     if not todo:
         return
     engine = client = None
+    batch = dict(max_batch=args.batch)
     if mode == "small":
-        engine = Engine(lm, router="never")
+        engine = Engine(lm, router="never", **batch)
     elif mode == "cloud" or mode.startswith("seed:"):
         client = CloudClient(dataclasses.replace(cloud_cfg, span_tokens=args.max_tokens if mode == "cloud" else 1))
     elif mode.startswith("threshold:"):
-        engine = Engine(lm, cloud=cloud_cfg, router=mode, pipeline=args.pipeline, cache=False)
+        engine = Engine(lm, cloud=cloud_cfg, router=mode, pipeline=args.pipeline, cache=False, **batch)
     elif mode.startswith(("budget:", "learned-budget:")):
         engine = Engine(lm, cloud=cloud_cfg, router=budget_router(lm, mode, args), pipeline=args.pipeline,
-                        cache=False)
+                        cache=False, **batch)
     elif mode.startswith("learned:"):
         router = ThresholdRouter(float(mode.split(":")[1]), scorer=LearnedScorer(args.router))
-        engine = Engine(lm, cloud=cloud_cfg, router=router, pipeline=args.pipeline, cache=False)
+        engine = Engine(lm, cloud=cloud_cfg, router=router, pipeline=args.pipeline, cache=False, **batch)
 
     def one(q):
         row = answer_one(mode, lm, q, args, engine, client)
@@ -162,9 +163,11 @@ def run_mode(mode: str, lm, questions, args, cloud_cfg, done: set, rows_file, st
         return row
 
     bar = tqdm(total=len(todo), desc=mode + (f" [shard {args.shard}]" if args.shard else ""), file=sys.stderr)
-    if mode == "cloud" and args.cloud_workers > 1:
-        # the cloud alone is only HTTP: concurrent questions, which the server decodes as one batch
-        with cf.ThreadPoolExecutor(args.cloud_workers) as ex:
+    concurrent = args.cloud_workers if mode == "cloud" else args.batch if engine is not None else 1
+    if concurrent > 1:
+        # the cloud alone is only HTTP: concurrent questions, which the server decodes as one batch; the engine
+        # modes answer --batch questions at once, which the engine decodes as one batch (local/batch.py)
+        with cf.ThreadPoolExecutor(concurrent) as ex:
             rows = (f.result() for f in cf.as_completed([ex.submit(one, q) for q in todo]))
             for row in rows:
                 _write(rows_file, row)
@@ -416,6 +419,10 @@ def main() -> None:
                     help="split the questions over N worker processes (each with its own copy of the local model "
                          "and its own routers, sharing one cloud); rows are the same as N separate shard runs")
     ap.add_argument("--shard", default=None, help="K/N: run only questions K, K+N, K+2N, ... (what --workers runs)")
+    ap.add_argument("--batch", type=int, default=8,
+                    help="questions answered at once by the engine modes, decoded as one batch (1: one at a time; "
+                         "the rows are the same, except that a budget router's running share then interleaves "
+                         "the questions)")
     ap.add_argument("--cloud-workers", type=int, default=8,
                     help="concurrent questions in the cloud-only mode (the stand-in decodes them as one batch)")
     ap.add_argument("--out", type=Path, default=None,

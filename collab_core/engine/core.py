@@ -23,7 +23,7 @@ from ..cloud.client import CloudClient, CloudConfig, SpanRequest
 from ..cloud.deployments import is_router
 from ..cloud.leg import SpendLimit
 from ..errors import ConfigError
-from ..local.batch import BatchScheduler, LaneDecoder
+from ..local.batch import BatchScheduler, LaneDecoder, model_lock
 from ..local.decoder import greedy
 from ..local.loading import LocalModel, load_local_model
 from ..prompts import Prompt, render_prompt
@@ -40,18 +40,6 @@ else:  # pragma: no cover - 3.10
     from typing_extensions import Unpack
 
 _DECODE_THREADS = ParkedThreads("collab-decode")  # async API: decoding threads that never exit (see there)
-_MODEL_LOCKS: dict[int, threading.RLock] = {}
-_MODEL_LOCKS_GUARD = threading.Lock()
-
-
-def _model_lock(lm: LocalModel) -> threading.RLock:
-    """MLX work on one local model is serialized, whichever engine does it (MLX state is not shared safely
-    across threads); the same thread may interleave two streams. A generation holds it except where it waits
-    (for a batched step, for the cloud, for its caller to read an event): see ``local/batch.py``."""
-    with _MODEL_LOCKS_GUARD:
-        return _MODEL_LOCKS.setdefault(id(lm), threading.RLock())
-
-
 def make_sampler(cfg: GenerationConfig):
     if cfg.temperature <= 0:
         return greedy
@@ -169,7 +157,7 @@ class Engine:
         ``max_batch`` are busy."""
         lm = self.local_model
         if self._scheduler is None:
-            self._scheduler = BatchScheduler(lm, _model_lock(lm))
+            self._scheduler = BatchScheduler(lm, model_lock(lm))
         self._bind(router)
         self._scheduler.cond.wait_for(lambda: len(self._busy) < self.max_batch)
         hidden = self.want_hidden or router.needs_hidden
@@ -222,7 +210,7 @@ class Engine:
         cfg = self.config.replace(**options)
         lm = self.local_model
         router = self.router if router is None else router
-        lock = _model_lock(lm)
+        lock = model_lock(lm)
         with lock:
             lane = self._take_lane(prompt, cfg, router)
             sched = self._scheduler

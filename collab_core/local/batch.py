@@ -39,6 +39,17 @@ from .loading import LocalModel
 
 T = TypeVar("T")
 
+_MODEL_LOCKS: dict[int, threading.RLock] = {}
+_MODEL_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(lm: LocalModel) -> threading.RLock:
+    """MLX work on one local model is serialized, whoever does it (MLX state is not shared safely across
+    threads); the same thread may interleave two streams. A generation holds it except where it waits (for a
+    batched step, for the cloud, for its caller to read an event)."""
+    with _MODEL_LOCKS_GUARD:
+        return _MODEL_LOCKS.setdefault(id(lm), threading.RLock())
+
 
 @contextlib.contextmanager
 def released(lock) -> Iterator[None]:
@@ -293,6 +304,30 @@ class BatchScheduler:
         self._calls += 1
         if self._calls % 256 == 0:
             mx.clear_cache()
+
+
+def run_lanes(lm: LocalModel, jobs: Sequence[Callable[[LaneDecoder], T]], *, max_batch: int = 8,
+              want_hidden: bool = False) -> list[T]:
+    """Run ``jobs`` (each a function of a decoder, e.g. one greedy answer) up to ``max_batch`` at a time, their
+    single-token steps batched; their results in order. For offline work (calibration, traces)."""
+    import concurrent.futures as cf
+
+    lock = model_lock(lm)
+    sched = BatchScheduler(lm, lock)
+
+    def on_a_lane(jobs_here):
+        with lock:
+            lane = LaneDecoder(lm, sched, want_hidden=want_hidden)
+            sched.join(lane)
+            try:
+                return [job(lane) for job in jobs_here]  # one lane, one KV cache: shared prefixes are reused
+            finally:
+                sched.leave(lane)
+
+    if max_batch <= 1:
+        return on_a_lane(jobs)
+    with cf.ThreadPoolExecutor(max_batch) as ex:
+        return [r for (r,) in ex.map(lambda job: on_a_lane([job]), jobs)]
 
 
 def _ids(ids: list[int]):
