@@ -29,8 +29,8 @@ from ..local.loading import LocalModel, load_local_model
 from ..prompts import Prompt, render_prompt
 from ..router import Router, make_router
 from ..settings import PIPELINES, EngineSettings, GenerateOptions, GenerationConfig
-from ..threads import ParkedThreads
 from ..text import common_prefix_len
+from ..threads import ParkedThreads
 from .events import Event, Generation
 from .run import Run
 
@@ -102,7 +102,7 @@ class Engine:
         self.spend = SpendLimit(max_spend_usd)
         self.max_batch = max_batch
         self._lanes: list[LaneDecoder] = []  # idle lanes, least recently used first (their KV caches are kept)
-        self._busy: set[LaneDecoder] = set()
+        self._busy: dict[LaneDecoder, int] = {}  # lane -> the thread whose generation holds it
         self._scheduler: BatchScheduler | None = None
         self._bound = False
         self._executor: cf.ThreadPoolExecutor | None = None
@@ -159,6 +159,10 @@ class Engine:
         if self._scheduler is None:
             self._scheduler = BatchScheduler(lm, model_lock(lm))
         self._bind(router)
+        me = threading.get_ident()
+        if len(self._busy) >= self.max_batch and all(t == me for t in self._busy.values()):
+            raise ConfigError(f"{len(self._busy)} streams of this engine are open in this thread, its max_batch: "
+                              "finish one first, or raise max_batch")
         self._scheduler.cond.wait_for(lambda: len(self._busy) < self.max_batch)
         hidden = self.want_hidden or router.needs_hidden
         lane = None
@@ -172,11 +176,11 @@ class Engine:
         if lane is None or lane.want_hidden != hidden:
             lane = LaneDecoder(lm, self._scheduler, want_hidden=hidden)
         lane.sampler = make_sampler(cfg)
-        self._busy.add(lane)
+        self._busy[lane] = me
         return lane
 
     def _give_back(self, lane: LaneDecoder) -> None:
-        self._busy.discard(lane)
+        self._busy.pop(lane, None)
         self._lanes.append(lane)
         del self._lanes[: max(0, len(self._lanes) - self.max_batch)]
         self._scheduler.cond.notify_all()

@@ -118,3 +118,53 @@ def test_a_stream_left_early_frees_its_lane(tiny_lm):
 def test_max_batch_is_checked(tiny_lm):
     with pytest.raises(ConfigError):
         Engine(tiny_lm, max_batch=0)
+
+
+def test_langchain_batch_and_abatch_are_decoded_together(tiny_dir, tiny_lm):
+    from langchain_collab import CollabLLM
+
+    llm = CollabLLM(local_model=str(tiny_dir), max_tokens=10)
+    prompts = PROMPTS[:4]
+    alone = [llm.invoke(p).content for p in prompts]
+    sched = llm._engine()._scheduler
+    before = (sched.rounds, sched.rows)
+    assert [m.content for m in llm.batch(prompts, config={"max_concurrency": 4})] == alone
+    assert [m.content for m in asyncio.run(llm.abatch(prompts))] == alone
+    rounds, rows = sched.rounds - before[0], sched.rows - before[1]
+    assert rounds > 0 and rows / rounds > 1.5  # the concurrent calls shared forward passes
+
+
+def test_llamaindex_async_calls_are_decoded_together(tiny_dir):
+    from llamaindex_collab import CollabLLM
+
+    llm = CollabLLM(local_model=str(tiny_dir), max_tokens=10)
+    prompts = PROMPTS[:4]
+    alone = [llm.complete(p).text for p in prompts]
+    sched = llm._engine()._scheduler
+    before = (sched.rounds, sched.rows)
+
+    async def main():
+        return await asyncio.gather(*(llm.acomplete(p) for p in prompts))
+
+    assert [r.text for r in asyncio.run(main())] == alone
+    rounds, rows = sched.rounds - before[0], sched.rows - before[1]
+    assert rounds > 0 and rows / rounds > 1.5
+
+
+def test_streams_interleaved_in_one_thread(tiny_lm):
+    """Two streams open in one thread each get a lane; beyond max_batch that would wait forever: an error."""
+    eng = Engine(tiny_lm, max_batch=2)
+    a, b = eng.stream(PROMPTS[0], max_tokens=6), eng.stream(PROMPTS[1], max_tokens=6)
+    toks_a, toks_b = [], []
+    for ea, eb in zip(a, b):
+        toks_a.append(ea.text)
+        toks_b.append(eb.text)
+    solo = Engine(tiny_lm, max_batch=1)
+    assert "".join(toks_a) == solo.generate(PROMPTS[0], max_tokens=6).text
+    assert "".join(toks_b) == solo.generate(PROMPTS[1], max_tokens=6).text
+    one = Engine(tiny_lm, max_batch=1)
+    first = one.stream(PROMPTS[0], max_tokens=6)
+    next(first)
+    with pytest.raises(ConfigError, match="max_batch"):
+        next(one.stream(PROMPTS[1], max_tokens=6))
+    first.close()
