@@ -10,7 +10,8 @@ How a round is decided. Every lane runs its generation in its own thread and hol
 does (MLX work is serialized per model); it gives the lock up only where it waits:
 
 * for a step of its own (``LaneStep``): a **round** runs once every open lane has a step waiting or is away
-  (``linger_s`` caps the wait for a lane that is slow to submit); the thread that finds it due runs it;
+  (``linger`` caps the wait for a lane that is slow to submit: 5 ms, or a quarter of the last round's time if
+  more); the thread that finds it due runs it;
 * while it is **away** (``LaneDecoder.blocking``: waiting for the cloud), rounds do not wait for it; its
   submitted step still goes into the rounds the others run;
 * while its caller reads an event (``stepped_out``) it holds no lock either, but rounds wait for its next step
@@ -186,11 +187,13 @@ class BatchScheduler:
     Every method is called by a lane's thread holding ``lock`` (the model's ``RLock``); waiting releases it.
     """
 
-    def __init__(self, lm: LocalModel, lock, *, linger_s: float = 0.005):
+    def __init__(self, lm: LocalModel, lock, *, linger_s: float = 0.005, linger_share: float = 0.25):
         self.lm = lm
         self.lock = lock
         self.cond = threading.Condition(lock)
         self.linger_s = linger_s
+        self.linger_share = linger_share
+        self._last_round_s = 0.0
         self.open: set[LaneDecoder] = set()
         self.away_lanes: set[LaneDecoder] = set()
         self.pending: list[tuple[LaneDecoder, int, LaneStep]] = []
@@ -240,22 +243,30 @@ class BatchScheduler:
         ready = {p[0] for p in self.pending} | self.away_lanes
         return self.open <= ready
 
+    @property
+    def linger(self) -> float:
+        """How long a round waits for a lane that has not submitted yet: ``linger_s``, or ``linger_share`` of the
+        last round's time if more (on a busy CPU a lane's own work between steps takes longer)."""
+        return max(self.linger_s, self.linger_share * self._last_round_s)
+
     def wait_for(self, ls: LaneStep) -> None:
         """Block until a round has run ``ls`` (running it here when it is due)."""
         since = time.perf_counter()
         while not ls.done:
             if ls.cancelled:
                 raise RuntimeError("a cancelled step was read")
-            if self._due() or time.perf_counter() - since >= self.linger_s:
+            linger = self.linger
+            if self._due() or time.perf_counter() - since >= linger:
                 self._round()
                 since = time.perf_counter()
                 continue
-            self.cond.wait(self.linger_s)
+            self.cond.wait(linger)
 
     def _round(self) -> None:
         batch, self.pending = self.pending, []
         if not batch:
             return
+        t0 = time.perf_counter()
         try:
             together = [p for p in batch if p[0].batchable]
             alone = [p for p in batch if not p[0].batchable]
@@ -267,6 +278,7 @@ class BatchScheduler:
                 self._forward_batch(together)
             self.rounds += 1
             self.rows += len(batch)
+            self._last_round_s = time.perf_counter() - t0
         finally:
             self.cond.notify_all()
 
