@@ -54,6 +54,18 @@ def summary_graph(logprobs, k: int):
     return packed, top_ids
 
 
+def summary_graph_rows(logprobs, k: int):
+    """``summary_graph`` for each row of a (batch, vocab) log-prob matrix, as one graph: (packed (batch, 1 + k),
+    top-k ids (batch, k)); row ``r`` holds what ``summary_graph(logprobs[r], k)`` gives."""
+    import mlx.core as mx
+
+    probs = mx.exp(logprobs)
+    entropy = -(probs * mx.maximum(logprobs, -1e30)).sum(axis=-1)
+    top_ids = mx.argpartition(-logprobs, kth=k - 1, axis=-1)[:, :k]
+    packed = mx.concatenate([entropy[:, None], mx.take_along_axis(logprobs, top_ids, axis=-1)], axis=-1)
+    return packed, top_ids
+
+
 def unpack_summary(packed: list[float], ids: list[int]) -> Confidence:
     order = sorted(range(len(ids)), key=lambda i: -packed[1 + i])
     top_ids = tuple(int(ids[i]) for i in order)

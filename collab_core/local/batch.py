@@ -34,8 +34,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
-from ..scoring import summary_graph
-from .decoder import Step, StepDecoder
+from ..scoring import summary_graph_rows
+from .decoder import Step, StepDecoder, greedy
 from .loading import LocalModel
 
 T = TypeVar("T")
@@ -273,7 +273,9 @@ class BatchScheduler:
             if len(together) == 1:
                 alone, together = alone + together, []
             for lane, tid, ls in alone:
-                lane._round_done(ls, StepDecoder._forward(lane, _ids([tid])))
+                step = StepDecoder._forward(lane, _ids([tid]))
+                step.wait()  # read on the lane's thread: evaluated here, where it was made
+                lane._round_done(ls, step)
             if together:
                 self._forward_batch(together)
             self.rounds += 1
@@ -300,14 +302,24 @@ class BatchScheduler:
             else:
                 logits = first.model(ids, cache=caches)[:, -1, :]
             logprobs = (logits - mx.logsumexp(logits, axis=-1, keepdims=True)).astype(mx.float32)
-            steps, outs = [], []
+            k = max(lane.top_k for lane in lanes)
+            packed, top = summary_graph_rows(logprobs, k)  # one graph for every row
+            greedy_rows = mx.argmax(logprobs, axis=-1) if any(lane.sampler is greedy for lane in lanes) else None
+            # every array a lane reads is evaluated here: an array made on this thread's generation stream
+            # cannot be evaluated later on the lane's own thread
+            steps, outs = [], [logprobs]
             for row, lane in enumerate(lanes):
                 lp = logprobs[row]
-                token = lane.sampler(lp[None]).squeeze()
-                packed, top = summary_graph(lp, lane.top_k)
+                token = greedy_rows[row] if lane.sampler is greedy else lane.sampler(lp[None]).squeeze()
+                n = lane.top_k
+                if n == k:
+                    p_row, t_row = packed[row], top[row]
+                else:  # a lane that keeps fewer candidates: its own top-n (the k best are not ordered)
+                    t_row = mx.argpartition(-lp, kth=n - 1)[:n]
+                    p_row = mx.concatenate([packed[row, :1], lp[t_row]])
                 hid = hidden[row] if hidden is not None and lane.want_hidden else None
-                steps.append(Step(lp, token, packed, top, hid))
-                outs += [token, packed, top] + ([hid] if hid is not None else [])
+                steps.append(Step(lp, token, p_row, t_row, hid))
+                outs += [lp, token, p_row, t_row] + ([hid] if hid is not None else [])
             for row, lane in enumerate(lanes):
                 lane.cache = [c.extract(row) for c in caches]
             mx.eval(*outs, *[c.state for lane in lanes for c in lane.cache])

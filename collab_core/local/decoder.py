@@ -34,6 +34,13 @@ class Step:
         self._conf: Confidence | None = None
         self._token_id: int | None = None
 
+    def wait(self) -> Step:
+        """Evaluate every field now (e.g. before another thread reads them)."""
+        import mlx.core as mx
+
+        mx.eval(*(a for a in (self.logprobs, self.token, self._packed, self._top, self.hidden) if a is not None))
+        return self
+
     @property
     def token_id(self) -> int:
         if self._token_id is None:

@@ -168,3 +168,28 @@ def test_streams_interleaved_in_one_thread(tiny_lm):
     with pytest.raises(ConfigError, match="max_batch"):
         next(one.stream(PROMPTS[1], max_tokens=6))
     first.close()
+
+
+def test_row_summaries_equal_one_row_at_a_time():
+    import mlx.core as mx
+
+    from collab_core.scoring import summary_graph, summary_graph_rows, unpack_summary
+
+    logits = mx.random.normal((3, 500), key=mx.random.key(0))
+    lp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    packed, top = summary_graph_rows(lp, 5)
+    for r in range(3):
+        one = unpack_summary(*(a.tolist() for a in summary_graph(lp[r], 5)))
+        rows = unpack_summary(packed[r].tolist(), top[r].tolist())
+        assert rows.top_ids == one.top_ids
+        assert rows.max_prob == pytest.approx(one.max_prob, abs=1e-7)
+        assert rows.entropy == pytest.approx(one.entropy, abs=1e-5)
+
+
+def test_a_lane_that_cannot_batch_takes_its_own_forward_in_the_round(tiny_lm, monkeypatch):
+    from collab_core.local.batch import LaneDecoder
+
+    monkeypatch.setattr(LaneDecoder, "batchable", property(lambda self: False))
+    alone = [Engine(tiny_lm, max_batch=1).generate(p, max_tokens=8).text for p in PROMPTS[:3]]
+    eng = Engine(tiny_lm, max_batch=3)
+    assert [g.text for g in _together(eng, PROMPTS[:3], max_tokens=8)] == alone
