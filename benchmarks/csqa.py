@@ -211,7 +211,7 @@ def answer_one(mode: str, lm, q: dict, args, engine, client) -> dict:
         row = {"answer": g.text, "tokens": s.total_tokens, "cloud_tokens": s.cloud_tokens,
                "cloud_calls": s.cloud_calls, "cloud_failures": s.cloud_failures, "errors": s.cloud_errors,
                "cloud_in": s.cloud_input_tokens, "cloud_out": s.cloud_output_tokens, "cost": s.cost_usd,
-               "time_s": s.time_total_s}
+               "time_s": s.time_total_s, "cloud_ranks": s.cloud_token_ranks}
     elif mode == "cloud":
         from collab_core.cloud.client import SpanRequest
         from collab_core.errors import CloudError

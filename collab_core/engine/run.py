@@ -181,6 +181,10 @@ class Run:
         if self.grammar is not None:  # the span's valid prefix only
             r = check_grammar(r, self.grammar, self.answer, [t for t, _, _ in draft])
         self.stats.rollbacks += r.rollbacks
+        if draft and r.cloud:  # the local candidates at the routed position, against the cloud's token there
+            top = draft[0][1].top_ids
+            self.stats.cloud_token_ranks.append(
+                None if r.replace else top.index(r.cloud[0]) if r.cloud[0] in top else -1)
         target = r.target(self.answer, [t for t, _, _ in draft])
         if r.ends:
             self.finish = "stop"

@@ -197,3 +197,18 @@ def test_a_router_for_one_call_leaves_the_engines_own_alone(tiny_lm, fake):
     routed = eng.generate(PROMPT, max_tokens=12, router=ScheduledRouter([5]))
     assert routed.stats.cloud_calls == 1 and routed.events[5].source == "cloud"
     assert eng.generate(PROMPT, max_tokens=12).events[3].source == "cloud"  # its own router, as before
+
+
+def test_cloud_token_rank_among_the_local_candidates(tiny_lm):
+    """stats.cloud_token_ranks: 0 where the cloud wrote the local model's own pick, -1 where none of its top-k."""
+    alone = Engine(tiny_lm).generate(PROMPT, max_tokens=12)
+    agree = "".join(e.text for e in alone.events[3:9])  # what the local model writes from position 3 on
+    with FakeCloud(reply=agree) as fc:
+        gen = _engine(tiny_lm, fc).generate(PROMPT, max_tokens=12)
+    assert gen.stats.cloud_calls == 1 and gen.stats.cloud_token_ranks == [0]
+    with FakeCloud(reply=" qqqq") as fc:
+        gen = _engine(tiny_lm, fc).generate(PROMPT, max_tokens=12)
+    (rank,) = gen.stats.cloud_token_ranks
+    first_cloud = next(e.token for e in gen.events if e.source == "cloud")
+    top = alone.events[3].confidence.top_ids
+    assert rank == (top.index(first_cloud) if first_cloud in top else -1)
