@@ -157,7 +157,7 @@ class Engine:
         ``max_batch`` are busy."""
         lm = self.local_model
         if self._scheduler is None:
-            self._scheduler = BatchScheduler(lm, model_lock(lm))
+            self._scheduler = BatchScheduler(model_lock(lm))
         self._bind(router)
         me = threading.get_ident()
         if len(self._busy) >= self.max_batch and all(t == me for t in self._busy.values()):

@@ -65,12 +65,13 @@ def released(lock) -> Iterator[None]:
 class LaneStep:
     """A step submitted to a round: a ``Step`` once the round has run (reading any field waits for it)."""
 
-    __slots__ = ("_lane", "_step", "cancelled")
+    __slots__ = ("_lane", "_step", "cancelled", "error")
 
     def __init__(self, lane: LaneDecoder):
         self._lane = lane
         self._step: Step | None = None
         self.cancelled = False
+        self.error: BaseException | None = None  # the round that carried it failed
 
     @property
     def done(self) -> bool:
@@ -123,8 +124,6 @@ class LaneDecoder(StepDecoder):
             self._pending.resolved()
 
     def step(self, token):
-        if isinstance(token, LaneStep):  # pragma: no cover - callers pass .token
-            token = token.token
         self._settle()
         if self.scheduler.alone(self):
             return super().step(token)  # exactly StepDecoder: own cache, forward pass queued, nothing waits
@@ -172,10 +171,6 @@ class LaneDecoder(StepDecoder):
         self.cancel_pending()
         super().reset()
 
-    @property
-    def tokens(self) -> list[int]:
-        return super().tokens
-
     def blocking(self, fn: Callable[..., T], *args) -> T:
         """``fn(*args)`` with the model given up meanwhile (this lane is away; its submitted step still runs)."""
         return self.scheduler.away(self, fn, *args)
@@ -187,8 +182,7 @@ class BatchScheduler:
     Every method is called by a lane's thread holding ``lock`` (the model's ``RLock``); waiting releases it.
     """
 
-    def __init__(self, lm: LocalModel, lock, *, linger_s: float = 0.005, linger_share: float = 0.25):
-        self.lm = lm
+    def __init__(self, lock, *, linger_s: float = 0.005, linger_share: float = 0.25):
         self.lock = lock
         self.cond = threading.Condition(lock)
         self.linger_s = linger_s
@@ -253,6 +247,8 @@ class BatchScheduler:
         """Block until a round has run ``ls`` (running it here when it is due)."""
         since = time.perf_counter()
         while not ls.done:
+            if ls.error is not None:
+                raise ls.error
             if ls.cancelled:
                 raise RuntimeError("a cancelled step was read")
             linger = self.linger
@@ -281,6 +277,13 @@ class BatchScheduler:
             self.rounds += 1
             self.rows += len(batch)
             self._last_round_s = time.perf_counter() - t0
+        except BaseException as exc:  # every lane in the round gets the error (none waits forever)
+            for lane, _, ls in batch:
+                if not ls.done:
+                    ls.error = exc
+                    if lane._pending is ls:
+                        lane._pending = None
+            raise
         finally:
             self.cond.notify_all()
 
@@ -337,7 +340,7 @@ def run_lanes(lm: LocalModel, jobs: Sequence[Callable[[LaneDecoder], T]], *, max
     import concurrent.futures as cf
 
     lock = model_lock(lm)
-    sched = BatchScheduler(lm, lock)
+    sched = BatchScheduler(lock)
 
     def on_a_lane(jobs_here):
         with lock:

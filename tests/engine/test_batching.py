@@ -193,3 +193,29 @@ def test_a_lane_that_cannot_batch_takes_its_own_forward_in_the_round(tiny_lm, mo
     alone = [Engine(tiny_lm, max_batch=1).generate(p, max_tokens=8).text for p in PROMPTS[:3]]
     eng = Engine(tiny_lm, max_batch=3)
     assert [g.text for g in _together(eng, PROMPTS[:3], max_tokens=8)] == alone
+
+
+def test_a_failed_round_fails_every_request_in_it(tiny_lm, monkeypatch):
+    """An error inside a batched forward pass reaches every request it carried; none waits forever."""
+    from collab_core.local.batch import BatchScheduler
+
+    def boom(self, batch):
+        raise RuntimeError("forward pass failed")
+
+    monkeypatch.setattr(BatchScheduler, "_forward_batch", boom)
+    eng = Engine(tiny_lm, max_batch=4)
+    barrier = threading.Barrier(3)
+
+    def one(p):
+        barrier.wait()
+        try:
+            eng.generate(p, max_tokens=8)
+        except RuntimeError as exc:
+            return str(exc)
+        return "finished"  # a request that ran alone throughout never meets the failing path
+
+    with cf.ThreadPoolExecutor(3) as ex:
+        outcomes = list(ex.map(one, PROMPTS[:3]))
+    assert "forward pass failed" in outcomes
+    assert set(outcomes) <= {"forward pass failed", "finished"}
+    assert not eng._busy and not eng._scheduler.open  # every lane given back
