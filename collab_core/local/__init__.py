@@ -5,6 +5,8 @@
 * ``gguf`` -- GGUF -> mlx-lm folder conversion (weights, config, tokenizer);
 * ``blas`` -- OpenBLAS for MLX on a Linux CPU (loaded by ``collab_core`` before MLX is imported);
 * ``decoder`` -- ``StepDecoder``: one token at a time on mlx-lm's KV cache, with signals and rollback;
+* ``batch`` -- concurrent generations decoded as one batch (``LaneDecoder``, ``BatchScheduler``), the model lock;
+* ``grammar`` -- constrained decoding with llguidance;
 * ``embedding`` -- mean-pooled hidden-state embeddings (the LlamaIndex demo embedding).
 
 Nothing here may import MLX at package import time: ``collab_core`` enables OpenBLAS first.
