@@ -29,6 +29,13 @@ Answer formats (``--format``, from ``collab_core.training.csqa``):
 
 ``--max-tokens`` / ``--stop`` override the format's defaults. An answer with no letter is invalid (counted wrong).
 
+Batching: the engine modes answer ``--batch`` questions at once (default 8), which the engine decodes as one batch
+(``collab_core/local/batch.py``; greedy answers are the same as one at a time), and the budget calibration is
+batched the same way; the cloud mode sends ``--cloud-workers`` questions at once. ``time_per_question_s`` is then
+each question's own latency with the others beside it, not the run's throughput. A budget router's running share
+is the engine's, so with ``--batch`` > 1 which positions it routes can depend on the questions' interleaving.
+A cloud-alone answer that fails (e.g. a timeout on a busy loopback server) is not written: a later run redoes it.
+
 Results: ``OUT/rows.jsonl`` (one line per question and mode; re-running resumes), ``OUT/run.json`` (the
 settings the rows were made with: a resume with other settings is refused), ``OUT/summary.json`` (with the
 median answer length in tokens per mode), ``OUT/table.md`` and ``OUT/accuracy_vs_share.png``. The last line is
