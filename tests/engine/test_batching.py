@@ -219,3 +219,14 @@ def test_a_failed_round_fails_every_request_in_it(tiny_lm, monkeypatch):
     assert "forward pass failed" in outcomes
     assert set(outcomes) <= {"forward pass failed", "finished"}
     assert not eng._busy and not eng._scheduler.open  # every lane given back
+
+
+def test_batched_calibration_gives_the_same_scores(tiny_lm):
+    from collab_core.router import BudgetRouter
+    from collab_core.training import calibrate_on
+
+    one, four = BudgetRouter(0.1), BudgetRouter(0.1)
+    t1 = calibrate_on(one, tiny_lm, PROMPTS[:4], max_tokens=10, batch=1)
+    t4 = calibrate_on(four, tiny_lm, PROMPTS[:4], max_tokens=10, batch=4)
+    assert len(one.scores) == 40 and list(four.scores) == pytest.approx(list(one.scores), abs=1e-6)
+    assert t4 == pytest.approx(t1, abs=1e-6)
