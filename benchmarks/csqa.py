@@ -351,6 +351,24 @@ def build_modes(args) -> list[str]:
     return [m for m in modes if m not in args.skip.split(",")]
 
 
+def _report(args, modes: list[str], ids: set, lm, rows_path: Path) -> None:
+    """``--report``: the table of every mode as far as its rows go (each with its own question count), and the
+    headline on the questions every reported mode has answered, so partial modes are compared like for like."""
+    latest = {(r["mode"], r["id"]): r for r in (json.loads(x) for x in rows_path.read_text().splitlines())}
+    rows = [r for r in latest.values() if r["id"] in ids]
+    summary = summarize(rows, modes)
+    meta = {"questions": len(ids), "data": str(args.data), "seed": args.seed, "local": lm.name,
+            "format": args.format, "max_tokens": args.max_tokens, "stop": args.stop, "report": True}
+    lines = write_reports(summary, args.out, meta)
+    print("\n".join(lines))
+    present = [m for m in modes if m in summary]
+    common = set.intersection(*({r["id"] for r in rows if r["mode"] == m} for m in present)) if present else set()
+    h = headline(summarize([r for r in rows if r["id"] in common], present))
+    print(json.dumps({"common_questions": len(common), **h}))
+    print(" ".join([f"common_questions={len(common)}"] +
+                   [f"{k}={v:.4f}" for k, v in h.items() if isinstance(v, float)]))
+
+
 def default_out(local_model: str | None, fmt: str) -> Path:
     """``benchmarks/results/csqa``, then ``-MODEL`` for a named local model and ``-FORMAT`` unless ``letter``."""
     name = "csqa"
@@ -453,6 +471,9 @@ def main() -> None:
                          "the questions)")
     ap.add_argument("--cloud-workers", type=int, default=8,
                     help="concurrent questions in the cloud-only mode (the stand-in decodes them as one batch)")
+    ap.add_argument("--report", action="store_true",
+                    help="only summarize the rows in OUT for --modes (partial modes included; the headline on the "
+                         "questions every mode has answered)")
     ap.add_argument("--out", type=Path, default=None,
                     help="results folder (default: benchmarks/results/csqa[-MODEL][-FORMAT])")
     args = ap.parse_args()
@@ -477,6 +498,9 @@ def main() -> None:
     rows = [json.loads(x) for x in rows_path.read_text().splitlines()] if rows_path.exists() else []
     done = {(r["mode"], r["id"]) for r in rows}
 
+    if args.report:  # summarize the rows there are; run nothing
+        _report(args, modes, ids, lm, rows_path)
+        return
     standin = None
     if not args.cloud_model and any(m != "small" for m in modes):
         from collab_core.devtools.standin import StandinCloud
