@@ -221,6 +221,9 @@ class LearnedScorer:
             self.model = router_mlp(int(self.meta["in_dim"]), int(self.meta["hidden"]))
             weights = mx.load(str(path / "weights.safetensors"))
             self.model.update(tree_unflatten(list(weights.items())))
+            # read now: a lazily loaded array can only be evaluated on the thread that loaded it, and the
+            # scorer runs on whichever thread decodes (batched lanes, the async API, a server)
+            mx.eval(self.model.parameters())
         except RouterLoadError:
             raise
         except Exception as exc:

@@ -15,6 +15,7 @@ from collab_core.cloud.client import CloudConfig
 from collab_core.devtools.fakecloud import FakeCloud
 from collab_core.errors import ConfigError
 from collab_core.router import ScheduledRouter, ThresholdRouter
+from collab_core.scoring import LearnedScorer
 
 PROMPTS = ["What is the capital of France?", "Name a large animal.", "Why is the sky blue?",
            "Write a word that rhymes with cat.", "Count to five.", "What do bees make?",
@@ -230,3 +231,17 @@ def test_batched_calibration_gives_the_same_scores(tiny_lm):
     t4 = calibrate_on(four, tiny_lm, PROMPTS[:4], max_tokens=10, batch=4)
     assert len(one.scores) == 40 and list(four.scores) == pytest.approx(list(one.scores), abs=1e-6)
     assert t4 == pytest.approx(t1, abs=1e-6)
+
+
+def test_learned_router_scores_on_the_decoding_threads(smollm):
+    """The learned scorer is loaded on this thread and called on the lanes' threads (it failed with MLX's
+    'There is no Stream(cpu, 0) in current thread' while its weights were still lazy)."""
+    with FakeCloud(reply=" the sea", latency_s=0.02) as fc:
+        cloud = CloudConfig(model="text-completion-openai/fake", api_base=fc.url)
+        router = ThresholdRouter(0.5, scorer=LearnedScorer())
+        router.bind(smollm)  # loaded here, on the main thread, as a benchmark does
+        eng = Engine(smollm, cloud=cloud, router=router, pipeline="sync", cache=False, max_batch=4)
+        together = _together(eng, PROMPTS[:4], max_tokens=8)
+    scored = [e.score for g in together for e in g.events if e.source == "local"]
+    assert scored and all(isinstance(x, float) for x in scored)  # scored on the lanes' threads
+    assert eng._scheduler.rows > eng._scheduler.rounds
