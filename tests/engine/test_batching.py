@@ -67,20 +67,22 @@ def test_concurrent_routed_answers_equal_alone(smollm):
 
 
 def test_async_pipeline_batched_equals_alone(tiny_lm):
-    """Drafting while spans are in flight, rollback where the cloud disagrees: per lane, in a batch."""
-    with FakeCloud(reply=" zebra crossing", latency_s=0.05) as fc:
+    """Drafting while spans are in flight, rollback where the cloud disagrees: per lane, in a batch. The cloud is
+    slow enough that every draft reaches ``max_draft`` before its span comes back, so which positions are routed
+    does not depend on timing (with a fast cloud it may: README, Serving)."""
+    with FakeCloud(reply=" zebra crossing", latency_s=1.5) as fc:
         cloud = CloudConfig(model="text-completion-openai/fake", api_base=fc.url)
 
         def eng(n):
-            return Engine(tiny_lm, cloud=cloud, router=ScheduledRouter((2, 7)), pipeline="async", cache=False,
-                          max_batch=n)
+            return Engine(tiny_lm, cloud=cloud, router=ScheduledRouter((2, 13)), pipeline="async", cache=False,
+                          max_draft=4, max_batch=n)
 
-        alone = [eng(1).generate(p, max_tokens=14) for p in PROMPTS[:4]]
-        together = _together(eng(4), PROMPTS[:4], max_tokens=14)
+        alone = [eng(1).generate(p, max_tokens=20) for p in PROMPTS[:3]]
+        together = _together(eng(3), PROMPTS[:3], max_tokens=20)
     _same(together, alone)
     assert [g.stats.cloud_calls for g in together] == [g.stats.cloud_calls for g in alone]
     assert [g.stats.rollbacks for g in together] == [g.stats.rollbacks for g in alone]
-    assert sum(g.stats.cloud_calls for g in together) >= 4
+    assert sum(g.stats.cloud_calls for g in together) >= 3 and sum(g.stats.rollbacks for g in together) > 0
 
 
 def test_requests_join_and_leave_between_steps(tiny_lm):
