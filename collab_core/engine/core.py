@@ -40,6 +40,8 @@ else:  # pragma: no cover - 3.10
     from typing_extensions import Unpack
 
 _DECODE_THREADS = ParkedThreads("collab-decode")  # async API: decoding threads that never exit (see there)
+
+
 def make_sampler(cfg: GenerationConfig):
     if cfg.temperature <= 0:
         return greedy
