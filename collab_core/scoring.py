@@ -44,25 +44,14 @@ class Confidence:
 
 
 def summary_graph(logprobs, k: int):
-    """MLX ops: (packed [entropy, top-k logprobs...], top-k ids) for a (vocab,) log-prob vector."""
-    import mlx.core as mx
-
-    probs = mx.exp(logprobs)
-    entropy = -(probs * mx.maximum(logprobs, -1e30)).sum()
-    top_ids = mx.argpartition(-logprobs, kth=k - 1)[:k]
-    packed = mx.concatenate([entropy[None], logprobs[top_ids]])
-    return packed, top_ids
-
-
-def summary_graph_rows(logprobs, k: int):
-    """``summary_graph`` for each row of a (batch, vocab) log-prob matrix, as one graph: (packed (batch, 1 + k),
-    top-k ids (batch, k)); row ``r`` holds what ``summary_graph(logprobs[r], k)`` gives."""
+    """MLX ops: (packed [entropy, top-k logprobs...], top-k ids) for a (vocab,) log-prob vector -- or, for a
+    (batch, vocab) matrix, the same for every row as one graph ((batch, 1 + k), (batch, k))."""
     import mlx.core as mx
 
     probs = mx.exp(logprobs)
     entropy = -(probs * mx.maximum(logprobs, -1e30)).sum(axis=-1)
-    top_ids = mx.argpartition(-logprobs, kth=k - 1, axis=-1)[:, :k]
-    packed = mx.concatenate([entropy[:, None], mx.take_along_axis(logprobs, top_ids, axis=-1)], axis=-1)
+    top_ids = mx.argpartition(-logprobs, kth=k - 1, axis=-1)[..., :k]
+    packed = mx.concatenate([entropy[..., None], mx.take_along_axis(logprobs, top_ids, axis=-1)], axis=-1)
     return packed, top_ids
 
 

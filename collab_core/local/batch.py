@@ -15,7 +15,7 @@ does (MLX work is serialized per model); it gives the lock up only where it wait
 * while it is **away** (``LaneDecoder.blocking``: waiting for the cloud), rounds do not wait for it; its
   submitted step still goes into the rounds the others run;
 * while its caller reads an event (``stepped_out``) it holds no lock either, but rounds wait for its next step
-  (up to ``linger_s``): it comes as soon as the caller asks for the next event.
+  (up to ``linger``): it comes as soon as the caller asks for the next event.
 
 A lane that is alone decodes exactly as ``StepDecoder`` does (its own cache, the next forward pass queued
 before the current token is read), so a single request pays nothing for batching. Prefill, multi-token feeds
@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
-from ..scoring import summary_graph_rows
+from ..scoring import summary_graph
 from .decoder import Step, StepDecoder, greedy
 from .loading import LocalModel
 
@@ -226,7 +226,7 @@ class BatchScheduler:
     def stepped_out(self, lane: LaneDecoder) -> Iterator[None]:
         """The lane's caller has the floor (it reads an event), with the model given up. Not away: the lane
         submits its next step as soon as its caller asks for the next event, and rounds wait for it (up to
-        ``linger_s``)."""
+        ``linger``)."""
         with released(self.lock):
             yield
 
@@ -306,7 +306,7 @@ class BatchScheduler:
                 logits = first.model(ids, cache=caches)[:, -1, :]
             logprobs = (logits - mx.logsumexp(logits, axis=-1, keepdims=True)).astype(mx.float32)
             k = max(lane.top_k for lane in lanes)
-            packed, top = summary_graph_rows(logprobs, k)  # one graph for every row
+            packed, top = summary_graph(logprobs, k)  # one graph for every row
             greedy_rows = mx.argmax(logprobs, axis=-1) if any(lane.sampler is greedy for lane in lanes) else None
             # every array a lane reads is evaluated here: an array made on this thread's generation stream
             # cannot be evaluated later on the lane's own thread

@@ -176,11 +176,11 @@ def test_streams_interleaved_in_one_thread(tiny_lm):
 def test_row_summaries_equal_one_row_at_a_time():
     import mlx.core as mx
 
-    from collab_core.scoring import summary_graph, summary_graph_rows, unpack_summary
+    from collab_core.scoring import summary_graph, unpack_summary
 
     logits = mx.random.normal((3, 500), key=mx.random.key(0))
     lp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-    packed, top = summary_graph_rows(lp, 5)
+    packed, top = summary_graph(lp, 5)  # every row in one graph
     for r in range(3):
         one = unpack_summary(*(a.tolist() for a in summary_graph(lp[r], 5)))
         rows = unpack_summary(packed[r].tolist(), top[r].tolist())
