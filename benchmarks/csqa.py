@@ -66,9 +66,9 @@ from collab_core.training import calibrate_on
 from collab_core.training.csqa import FORMATS, get_format, load_questions, prompt_text
 
 ROOT = Path(__file__).resolve().parent.parent
-_RESTART = threading.Lock()
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "commonsenseqa_dev_400.jsonl"
 TRAIN_DATA = ROOT.parent / "shared" / "data" / "commonsenseqa_train_2049.jsonl"
+_RESTART = threading.Lock()  # one thread restarts a dead stand-in
 
 
 def seed_generate(lm, client: CloudClient, text: str, threshold: float, max_tokens: int, stop: str = "\n") -> dict:
@@ -351,11 +351,16 @@ def build_modes(args) -> list[str]:
     return [m for m in modes if m not in args.skip.split(",")]
 
 
+def latest_rows(rows_path: Path, ids: set) -> list[dict]:
+    """One row per (mode, question) of ``ids``: the latest written."""
+    latest = {(r["mode"], r["id"]): r for r in (json.loads(x) for x in rows_path.read_text().splitlines())}
+    return [r for r in latest.values() if r["id"] in ids]
+
+
 def _report(args, modes: list[str], ids: set, lm, rows_path: Path) -> None:
     """``--report``: the table of every mode as far as its rows go (each with its own question count), and the
     headline on the questions every reported mode has answered, so partial modes are compared like for like."""
-    latest = {(r["mode"], r["id"]): r for r in (json.loads(x) for x in rows_path.read_text().splitlines())}
-    rows = [r for r in latest.values() if r["id"] in ids]
+    rows = latest_rows(rows_path, ids)
     summary = summarize(rows, modes)
     meta = {"questions": len(ids), "data": str(args.data), "seed": args.seed, "local": lm.name,
             "format": args.format, "max_tokens": args.max_tokens, "stop": args.stop, "report": True}
@@ -526,8 +531,7 @@ def main() -> None:
             standin.stop()
     if args.shard:
         return  # the parent summarizes
-    latest = {(r["mode"], r["id"]): r for r in (json.loads(x) for x in rows_path.read_text().splitlines())}
-    rows = [r for r in latest.values() if r["id"] in ids]  # one row per (mode, question): the latest
+    rows = latest_rows(rows_path, ids)
     summary = summarize(rows, modes)
     meta = {"questions": len(questions), "data": str(args.data), "seed": args.seed, "local": lm.name,
             "cloud": args.cloud_model, "format": args.format, "max_tokens": args.max_tokens, "stop": args.stop,
