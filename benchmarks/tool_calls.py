@@ -2,7 +2,7 @@
 
     python benchmarks/tool_calls.py --cloud-model M [--api-base URL] [--local-model SPEC] [--budget 0.07]
                                     [--modes local,routed,cloud] [--limit N] [--tool-choice required|auto]
-                                    [--data benchmarks/data/tool_tasks.jsonl] [--out DIR]
+                                    [--data benchmarks/data/tool_tasks.jsonl] [--out DIR]  (resumable)
 
 Tasks (``benchmarks/data/tool_tasks.jsonl``): the first line is ``{"tools": [...]}`` (six function specs), each
 further line ``{"id", "prompt", "expected": {"name", "arguments"}}`` -- pick the right tool, fill the right
@@ -139,20 +139,33 @@ def main(argv: list[str] | None = None) -> None:
         engines["routed"] = Engine(lm, cloud=args.cloud_model, api_base=args.api_base, api_key=args.api_key,
                                    budget=args.budget, pipeline="sync")
     args.out.mkdir(parents=True, exist_ok=True)
+    # resumable: rows already written for this model and these settings are kept, the rest are run and appended
+    key = {"model": lm.name, "cloud_model": args.cloud_model, "budget": args.budget, "tool_choice": args.tool_choice,
+           "max_tokens": args.max_tokens}
+    done = {}
+    if (args.out / "rows.jsonl").exists():
+        for line in (args.out / "rows.jsonl").read_text().splitlines():
+            r = json.loads(line)
+            if all(r.get(k) == v for k, v in key.items()):
+                done[(r["id"], r["mode"])] = r
     rows = []
-    with open(args.out / "rows.jsonl", "w") as f:
+    with open(args.out / "rows.jsonl", "a") as f:
         for task in tasks:
             for mode in modes:
+                if (task["id"], mode) in done:
+                    rows.append(done[(task["id"], mode)])
+                    continue
                 t = time.perf_counter()
                 if mode == "cloud":
                     call, info = run_cloud(args.cloud_model, args.api_base, task, tools, lm, args.max_tokens,
                                            args.api_key)
                 else:
                     call, info = run_engine(engines[mode], task, tools, args.tool_choice, args.max_tokens)
-                row = {"id": task["id"], "mode": mode, "call": call, "expected": task["expected"],
+                row = {**key, "id": task["id"], "mode": mode, "call": call, "expected": task["expected"],
                        **score(call, task["expected"], tools), "seconds": round(time.perf_counter() - t, 3), **info}
                 rows.append(row)
                 f.write(json.dumps(row) + "\n")
+                f.flush()
                 print(f"{task['id']} {mode:6s} valid={row['valid']!s:5s} args={row['args']!s:5s} {call}",
                       file=sys.stderr)
     summary = {"model": lm.name, "cloud_model": args.cloud_model, "budget": args.budget, "tasks": len(tasks),

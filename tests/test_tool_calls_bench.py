@@ -48,7 +48,8 @@ def test_smoke_every_mode(smollm, tmp_path, capsys):
         return call
 
     with FakeCloud(reply=reply) as fc:
-        bench.main(["--cloud-model", "text-completion-openai/fake", "--api-base", fc.url, "--limit", "2",
+        url = fc.url
+        bench.main(["--cloud-model", "text-completion-openai/fake", "--api-base", url, "--limit", "2",
                     "--out", str(tmp_path), "--max-tokens", "64"])
     summary = json.loads((tmp_path / "summary.json").read_text())
     rows = [json.loads(x) for x in (tmp_path / "rows.jsonl").read_text().splitlines()]
@@ -59,3 +60,8 @@ def test_smoke_every_mode(smollm, tmp_path, capsys):
     cloud = [r for r in rows if r["mode"] == "cloud"]
     assert cloud[0]["args"] and not cloud[1]["args"]  # the scripted cloud always asks for Tokyo's weather
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("local_valid_call_rate=")
+    # resumed: every (task, mode) row is there, so nothing is asked again (the cloud is gone) and the summary holds
+    bench.main(["--cloud-model", "text-completion-openai/fake", "--api-base", url, "--limit", "2",
+                "--out", str(tmp_path), "--max-tokens", "64"])
+    assert len((tmp_path / "rows.jsonl").read_text().splitlines()) == 6
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
