@@ -1,40 +1,44 @@
 """Routing latency against a loopback OpenAI-compatible server with injected latency.
 
     python benchmarks/routing_latency.py [--latency-ms 150] [--every 10] [--tokens 96] [--rounds 3]
+                                         [--agree 0.6] [--ranks R2,R3,..] [--max-draft N] [--branches K]
+                                         [--local-model SPEC]
 
-A fake cloud (collab_core.devtools.fakecloud.FakeCloud: real HTTP on 127.0.0.1, through LiteLLM as any provider)
-answers every span after ``--latency-ms``. It agrees with the local model's own greedy continuation at
-about ``--agree`` of the routed positions (as a stronger model agrees with a weaker one where the weak
-one was merely unsure) and says something else otherwise. The local model is the bundled SmolLM2; a
-fixed schedule routes every ``--every``-th token, so sync and async runs route the same positions.
-Interleaved rounds, one process. Reports:
+A fake cloud (``FakeCloud`` with a ``LocalReply``: real HTTP on 127.0.0.1 in its own process, reached through
+LiteLLM as any provider) answers every span after ``--latency-ms``. It runs the same local model and, at each
+routed position, sends the local model's own pick there at ``--agree`` of the positions (the rank 2, 3, ...
+candidates at the ``--ranks`` shares, something else otherwise) -- as a stronger model agrees with a weaker one
+where the weak one was merely unsure. A fixed schedule routes every ``--every``-th position, so sync and async
+runs route the same positions. Local only, sync and async pipelines, interleaved rounds, one process. Reports:
 
-* ``span_over_rtt``: mean wall time per routed span (decision -> the span's text ready to stream), sync
-  pipeline, divided by one round trip of the same cloud call made directly (target <= 1.3);
-* ``hidden_share``: 1 - (cloud wait with the async pipeline / cloud wait with the sync pipeline) on the
-  same positions (target >= 0.5);
-* ``async_speedup``: sync wall time / async wall time.
+* ``span_over_rtt``: mean wall time per routed span (decision -> the span's text ready), sync pipeline,
+  divided by one round trip of the same cloud call made directly (target <= 1.3);
+* ``hidden_share``: 1 - (cloud wait with the async pipeline / cloud wait with the sync pipeline);
+* ``async_speedup``: sync wall time / async wall time;
+* ``off_clock_share``: (sync - async) / (sync - local only), wall time per answer token: the share of what
+  the cloud costs the answer that the async pipeline takes off the clock (target >= 0.5 at the default
+  agreement);
+* ``kept_share``: the async spans whose draft was kept (the cloud's token was the one drafted from: the routed
+  token's, or with ``--branches K`` one of the K best candidates').
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
-import tempfile
 import time
 
 import collab_core  # noqa: F401  (first: OpenBLAS before mlx)
 from collab_core import Engine, load_local_model
 from collab_core.children import run_main, spawn_python
 from collab_core.cloud.client import CloudClient, CloudConfig, SpanRequest
-from collab_core.prompts import render_prompt
 from collab_core.router import ScheduledRouter
 
 PROMPTS = ["Write a short story about a lighthouse keeper.", "Explain how rain forms, step by step.",
            "Describe a busy market in the morning."]
+PIPELINES = ("local", "sync", "async")
 
 
 def main() -> None:
@@ -45,27 +49,24 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=96)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--agree", type=float, default=0.6)
+    ap.add_argument("--ranks", default="", help="the cloud's shares of rank 2, 3, ... local candidates")
+    ap.add_argument("--max-draft", type=int, default=None, help="default: the engine's")
+    ap.add_argument("--branches", type=int, default=1, help="async: draft this many local candidates at once")
     args = ap.parse_args()
     lm = load_local_model(args.local_model)
     positions = range(args.every // 2, args.tokens, args.every)
-    local = Engine(lm)
-    references = {render_prompt(lm, p)[0]: local.generate(p, max_tokens=args.tokens + 8).text for p in PROMPTS}
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump(references, f)
     # the cloud runs in its own process, as a remote provider would (and stops with this one)
     server = spawn_python(["-m", "collab_core.devtools.fakecloud", "--latency-ms", str(args.latency_ms),
-                           "--references", f.name, "--agree", str(args.agree)], name="fake cloud",
-                          stdout=subprocess.PIPE, text=True)
+                           "--local-model", args.local_model or "", "--agree", str(args.agree),
+                           "--ranks", args.ranks], name="fake cloud", stdout=subprocess.PIPE, text=True)
     try:
         url = server.proc.stdout.readline().strip()
         run(args, lm, positions, url, out := {})
     finally:
         server.stop()
-        os.unlink(f.name)
     print(json.dumps(out, indent=2))
-    print(f"span_over_rtt={out['span_over_rtt']}")
-    print(f"hidden_share={out['hidden_share']}")
-    print(f"async_speedup={out['async_speedup']}")
+    for k in ("span_over_rtt", "hidden_share", "async_speedup", "kept_share", "off_clock_share"):
+        print(f"{k}={out[k]}")
 
 
 def run(args, lm, positions, url: str, out: dict) -> None:
@@ -78,40 +79,52 @@ def run(args, lm, positions, url: str, out: dict) -> None:
         client.continue_span(req)
         rtts.append(time.perf_counter() - t)
     rtt = statistics.median(rtts[2:])
-    engines = {p: Engine(lm, cloud=cfg, router=ScheduledRouter(positions), pipeline=p, cache=False)
-               for p in ("sync", "async")}
-    engines["sync"].generate(PROMPTS[0], max_tokens=8)  # warm-up
-    runs = {"sync": [], "async": []}
+    extra = {"branches": args.branches} | ({} if args.max_draft is None else {"max_draft": args.max_draft})
+    engines = {"local": Engine(lm)}
+    engines.update({p: Engine(lm, cloud=cfg, router=ScheduledRouter(positions), pipeline=p, cache=False, **extra)
+                    for p in ("sync", "async")})
+    for e in engines.values():  # warm-up (the fake cloud's model too)
+        e.generate(PROMPTS[0], max_tokens=16)
+    runs: dict[str, list] = {p: [] for p in PIPELINES}
     for r in range(args.rounds):
-        for p in (("sync", "async") if r % 2 == 0 else ("async", "sync")):
+        for p in (PIPELINES if r % 2 == 0 else PIPELINES[::-1]):
             for prompt in PROMPTS:
-                s = engines[p].generate(prompt, max_tokens=args.tokens).stats
-                runs[p].append(s)
+                runs[p].append(engines[p].generate(prompt, max_tokens=args.tokens).stats)
 
     def total(p, attr):
         return sum(getattr(s, attr) for s in runs[p])
 
+    per_token = {p: total(p, "time_total_s") / total(p, "total_tokens") for p in PIPELINES}
+    ranks = [x for s in runs["async"] for x in s.cloud_token_ranks]
     span_wall = total("sync", "time_spans_s") / total("sync", "cloud_calls")
-    hidden = 1 - total("async", "time_cloud_wait_s") / total("sync", "time_cloud_wait_s")
-    speedup = total("sync", "time_total_s") / total("async", "time_total_s")
     out.update({
         "benchmark": "routing_latency",
         "model": lm.name,
         "latency_ms": args.latency_ms,
+        "agree": args.agree,
+        "ranks": args.ranks,
+        "max_draft": engines["async"].max_draft,
+        "branches": args.branches,
         "round_trip_s": round(rtt, 4),
         "routed_every": args.every,
         "tokens_per_answer": args.tokens,
-        "answers_per_mode": len(runs["sync"]),
-        "calls": {p: total(p, "cloud_calls") for p in runs},
-        "cloud_wait_s": {p: round(total(p, "time_cloud_wait_s"), 3) for p in runs},
-        "cloud_hidden_s": {p: round(total(p, "time_cloud_hidden_s"), 3) for p in runs},
-        "wall_s": {p: round(total(p, "time_total_s"), 3) for p in runs},
-        "rollbacks": {p: total(p, "rollbacks") for p in runs},
+        "answers_per_pipeline": len(runs["sync"]),
+        "tokens": {p: total(p, "total_tokens") for p in PIPELINES},
+        "calls": {p: total(p, "cloud_calls") for p in PIPELINES},
+        "cloud_wait_s": {p: round(total(p, "time_cloud_wait_s"), 3) for p in PIPELINES},
+        "cloud_hidden_s": {p: round(total(p, "time_cloud_hidden_s"), 3) for p in PIPELINES},
+        "wall_s": {p: round(total(p, "time_total_s"), 3) for p in PIPELINES},
+        "wall_ms_per_token": {p: round(1000 * v, 3) for p, v in per_token.items()},
+        "rollbacks": {p: total(p, "rollbacks") for p in PIPELINES},
+        "cloud_token_rank_async": {str(k): ranks.count(k) for k in sorted(set(ranks), key=lambda x: (x is None, x))},
         "span_wall_s_sync": round(span_wall, 4),
         "span_over_rtt": round(span_wall / rtt, 4),
-        "hidden_share": round(hidden, 4),
-        "async_speedup": round(speedup, 4),
-        "agree": args.agree,
+        "hidden_share": round(1 - total("async", "time_cloud_wait_s") / total("sync", "time_cloud_wait_s"), 4),
+        "async_speedup": round(total("sync", "time_total_s") / total("async", "time_total_s"), 4),
+        "kept_share": round(total("async", "drafts_kept") / max(1, total("async", "cloud_calls")), 4),
+        "branches_adopted": total("async", "branches_adopted"),
+        "off_clock_share": round((per_token["sync"] - per_token["async"]) / (per_token["sync"] - per_token["local"]),
+                                 4),
     })
 
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
-from .local.grammar import Constraint, json_constraint, tool_constraint
+from .local.grammar import Constraint, json_constraint, marker_token, tool_constraint
 
 START, END = "<tool_call>", "</tool_call>"
 TOOL_CHOICES = ("auto", "none", "required", "any")
@@ -136,7 +136,8 @@ def constraint(lm, tools: Sequence[Mapping[str, Any]] | None, tool_choice: str |
     if not callable_tools:
         return None
     fmt = tool_format(lm)
-    return tool_constraint(callable_tools, start=fmt.start, end=fmt.end, forced=forced)
+    return tool_constraint(callable_tools, start=fmt.start, end=fmt.end, forced=forced,
+                           start_id=marker_token(lm, fmt.start), end_id=marker_token(lm, fmt.end))
 
 
 # -- messages ---------------------------------------------------------------------------------------------------
@@ -222,7 +223,13 @@ def has_tool_content(messages: Sequence[Mapping[str, Any]]) -> bool:
 def parse_tool_calls(text: str, fmt: ToolFormat = GENERIC, tools: Sequence[Mapping[str, Any]] | None = None
                      ) -> tuple[str, list[ToolCall], list[InvalidToolCall]]:
     """(the text outside the calls, the calls, the calls that do not parse). An unclosed call at the end is
-    parsed up to the end of the text."""
+    parsed up to the end of the text. With ``tools``, an answer that is only a bare call object naming one of
+    them (``{"name": ..., "arguments": ...}``, possibly in a code fence: how a cloud model asked in the
+    generic format often answers) is that call."""
+    if tools and fmt.start not in text:
+        bare = _bare_call(text, tools)
+        if bare is not None:
+            return "", [bare], []
     content, calls, invalid = [], [], []
     pos = 0
     while True:
@@ -248,6 +255,27 @@ def parse_tool_calls(text: str, fmt: ToolFormat = GENERIC, tools: Sequence[Mappi
         if j < 0:
             break
     return "".join(content).strip(), calls, invalid
+
+
+def _bare_call(text: str, tools: Sequence[Mapping[str, Any]]) -> ToolCall | None:
+    body = text.strip()
+    if body.startswith("```"):
+        body = body.strip("`").strip()
+        body = body[4:] if body.startswith("json") else body
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        return None
+    names = {t.get("function", t).get("name") for t in tools}
+    if not isinstance(obj, dict) or obj.get("name") not in names:
+        return None
+    args = obj.get("arguments", obj.get("parameters", {}))
+    if isinstance(args, str):
+        try:
+            args = json.loads(args)
+        except ValueError:
+            return None
+    return ToolCall(obj["name"], args) if isinstance(args, dict) else None
 
 
 def parse_json(text: str) -> Any:

@@ -46,12 +46,18 @@ CONVERSATION = [{"role": "user", "content": "Weather in Paris?"},
                 {"role": "tool", "content": "18 C, sunny", "tool_call_id": "c1", "name": "get_weather"}]
 
 
-@pytest.fixture(scope="module")
-def native_lm(tiny_dir, tmp_path_factory):
+@pytest.fixture(scope="module", params=["text-markers", "token-markers"])
+def native_lm(request, tiny_dir, tmp_path_factory):
+    """A tiny model with a Qwen2.5-like tools template; with ``token-markers`` its ``<tool_call>`` and
+    ``</tool_call>`` are single added tokens, as in Qwen2.5's vocabulary (the grammar must match the token)."""
     from collab_core.local.loading import load_local_model
+    from tiny import make_tiny_model
 
     folder = tmp_path_factory.mktemp("m") / "tiny-qwen-like"
-    shutil.copytree(tiny_dir, folder)
+    if request.param == "token-markers":
+        make_tiny_model(folder, added=("<tool_call>", "</tool_call>"))
+    else:
+        shutil.copytree(tiny_dir, folder)
     cfg = json.loads((folder / "tokenizer_config.json").read_text())
     (folder / "tokenizer_config.json").write_text(json.dumps({**cfg, "chat_template": QWEN_LIKE}))
     config = json.loads((folder / "config.json").read_text())  # room for the tools section
@@ -81,6 +87,13 @@ def test_parse_calls_text_and_invalid_calls():
     assert len(invalid) == 1 and invalid[0].text.startswith('{"name": "x"')
     assert calls[0].id != calls[1].id and calls[0].openai()["function"]["name"] == "get_weather"
     assert parse_tool_calls("just text") == ("just text", [], [])
+    # a bare call object naming a known tool (a cloud asked in the generic format often answers so)
+    for bare in ('{"name": "get_weather", "arguments": {"city": "Tokyo"}}',
+                 '```json\n{"name": "get_weather", "arguments": "{\\"city\\": \\"Tokyo\\"}"}\n```'):
+        _, calls, _ = parse_tool_calls(bare, GENERIC, TOOLS)
+        assert [(c.name, c.arguments) for c in calls] == [("get_weather", {"city": "Tokyo"})]
+    assert parse_tool_calls('{"name": "nope", "arguments": {}}', GENERIC, TOOLS)[1] == []
+    assert parse_tool_calls('{"name": "get_weather", "arguments": {}}')[1] == []  # no tools given: not a call
 
 
 def test_visible_text_holds_back_the_calls():
@@ -140,6 +153,26 @@ def test_forced_calls_parse_and_validate_on_a_random_model(native_lm, choice, se
         assert set(call.arguments) == {"a", "b"} and all(0 <= v <= 999 for v in call.arguments.values())
     else:
         assert call.arguments in ({"u": "C"}, {"u": "F"})
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_optional_calls_are_text_or_valid_calls_on_a_random_model(native_lm, seed):
+    """tool_choice auto: prose, or prose then calls that parse and validate -- never a half call."""
+    g = Engine(native_lm).generate("Add 2 and 3?", tools=BOUNDED, max_tokens=120, temperature=1.0, seed=seed)
+    assert not g.structured.invalid_tool_calls
+    if g.finish_reason == "stop":
+        assert all(c.name in ("add", "unit") for c in g.tool_calls)
+
+
+def test_single_token_markers_are_matched_as_tokens(native_lm):
+    from collab_core.tools import constraint
+
+    start = native_lm.tokenizer.encode("<tool_call>", add_special_tokens=False)
+    lark = constraint(native_lm, BOUNDED, "required", None).lark
+    if len(start) == 1:  # the token-markers model
+        assert lark.startswith(f"%llguidance {{}}\nstart: <[{start[0]}]>")
+    else:
+        assert '"<tool_call>"' in lark
 
 
 @pytest.mark.smollm

@@ -28,15 +28,23 @@ CORPUS = [
 ] * 20
 
 
-def make_tiny_tokenizer(vocab_size: int = 384):
+def make_tiny_tokenizer(vocab_size: int = 384, added: tuple[str, ...] = ()):
+    """``added``: more single tokens, as Qwen2.5's ``<tool_call>`` is (an added token that is not special)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS + list(added),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(CORPUS, trainer=trainer)
+    if added:
+        from tokenizers import Tokenizer as T
+
+        spec = json.loads(tok.to_str())
+        for t in spec["added_tokens"]:
+            t["special"] = t["content"] in SPECIALS
+        tok = T.from_str(json.dumps(spec))
     return tok
 
 
@@ -54,13 +62,13 @@ TINY_CONFIG = {
 }
 
 
-def make_tiny_model(folder: Path, seed: int = 0, **overrides) -> Path:
+def make_tiny_model(folder: Path, seed: int = 0, added: tuple[str, ...] = (), **overrides) -> Path:
     import mlx.core as mx
     from mlx.utils import tree_flatten
     from mlx_lm.models import llama
 
     folder.mkdir(parents=True, exist_ok=True)
-    tok = make_tiny_tokenizer()
+    tok = make_tiny_tokenizer(added=added)
     config = {**TINY_CONFIG, "vocab_size": tok.get_vocab_size(), **overrides}
     mx.random.seed(seed)
     model = llama.Model(llama.ModelArgs.from_dict(config))

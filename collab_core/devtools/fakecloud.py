@@ -20,6 +20,10 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from ..threads import ParkedThreads
+
+_MLX_THREADS = ParkedThreads("collab-fake-cloud")
+
 FAULTS = ("401", "429", "500", "503", "timeout", "garbled", "empty", "cut", "nochoices")
 
 
@@ -74,8 +78,10 @@ class FakeCloud:
                 body = json.loads(raw or b"{}")
                 owner.requests.append({"path": self.path, "body": body, "raw": raw})  # raw: the bytes on the wire
                 fault = owner.faults.popleft() if owner.faults else None
+                t0 = time.perf_counter()
+                text = None if fault else owner.reply(body)  # its time counts inside the latency
                 if owner.latency_s:
-                    time.sleep(owner.latency_s)
+                    time.sleep(max(0.0, owner.latency_s - (time.perf_counter() - t0)))
                 if fault in ("401", "429", "500", "503"):
                     return self._send(int(fault), {"error": {"message": f"injected {fault}", "type": "fault"}})
                 if fault == "timeout":
@@ -96,7 +102,8 @@ class FakeCloud:
                 if fault == "nochoices":
                     return self._send(200, {"id": "x", "object": "text_completion", "created": 0,
                                             "model": "fake", "choices": []})
-                text = "" if fault == "empty" else None
+                if fault == "empty":
+                    text = ""
                 return self._send(200, owner._response(self.path, body, text))
 
             def _send(self, code: int, obj: Any):
@@ -158,50 +165,96 @@ class FakeCloud:
         self.stop()
 
 
-class ReferenceReply:
-    """A scripted cloud that agrees with reference answers part of the time.
+class LocalReply:
+    """A scripted cloud that is a stronger model only in how often it agrees with the local one.
 
-    ``references`` maps a rendered prompt to the answer a reference model gives. For a completion request
-    whose partial answer is still a prefix of that answer, it returns the reference's next ``words``
-    words at about ``agree`` of the positions (a deterministic hash decides which) and ``other``
-    otherwise -- as a stronger model agrees with a weaker one where the weak one was merely unsure.
+    It runs the local model itself (in the fake cloud's process) on the request's prompt -- the rendered prompt
+    and the answer so far -- and, at each routed position, sends the local model's own rank-``r`` candidate as
+    its first token, greedy after it (``max_tokens`` tokens in all): rank 1 (the local model's pick) at about
+    ``agree`` of the positions, rank 2, 3, ... at the further shares ``ranks`` gives, and ``other`` (a text no
+    candidate starts) otherwise. A deterministic hash of the prompt decides, so every pipeline sees the same
+    cloud. Agreement is per position, wherever the answer went before (a cloud that agreed only while the
+    answer still matched one fixed reference would agree less and less after its first correction).
+    Completions only (a chat request gets ``other``).
     """
 
-    def __init__(self, references: dict[str, str], agree: float = 0.6, words: int = 2, other: str = " and then"):
-        self.references = references
-        self.agree = agree
-        self.words = words
+    def __init__(self, local_model=None, *, agree: float = 0.6, ranks: tuple[float, ...] = (),
+                 other: str = " and then"):
+        if agree + sum(ranks) > 1.0 + 1e-9:
+            raise ValueError("agree + ranks must not exceed 1")
+        self.local_model = local_model
+        self.shares = (agree, *ranks)
         self.other = other
+        self._dec = None
+        self._lock = threading.Lock()
 
-    def __call__(self, body: dict) -> str:
-        import re
+    def rank(self, prompt: str) -> int | None:
+        """The rank (0: the local model's pick) of the candidate this prompt gets; None: ``other``."""
         import zlib
 
-        prompt = body.get("prompt", "")
-        for head, answer in self.references.items():
-            if prompt.startswith(head):
-                partial = prompt[len(head):]
-                if answer.startswith(partial) and zlib.crc32(partial.encode()) % 100 < self.agree * 100:
-                    return "".join(re.findall(r"\s*\S+", answer[len(partial):])[: self.words]) or self.other
-        return self.other
+        u = zlib.crc32(prompt.encode()) % 10_000 / 10_000
+        acc = 0.0
+        for r, share in enumerate(self.shares):
+            acc += share
+            if u < acc:
+                return r
+        return None
+
+    def __call__(self, body: dict) -> str:
+        prompt = body.get("prompt")
+        r = self.rank(prompt) if isinstance(prompt, str) else None
+        if r is None:
+            return self.other
+        n = max(1, int(body.get("max_tokens") or 2))
+        with self._lock:  # MLX work on a parked thread: a request's own thread exits (see ``threads``)
+            return _MLX_THREADS.submit(lambda: self._continue(prompt, r, n)).result()
+
+    def _continue(self, prompt: str, r: int, n: int) -> str:
+        import mlx.core as mx
+
+        dec = self._decoder()
+        tok = dec.lm.tokenizer
+        step = dec.prefill(list(tok.encode(prompt)))  # the prefix shared with the last request is reused
+        top = step.confidence.top_ids
+        if r >= len(top):
+            return self.other
+        out = [top[r]]
+        while len(out) < n:
+            step = dec.step(out[-1])
+            if step.token_id in dec.lm.eos_token_ids:
+                break
+            out.append(step.token_id)
+        mx.eval([c.state for c in dec.cache])
+        return tok.decode(out)
+
+    def _decoder(self):
+        if self._dec is None:
+            from ..local.decoder import StepDecoder
+            from ..local.loading import load_local_model
+
+            lm = self.local_model if not isinstance(self.local_model, (str, type(None))) else \
+                load_local_model(self.local_model)
+            self._dec = StepDecoder(lm)
+        return self._dec
 
 
 def main(argv: list[str] | None = None) -> None:
     """Serve a FakeCloud in its own process: ``python -m collab_core.devtools.fakecloud --port P [--latency-ms L]
-    [--references FILE.json --agree A]`` (prints its URL, serves until killed)."""
+    [--local-model SPEC --agree A --ranks R2,R3,...]`` (prints its URL, serves until killed)."""
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m collab_core.devtools.fakecloud")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--latency-ms", type=float, default=0.0)
-    ap.add_argument("--references", default=None, help="JSON {rendered prompt: reference answer}")
+    ap.add_argument("--local-model", default=None, help="answer as LocalReply over this local model")
     ap.add_argument("--agree", type=float, default=0.6)
+    ap.add_argument("--ranks", default="", help="shares of rank 2, 3, ... candidates (comma-separated)")
     ap.add_argument("--reply", default=" and then")
     args = ap.parse_args(argv)
     reply: Callable[[dict], str] | str = args.reply
-    if args.references:
-        with open(args.references) as f:
-            reply = ReferenceReply(json.load(f), agree=args.agree, other=args.reply)
+    if args.local_model is not None:
+        ranks = tuple(float(x) for x in args.ranks.split(",") if x)
+        reply = LocalReply(args.local_model or None, agree=args.agree, ranks=ranks, other=args.reply)
     cloud = FakeCloud(reply=reply, latency_s=args.latency_ms / 1000, port=args.port).start()
     print(cloud.url, flush=True)
     threading.Event().wait()

@@ -65,8 +65,11 @@ class Engine:
         redact: ``"default"`` or a function over every text sent to the cloud (``collab_core.cloud.redact``).
         router: a ``Router`` or a spec (``threshold:0.5``, ``budget:0.07``, ``learned``, ``never``);
             ``threshold``/``budget`` are shortcuts. A budget holds over every request of this engine.
-        pipeline: ``async`` drafts locally while a cloud call is in flight (up to ``max_draft`` tokens);
-            ``sync`` waits.
+        pipeline: ``async`` drafts locally while a cloud call is in flight (up to ``max_draft`` tokens, and
+            never past a token the router would send); ``sync`` waits.
+        branches: async pipeline: at a routed position, draft from the local model's ``branches`` best
+            candidates at once (one batched forward pass per step), and keep the draft that starts with the
+            cloud's token. 1: the routed token's draft only.
         cache: a ``SpanCache``, ``True`` for an in-memory one, ``False`` for none.
         config: default per-request options (each call may override them).
         want_hidden: keep the last hidden state on every step (a learned router asks for it anyway).
@@ -77,7 +80,7 @@ class Engine:
     def __init__(self, local_model: LocalModel | str | None = None, *, cloud: CloudConfig | str | Any = None,
                  api_base: str | None = None, api_key: str | None = None, router: Router | str | None = None,
                  threshold: float | None = None, budget: float | None = None, pipeline: str = "async",
-                 max_draft: int = 8, cache: SpanCache | bool = True, config: GenerationConfig | None = None,
+                 max_draft: int = 32, branches: int = 1, cache: SpanCache | bool = True, config: GenerationConfig | None = None,
                  want_hidden: bool = False, cloud_config: Any = None, max_spend_usd: float | None = None,
                  redact: Any = None, max_batch: int = 8):
         if pipeline not in PIPELINES:
@@ -99,6 +102,9 @@ class Engine:
         self.router = make_router(router, threshold=threshold, budget=budget)
         self.pipeline = pipeline
         self.max_draft = max_draft if pipeline == "async" else 0
+        if not isinstance(branches, int) or branches < 1:
+            raise ConfigError(f"branches must be a positive integer, not {branches!r}")
+        self.branches = branches
         self.cache = cache if isinstance(cache, SpanCache) else (SpanCache() if cache else None)
         self.want_hidden = want_hidden
         self.spend = SpendLimit(max_spend_usd)
@@ -223,7 +229,7 @@ class Engine:
             sched.join(lane)
             try:
                 run = Run(lm, lane, router, prompt, cfg, cloud=self.cloud, cache=self.cache,
-                          submit=self._submit, max_draft=self.max_draft, spend=self.spend)
+                          submit=self._submit, max_draft=self.max_draft, spend=self.spend, branches=self.branches)
                 with contextlib.closing(run.events()) as events:
                     for ev in events:
                         with sched.stepped_out(lane):  # the caller reads it; the other lanes go on

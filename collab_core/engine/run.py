@@ -5,7 +5,9 @@ the router, the cloud leg's client, cache and executor); it touches nothing else
 algorithm:
 
 1. **decode** the next local token (queueing the following forward pass first, as mlx-lm does);
-2. while a cloud span is in flight, **draft**: keep the local token aside, emit nothing;
+2. while a cloud span is in flight, **draft**: keep the local token aside, emit nothing -- until the span
+   is back, or the draft reaches a token the router would send (decoded again and routed once the span is
+   settled: a draft never commits a token unrouted that the sync pipeline would have routed);
 3. otherwise **score** it and let the router **route** it: start a cloud call (the token becomes the first
    draft token) or **emit** it as the local model's;
 4. when the span is ready (or drafting must stop), **settle** it against the draft (``reconcile``), emit the
@@ -38,14 +40,31 @@ from .reconcile import check_grammar, reconcile
 Drafted = tuple[int, Confidence, "float | None"]  # (token, its confidence, its routing score)
 
 
+@dataclasses.dataclass
+class Branch:
+    """A draft from one of the local model's other candidates at a routed position, on a forked decoder."""
+
+    dec: StepDecoder
+    draft: list[Drafted]  # its candidate first
+    end: Step  # the Step at its cache's end (its next token)
+    closed: bool = False
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.dec.close()  # a step no round ran is dropped: the end is then the one before it
+            self.end = self.dec.rollback(0)
+
+
 class Run:
     """The state of one generation. ``events()`` is the loop."""
 
     def __init__(self, lm: LocalModel, decoder: StepDecoder, router: Router, prompt: Prompt, cfg: GenerationConfig,
                  *, cloud: CloudClient | None, cache: SpanCache | None, submit: Submit, max_draft: int,
-                 spend: SpendLimit | None = None):
+                 spend: SpendLimit | None = None, branches: int = 1):
         self.t0 = time.perf_counter()
         self.lm, self.dec, self.router, self.cfg, self.max_draft = lm, decoder, router, cfg, max_draft
+        self.n_branches = branches if max_draft > 0 else 1
         self.prompt_text, self.ids = render_prompt(lm, prompt, chat=cfg.chat, system=cfg.system, tools=cfg.tools,
                                                    json_schema=cfg.json_schema)
         window = lm.context_window
@@ -69,6 +88,7 @@ class Run:
         self.sources: list[str] = []
         self.draft: list[Drafted] = []
         self.draft_closed = False  # the draft hit EOS or the token limit: wait for the cloud
+        self.branches: list[Branch] = []  # drafts from the routed position's other candidates (``branches``)
         self.pending: Pending | None = None
         self.finish = "length"
         self._first = True
@@ -80,6 +100,13 @@ class Run:
 
         if self.cfg.seed is not None:
             mx.random.seed(self.cfg.seed)
+        try:
+            yield from self._loop()
+        finally:  # also when the caller stops early: no branch stays in the batch
+            for b in self.branches:
+                b.close()
+
+    def _loop(self) -> Iterator[Event]:
         step = self.dec.prefill(self.ids)
         while not (self.finish == "stop" or self.text.stopped):
             if self.pending is not None:
@@ -91,7 +118,11 @@ class Run:
             tid, conf, nxt = self._decode(step)
             last = nxt is None  # the token limit: no forward pass was queued
             if self.pending is not None:
-                self._draft(tid, conf, None, closing=tid in self.eos or last)
+                if tid in self.eos or last or not self._would_route(tid, conf, step):
+                    self._draft(tid, conf, None, closing=tid in self.eos or last)
+                else:  # the draft stops before it: once the span is settled, it is decoded again and routed
+                    self._close_draft_before(tid)
+                self._advance_branches()
             elif tid in self.eos:  # the cache keeps the EOS: a next turn's template usually repeats it
                 self.finish = "stop"
                 break
@@ -100,6 +131,8 @@ class Run:
                 if route:
                     self._send(tid)
                     self._draft(tid, conf, score, closing=last)
+                    if not last:
+                        self._fork_branches(conf, score, step)
                 else:
                     yield self._commit(tid, "local", conf, score)
                     if len(self.answer) % 16 == 0:
@@ -135,6 +168,22 @@ class Run:
         self.router.observe(score)
         return score, self.router.should_route(score, sig)
 
+    def _would_route(self, tid: int, conf: Confidence, step: Step, at: int | None = None) -> bool:
+        """Whether the router would send this drafted token, were it committed where the draft puts it (``at``
+        tokens after the answer; default: after the draft). No router state changes: the token is scored for
+        real, if at all, once the span is settled."""
+        if not self.leg.usable():
+            return False
+        sig = TokenSignal(conf, len(self.answer) + (len(self.draft) if at is None else at), tid, step.hidden)
+        return self.router.should_route(self.router.score(sig), sig)
+
+    def _close_draft_before(self, tid: int) -> None:
+        """End the draft before ``tid`` (decoded, fed to the cache and the grammar, not drafted): drafting past
+        a token the router would send commits it unrouted, or wastes the work when the cloud disagrees."""
+        if self.grammar is not None:
+            self.grammar.rollback(1)
+        self.draft_closed = True
+
     def _send(self, tid: int) -> None:
         """Ask the cloud to continue the committed answer (the local token ``tid`` becomes the first draft)."""
         partial = self.lm.tokenizer.decode(self.answer) if self.answer else ""
@@ -146,6 +195,51 @@ class Run:
         if tid not in self.eos:
             self.draft.append((tid, conf, score))
         self.draft_closed = self.draft_closed or closing
+
+    # -- branches: while a span is in flight, the routed position's other candidates are drafted too ------------------
+    def _fork_branches(self, conf: Confidence, score: float | None, at: Step) -> None:
+        """Fork a branch for each of the local model's next-best candidates at the routed position (the cache
+        holds the routed token: one back). They decode in the same batched rounds as the trunk's draft."""
+        if self.n_branches <= 1 or self.grammar is not None or not self.dec.can_fork:
+            return
+        for cand in conf.top_ids[1:self.n_branches]:
+            if cand in self.eos:
+                continue
+            dec = self.dec.fork(back=1, end=at)
+            self.branches.append(Branch(dec, [(cand, conf, score)], dec.step(cand)))
+
+    def _advance_branches(self) -> None:
+        """One token on every open branch, in step with the trunk's draft; a branch stops where the trunk's
+        draft stops, at EOS, or before a token the router would send (it leaves the batch, its cache kept)."""
+        for b in self.branches:
+            if b.closed:
+                continue
+            if self.draft_closed or len(b.draft) >= self.max_draft or \
+                    len(self.answer) + len(b.draft) >= self.max_tokens:
+                b.close()
+                continue
+            tid, conf = b.end.token_id, b.end.confidence
+            if tid in self.eos or self._would_route(tid, conf, b.end, at=len(b.draft)):
+                b.close()
+                continue
+            b.draft.append((tid, conf, None))
+            b.end = b.dec.step(tid)
+
+    def _pick_branch(self, span: CloudSpan | None, draft: list[Drafted]) -> tuple[list[Drafted], Step | None]:
+        """The draft to settle ``span`` against: the trunk's, or the branch whose first token is the cloud's first
+        (its sequence and KV cache then become the trunk's: returns the Step at its end, else None)."""
+        branches, self.branches = self.branches, []
+        if not branches or span is None or not draft:
+            return draft, None
+        r = reconcile(self.lm.tokenizer, self.answer, [], span.text, ends_answer=span.ends_answer,
+                      max_tokens=self.max_tokens, eos=self.eos, token_ids=span.token_ids)
+        if r.replace or not r.cloud or r.cloud[0] == draft[0][0]:
+            return draft, None
+        for b in branches:
+            if b.draft[0][0] == r.cloud[0]:
+                self.stats.branches_adopted += 1
+                return b.draft, self.dec.adopt(b.dec, b.end)
+        return draft, None
 
     # -- settle ------------------------------------------------------------------------------------------------------
     def _settle_due(self) -> bool:
@@ -159,7 +253,12 @@ class Run:
         pending, self.pending = self.pending, None
         draft, self.draft = self.draft, []
         self.draft_closed = False
+        for b in self.branches:  # out of the batch while the trunk waits (their caches kept)
+            b.close()
         span = self.dec.blocking(self.leg.wait, pending)  # other generations decode meanwhile
+        draft, adopted = self._pick_branch(span, draft)
+        if adopted is not None:
+            step = adopted
         target, events = self._apply(span, pending, draft)
         self.stats.time_spans_s += time.perf_counter() - pending.submitted
         yield from events
@@ -185,6 +284,8 @@ class Run:
             top = draft[0][1].top_ids
             self.stats.cloud_token_ranks.append(
                 None if r.replace else top.index(r.cloud[0]) if r.cloud[0] in top else -1)
+        if r.keep_from is not None and len(draft) > r.keep_from:  # drafted tokens go on after the span
+            self.stats.drafts_kept += 1
         target = r.target(self.answer, [t for t, _, _ in draft])
         if r.ends:
             self.finish = "stop"

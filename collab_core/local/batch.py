@@ -171,6 +171,29 @@ class LaneDecoder(StepDecoder):
         self.cancel_pending()
         super().reset()
 
+    def _twin(self) -> LaneDecoder:
+        """A branch drafts in the same rounds as its trunk (joined here; ``close`` makes it leave)."""
+        self._settle()
+        twin = LaneDecoder(self.lm, self.scheduler, sampler=self.sampler, top_k=self.top_k,
+                           want_hidden=self.want_hidden, prefill_step_size=self.prefill_step_size,
+                           history=self._steps.maxlen)
+        self.scheduler.join(twin)
+        return twin
+
+    def fork(self, back: int = 0, *, end: Step | None = None) -> LaneDecoder:
+        self._settle()
+        return super().fork(back, end=end)  # type: ignore[return-value]
+
+    def adopt(self, branch: StepDecoder, end: Step) -> Step:
+        self.scheduler.withdraw(self)  # a step of the old sequence no round has run is dropped
+        if isinstance(branch, LaneDecoder):
+            branch.close()
+        return super().adopt(branch, end)
+
+    def close(self) -> None:
+        """A branch leaves the rounds (a step of it no round has run is dropped, its token too)."""
+        self.scheduler.leave(self)
+
     def blocking(self, fn: Callable[..., T], *args) -> T:
         """``fn(*args)`` with the model given up meanwhile (this lane is away; its submitted step still runs)."""
         return self.scheduler.away(self, fn, *args)
@@ -205,6 +228,11 @@ class BatchScheduler:
         self.open.discard(lane)
         self.away_lanes.discard(lane)
         self.cond.notify_all()  # the others may now be due
+
+    def withdraw(self, lane: LaneDecoder) -> None:
+        """Drop the lane's submitted step if no round has run it yet (it stays open)."""
+        lane.cancel_pending()
+        self.pending = [p for p in self.pending if p[0] is not lane]
 
     def alone(self, lane: LaneDecoder) -> bool:
         return len(self.open) <= 1 and not self.pending

@@ -234,6 +234,49 @@ class StepDecoder:
         self._steps.clear()
         return self.step(last)
 
+    # -- branches ------------------------------------------------------------------------------------
+    @property
+    def can_fork(self) -> bool:
+        from mlx_lm.models.cache import KVCache
+
+        return all(type(c) is KVCache for c in self.cache)
+
+    def fork(self, back: int = 0, *, end: Step | None = None) -> StepDecoder:
+        """A new decoder on a copy of this one's KV cache, less its last ``back`` tokens: a branch to draft on
+        (``can_fork``: plain KV caches only). The copy is lazy slices: nothing is computed again. ``end``: the
+        Step at the copy's end (what ``rollback(0)`` gives there), when the caller has it."""
+        from mlx_lm.models.cache import KVCache
+
+        if not self.can_fork or not 0 <= back < len(self.tokens):
+            raise ConfigError(f"cannot fork {back} tokens back from {len(self.tokens)} here")
+        twin = self._twin()
+        caches = []
+        for c in self.cache:
+            kc = KVCache()
+            off = c.offset - back
+            kc.keys, kc.values, kc.offset = c.keys[..., :off, :], c.values[..., :off, :], off
+            caches.append(kc)
+        twin.cache = caches
+        twin._tokens = list(self.tokens[: len(self.tokens) - back])
+        if end is not None:
+            twin._steps.append(end)
+        return twin
+
+    def _twin(self) -> StepDecoder:
+        return StepDecoder(self.lm, sampler=self.sampler, top_k=self.top_k, want_hidden=self.want_hidden,
+                           prefill_step_size=self.prefill_step_size, history=self._steps.maxlen)
+
+    def adopt(self, branch: StepDecoder, end: Step) -> Step:
+        """Take over ``branch``'s sequence and KV cache (a forked branch the cloud chose); returns ``end``,
+        the branch's Step at its cache's end."""
+        self.cache, self._tokens, self._lazy = branch.cache, list(branch.tokens), False
+        self._steps.clear()
+        self._steps.append(end)
+        return end
+
+    def close(self) -> None:
+        """Done with this decoder (a branch): nothing to release here."""
+
     def blocking(self, fn, *args):
         """``fn(*args)``, a wait (e.g. for the cloud); a batched lane lets the others decode meanwhile."""
         return fn(*args)

@@ -108,28 +108,57 @@ def tool_call_schema(tools: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return options[0] if len(options) == 1 else {"anyOf": options}
 
 
-def tool_constraint(tools: Sequence[Mapping[str, Any]], *, start: str, end: str, forced: bool) -> Constraint:
+def tool_constraint(tools: Sequence[Mapping[str, Any]], *, start: str, end: str, forced: bool,
+                    start_id: int | None = None, end_id: int | None = None) -> Constraint:
     """Tool calls written as ``start`` + the call's JSON + ``end`` (Qwen2.5 and the generic fallback:
     ``<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>``).
 
+    ``start_id``/``end_id``: the markers are single tokens of the local tokenizer (Qwen2.5's ``<tool_call>`` is
+    token 151657), matched as that token (llguidance's ``<[id]>``): such a token is not text, so a grammar that
+    spells the marker in bytes would accept only the bytes, never the token the model writes.
+
     ``forced``: the answer is exactly one call. Otherwise either plain text (which never contains ``start``),
     or text followed by one or more calls and nothing else -- a call begins wherever ``start`` is written (a
-    lazily matched lexeme), is enforced from there on, and after a call only another call or the end may come
-    (a small model would otherwise chat on after its call)."""
+    lazily matched lexeme, or the marker token), is enforced from there on, and after a call only another call
+    or the end may come (a small model would otherwise chat on after its call)."""
     schema = tool_call_schema(tools)
     q = json.dumps
-    body = f"{q(chr(10))} {_json_rule(schema)} {q(chr(10) + end)}"
+    open_ = f"<[{start_id}]>" if start_id is not None else q(start)
+    close = f"{q(chr(10))} <[{end_id}]>" if end_id is not None else q(chr(10) + end)
+    body = f"{q(chr(10))} {_json_rule(schema)} {close}"
     if forced:
-        return Constraint(_lark(f"start: {q(start)} {body}\n"), "tool")
+        return Constraint(_lark(f"start: {open_} {body}\n"), "tool")
+    if start_id is not None:  # text cannot spell the marker token: any text, then calls
+        return Constraint(_lark(
+            f"start: TEXT? calls?\n"
+            f"calls: call (SEP? call)* SEP?\n"
+            f"call: {open_} body\n"
+            f"body: {body}\n"
+            f"TEXT: /(.|\\n)+/\n"
+            f"SEP: /[ \\n]+/\n"), "tools")
     s = re.escape(start).replace("/", "\\/")
     return Constraint(_lark(
         f"start: PLAIN | pre_call body (SEP call)* SEP?\n"
         f"PLAIN: /(.|\\n)*/ & ~/(.|\\n)*{s}(.|\\n)*/\n"
-        f"pre_call[lazy]: TEXT {q(start)}\n"
+        f"pre_call[lazy]: TEXT {open_}\n"
         f"TEXT: /(.|\\n)*/\n"
-        f"call: {q(start)} body\n"
+        f"call: {open_} body\n"
         f"body: {body}\n"
         f"SEP: /[ \\n]+/\n"), "tools")
+
+
+def marker_token(lm, text: str) -> int | None:
+    """The id of the single token of ``lm``'s vocabulary that is ``text`` (an added token such as Qwen2.5's
+    ``<tool_call>``), or None where ``text`` is written in several tokens."""
+    tok = lm.tokenizer
+    try:
+        ids = tok.encode(text, add_special_tokens=False)
+    except TypeError:
+        ids = tok.encode(text)
+    if len(ids) != 1:
+        return None
+    added = getattr(getattr(tok, "_tokenizer", tok), "added_tokens_decoder", None) or {}
+    return ids[0] if ids[0] in added and tok.decode(ids) == text else None
 
 
 # -- the tokenizer, once per local model ---------------------------------------------------------------------
