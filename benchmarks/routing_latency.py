@@ -2,7 +2,7 @@
 
     python benchmarks/routing_latency.py [--latency-ms 150] [--every 10] [--tokens 96] [--rounds 3]
                                          [--agree 0.6] [--ranks R2,R3,..] [--max-draft N] [--branches K]
-                                         [--local-model SPEC]
+                                         [--local-model SPEC] [--cloud-model M --api-base URL --cloud-vocab V]
 
 A fake cloud (``FakeCloud`` with a ``LocalReply``: real HTTP on 127.0.0.1 in its own process, reached through
 LiteLLM as any provider) answers every span after ``--latency-ms``. It runs the same local model and, at each
@@ -18,6 +18,10 @@ runs route the same positions. Local only, sync and async pipelines, interleaved
 * ``off_clock_share``: (sync - async) / (sync - local only), wall time per answer token: the share of what
   the cloud costs the answer that the async pipeline takes off the clock (target >= 0.5 at the default
   agreement);
+With ``--cloud-model`` the spans go to that cloud instead (the stand-in pair: ``--local-model qwen2.5-coder-0.5b
+--cloud-model text-completion-openai/default_model --api-base http://127.0.0.1:8090/v1 --cloud-vocab standin``);
+``cloud_token_rank_async`` then says where its first token stood among the local candidates.
+
 * ``kept_share``: the async spans whose draft was kept (the cloud's token was the one drafted from: the routed
   token's, or with ``--branches K`` one of the K best candidates').
 """
@@ -52,9 +56,15 @@ def main() -> None:
     ap.add_argument("--ranks", default="", help="the cloud's shares of rank 2, 3, ... local candidates")
     ap.add_argument("--max-draft", type=int, default=None, help="default: the engine's")
     ap.add_argument("--branches", type=int, default=1, help="async: draft this many local candidates at once")
+    ap.add_argument("--cloud-model", default=None, help="a real cloud instead of the fake (e.g. the stand-in)")
+    ap.add_argument("--api-base", default=None)
+    ap.add_argument("--cloud-vocab", default=None, help="as --cloud-vocab of the CLI (standin: token-exact)")
     args = ap.parse_args()
     lm = load_local_model(args.local_model)
     positions = range(args.every // 2, args.tokens, args.every)
+    if args.cloud_model:
+        run(args, lm, positions, None, out := {})
+        return report(out)
     # the cloud runs in its own process, as a remote provider would (and stops with this one)
     server = spawn_python(["-m", "collab_core.devtools.fakecloud", "--latency-ms", str(args.latency_ms),
                            "--local-model", args.local_model or "", "--agree", str(args.agree),
@@ -64,13 +74,25 @@ def main() -> None:
         run(args, lm, positions, url, out := {})
     finally:
         server.stop()
+    report(out)
+
+
+def report(out: dict) -> None:
     print(json.dumps(out, indent=2))
     for k in ("span_over_rtt", "hidden_share", "async_speedup", "kept_share", "off_clock_share"):
         print(f"{k}={out[k]}")
 
 
-def run(args, lm, positions, url: str, out: dict) -> None:
-    cfg = CloudConfig(model="text-completion-openai/fake", api_base=url, span_tokens=2)
+def run(args, lm, positions, url: str | None, out: dict) -> None:
+    if url is None:
+        vocab = args.cloud_vocab
+        if vocab == "standin":
+            from collab_core.devtools.standin import StandinCloud
+
+            vocab = StandinCloud(progress=False).vocab
+        cfg = CloudConfig(model=args.cloud_model, api_base=args.api_base, span_tokens=2, vocab=vocab, timeout_s=120)
+    else:
+        cfg = CloudConfig(model="text-completion-openai/fake", api_base=url, span_tokens=2)
     client = CloudClient(cfg)
     req = SpanRequest(messages=[], prompt_text="Once upon a time", partial=" there was")
     rtts = []
@@ -100,7 +122,8 @@ def run(args, lm, positions, url: str, out: dict) -> None:
     out.update({
         "benchmark": "routing_latency",
         "model": lm.name,
-        "latency_ms": args.latency_ms,
+        "cloud": args.cloud_model or f"fake ({args.latency_ms:g} ms)",
+        "latency_ms": None if args.cloud_model else args.latency_ms,
         "agree": args.agree,
         "ranks": args.ranks,
         "max_draft": engines["async"].max_draft,

@@ -57,6 +57,8 @@ class EngineSettings:
                                  "(learned with --budget B holds B on the learned score)")
     pipeline: str = _setting("async", "async: draft locally while a cloud call is in flight; sync: wait",
                              choices=PIPELINES)
+    branches: int = _setting(1, "async pipeline: at a routed position, draft from the local model's BRANCHES best "
+                                "candidates at once (one batched forward pass) and keep the one the cloud picks")
     timeout: float = _setting(10.0, "seconds per cloud call")
     max_retries: int = _setting(2, "retries per cloud call (tenacity; not counting the first try)")
     span_tokens: int = _setting(4, "cloud tokens per routed span")
@@ -78,6 +80,8 @@ class EngineSettings:
     def __post_init__(self):
         if self.pipeline not in PIPELINES:
             raise ConfigError(f"pipeline must be one of {PIPELINES}, not {self.pipeline!r}")
+        if self.branches < 1:
+            raise ConfigError(f"branches must be >= 1, not {self.branches}")
         if self.span_tokens < 1:
             raise ConfigError(f"span_tokens must be >= 1, not {self.span_tokens}")
         if self.max_retries < 0:

@@ -100,6 +100,8 @@ class CollabLLM(BaseChatModel):
     budget: float | None = None
     router: Any = None
     pipeline: Literal["sync", "async"] = "async"
+    branches: int = 1
+    """Async pipeline: draft from the local model's ``branches`` best candidates at a routed position at once."""
     temperature: float = 0.0
     max_tokens: int | None = 256
     timeout: float | None = 10.0

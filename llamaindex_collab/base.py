@@ -152,6 +152,8 @@ class CollabLLM(FunctionCallingLLM):
     router: Any = Field(default=None, description="A collab_core Router or a router spec string.")
     pipeline: Literal["sync", "async"] = Field(
         default="async", description="async: keep drafting locally while the cloud works; sync: wait.")
+    branches: int = Field(default=1, ge=1, description="Async pipeline: draft from the local model's BRANCHES best "
+                                                       "candidates at a routed position at once.")
     temperature: float = Field(default=0.0, ge=0.0, description="Sampling temperature (0: greedy).")
     max_tokens: int = Field(default=256, gt=0, description="Most tokens to generate.")
     timeout: float = Field(default=10.0, gt=0, description="Seconds per cloud call.")

@@ -5,6 +5,7 @@ recorded against mlx_lm.server on loopback (every routed span gets that recorded
 """
 
 import os
+import re
 
 import pytest
 from conftest import LOOPBACK_BASE, LoopTicker, use_cassette
@@ -17,7 +18,8 @@ from collab_core.errors import CloudConfigError, GrammarError
 from collab_core.router import ScheduledRouter
 from langchain_collab import CollabLLM
 
-CLOUD = {"cloud_model": "text-completion-openai/default_model", "api_base": LOOPBACK_BASE}
+CLOUD = {"cloud_model": "text-completion-openai/default_model",
+         "api_base": os.environ.get("COLLAB_SUITE_API_BASE") or LOOPBACK_BASE}
 # The local model of the standard integration suite: the bundled SmolLM2 by default; the Qwen run (fetched and
 # converted on first use, 491 MB): COLLAB_SUITE_LOCAL_MODEL=qwen2.5-coder-0.5b pytest tests/test_langchain.py
 LOCAL: dict = {"local_model": m} if (m := os.environ.get("COLLAB_SUITE_LOCAL_MODEL")) else {}
@@ -61,8 +63,15 @@ class TestCollabLLMIntegration(ChatModelIntegrationTests):
             request.applymarker(pytest.mark.xfail(raises=raises, strict=False, reason=reason))
 
     @pytest.fixture(autouse=True)
-    def _replay_cloud(self):
-        with use_cassette("loopback_completion", match_on=("method", "path"), allow_playback_repeats=True):
+    def _replay_cloud(self, request):
+        if not LOCAL:  # SmolLM2: every routed span gets the one recorded reply
+            with use_cassette("loopback_completion", match_on=("method", "path"), allow_playback_repeats=True):
+                yield
+            return
+        # the Qwen run: each test replays the stand-in cloud's own replies to its spans, in order (recorded with
+        # COLLAB_RECORD_MODE=once COLLAB_SUITE_API_BASE=<the stand-in's /v1>)
+        name = "qwen_suite/" + re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)
+        with use_cassette(name, match_on=("method", "path")):
             yield
 
     @property
@@ -72,7 +81,9 @@ class TestCollabLLMIntegration(ChatModelIntegrationTests):
     @property
     def chat_model_params(self):
         # room for a tool call or a small JSON object (a plain answer usually ends well before)
-        return {**CLOUD, "threshold": 0.5, "max_tokens": 96, "pipeline": "sync", **LOCAL}
+        # the Qwen run records against the stand-in on this CPU: slow calls must not time out into the cassette
+        return {**CLOUD, "threshold": 0.5, "max_tokens": 96, "pipeline": "sync", **LOCAL,
+                **({"timeout": 300} if LOCAL else {})}
 
     # tools and structured output, enforced by the grammar (capability flags: bind_tools with tool_choice and
     # with_structured_output are overridden, so has_tool_calling / has_tool_choice / has_structured_output hold)

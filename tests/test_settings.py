@@ -56,6 +56,7 @@ def test_cli_builds_the_engine_from_its_flags():
     eng = engine_from_args(args)
     assert isinstance(eng.router, BudgetRouter) and eng.router.budget == 0.1 and eng.pipeline == "sync"
     assert eng.config.max_tokens == 7 and tuple(eng.config.stop) == ("X",) and eng.config.chat is False
+    assert eng.branches == 1 and engine_from_args(build_parser().parse_args(["run", "hi", "--branches", "3"])).branches == 3
     with pytest.raises(SystemExit):  # argparse refuses a pipeline it does not know
         build_parser().parse_args(["run", "hi", "--pipeline", "fast"])
 
@@ -65,7 +66,7 @@ def test_generate_options_are_the_generation_config():
 
 
 def test_bad_settings_and_options_are_config_errors(tiny_lm):
-    for bad in ({"pipeline": "fast"}, {"span_tokens": 0}, {"max_retries": -1}, {"timeout": 0}):
+    for bad in ({"pipeline": "fast"}, {"span_tokens": 0}, {"max_retries": -1}, {"timeout": 0}, {"branches": 0}):
         with pytest.raises(ConfigError):
             EngineSettings(**bad)
     eng = Engine(tiny_lm)

@@ -50,8 +50,9 @@ CONVERSATION = [{"role": "user", "content": "Weather in Paris?"},
 def native_lm(request, tiny_dir, tmp_path_factory):
     """A tiny model with a Qwen2.5-like tools template; with ``token-markers`` its ``<tool_call>`` and
     ``</tool_call>`` are single added tokens, as in Qwen2.5's vocabulary (the grammar must match the token)."""
-    from collab_core.local.loading import load_local_model
     from tiny import make_tiny_model
+
+    from collab_core.local.loading import load_local_model
 
     folder = tmp_path_factory.mktemp("m") / "tiny-qwen-like"
     if request.param == "token-markers":

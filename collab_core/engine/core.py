@@ -126,7 +126,8 @@ class Engine:
                                 max_retries=s.max_retries, span_tokens=s.span_tokens, strategy=s.strategy,
                                 vocab=s.cloud_vocab, router=s.cloud_config, redact=s.redact)
         return cls(s.local_model, cloud=cloud, router=s.router, threshold=s.threshold, budget=s.budget,
-                   pipeline=s.pipeline, config=config, cache=cache, max_spend_usd=s.max_spend_usd)
+                   pipeline=s.pipeline, config=config, cache=cache, max_spend_usd=s.max_spend_usd,
+                   branches=s.branches)
 
     @property
     def local_model(self) -> LocalModel:
