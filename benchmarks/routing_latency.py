@@ -2,6 +2,7 @@
 
     python benchmarks/routing_latency.py [--latency-ms 150] [--every 10] [--tokens 96] [--rounds 3]
                                          [--agree 0.6] [--ranks R2,R3,..] [--max-draft N] [--branches K]
+                                         [--baseline-max-draft N]
                                          [--local-model SPEC] [--cloud-model M --api-base URL --cloud-vocab V]
 
 A fake cloud (``FakeCloud`` with a ``LocalReply``: real HTTP on 127.0.0.1 in its own process, reached through
@@ -9,7 +10,8 @@ LiteLLM as any provider) answers every span after ``--latency-ms``. It runs the 
 routed position, sends the local model's own pick there at ``--agree`` of the positions (the rank 2, 3, ...
 candidates at the ``--ranks`` shares, something else otherwise) -- as a stronger model agrees with a weaker one
 where the weak one was merely unsure. A fixed schedule routes every ``--every``-th position, so sync and async
-runs route the same positions. Local only, sync and async pipelines, interleaved rounds, one process. Reports:
+runs route the same positions. Local only, sync and async pipelines (and, side by side, the async pipeline with
+``--branches K`` or ``--baseline-max-draft N``), interleaved per answer in rotating order, one process. Reports:
 
 * ``span_over_rtt``: mean wall time per routed span (decision -> the span's text ready), sync pipeline,
   divided by one round trip of the same cloud call made directly (target <= 1.3);
@@ -42,7 +44,6 @@ from collab_core.router import ScheduledRouter
 
 PROMPTS = ["Write a short story about a lighthouse keeper.", "Explain how rain forms, step by step.",
            "Describe a busy market in the morning."]
-PIPELINES = ("local", "sync", "async")
 
 
 def main() -> None:
@@ -55,7 +56,10 @@ def main() -> None:
     ap.add_argument("--agree", type=float, default=0.6)
     ap.add_argument("--ranks", default="", help="the cloud's shares of rank 2, 3, ... local candidates")
     ap.add_argument("--max-draft", type=int, default=None, help="default: the engine's")
-    ap.add_argument("--branches", type=int, default=1, help="async: draft this many local candidates at once")
+    ap.add_argument("--branches", type=int, default=1,
+                    help="also run the async pipeline drafting this many local candidates at once, side by side")
+    ap.add_argument("--baseline-max-draft", type=int, default=None,
+                    help="also run the async pipeline with this max_draft, side by side (8: the old default)")
     ap.add_argument("--cloud-model", default=None, help="a real cloud instead of the fake (e.g. the stand-in)")
     ap.add_argument("--api-base", default=None)
     ap.add_argument("--cloud-vocab", default=None, help="as --cloud-vocab of the CLI (standin: token-exact)")
@@ -79,8 +83,9 @@ def main() -> None:
 
 def report(out: dict) -> None:
     print(json.dumps(out, indent=2))
-    for k in ("span_over_rtt", "hidden_share", "async_speedup", "kept_share", "off_clock_share"):
+    for k in ("span_over_rtt", "hidden_share", "async_speedup"):
         print(f"{k}={out[k]}")
+    print(" ".join(f"{k}={v}" for k, v in out.items() if k.startswith(("kept_share", "off_clock_share"))))
 
 
 def run(args, lm, positions, url: str | None, out: dict) -> None:
@@ -101,54 +106,74 @@ def run(args, lm, positions, url: str | None, out: dict) -> None:
         client.continue_span(req)
         rtts.append(time.perf_counter() - t)
     rtt = statistics.median(rtts[2:])
-    extra = {"branches": args.branches} | ({} if args.max_draft is None else {"max_draft": args.max_draft})
     engines = {"local": Engine(lm)}
-    engines.update({p: Engine(lm, cloud=cfg, router=ScheduledRouter(positions), pipeline=p, cache=False, **extra)
-                    for p in ("sync", "async")})
+
+    def routed(pipeline, **kw):
+        return Engine(lm, cloud=cfg, router=ScheduledRouter(positions), pipeline=pipeline, cache=False, **kw)
+
+    md = {} if args.max_draft is None else {"max_draft": args.max_draft}
+    engines["sync"] = routed("sync")
+    engines["async"] = routed("async", **md)
+    if args.branches > 1:  # side by side with one branch
+        engines[f"async_b{args.branches}"] = routed("async", branches=args.branches, **md)
+    if args.baseline_max_draft:  # side by side with a shorter draft (the engine's old default: 8)
+        engines[f"async_md{args.baseline_max_draft}"] = routed("async", max_draft=args.baseline_max_draft)
+    names = list(engines)
     for e in engines.values():  # warm-up (the fake cloud's model too)
         e.generate(PROMPTS[0], max_tokens=16)
-    runs: dict[str, list] = {p: [] for p in PIPELINES}
-    for r in range(args.rounds):
-        for p in (PIPELINES if r % 2 == 0 else PIPELINES[::-1]):
-            for prompt in PROMPTS:
+    runs: dict[str, list] = {p: [] for p in names}
+    for r in range(args.rounds):  # interleaved per answer, the order rotating: a drifting load hits all alike
+        for i, prompt in enumerate(PROMPTS):
+            k = (r * len(PROMPTS) + i) % len(names)
+            for p in names[k:] + names[:k]:
                 runs[p].append(engines[p].generate(prompt, max_tokens=args.tokens).stats)
 
     def total(p, attr):
         return sum(getattr(s, attr) for s in runs[p])
 
-    per_token = {p: total(p, "time_total_s") / total(p, "total_tokens") for p in PIPELINES}
-    ranks = [x for s in runs["async"] for x in s.cloud_token_ranks]
+    per_token = {p: total(p, "time_total_s") / total(p, "total_tokens") for p in names}
+    drafted = [p for p in names if p.startswith("async")]
     span_wall = total("sync", "time_spans_s") / total("sync", "cloud_calls")
     out.update({
         "benchmark": "routing_latency",
         "model": lm.name,
         "cloud": args.cloud_model or f"fake ({args.latency_ms:g} ms)",
         "latency_ms": None if args.cloud_model else args.latency_ms,
-        "agree": args.agree,
-        "ranks": args.ranks,
+        "agree": None if args.cloud_model else args.agree,
+        "ranks": None if args.cloud_model else args.ranks,
         "max_draft": engines["async"].max_draft,
-        "branches": args.branches,
         "round_trip_s": round(rtt, 4),
         "routed_every": args.every,
         "tokens_per_answer": args.tokens,
         "answers_per_pipeline": len(runs["sync"]),
-        "tokens": {p: total(p, "total_tokens") for p in PIPELINES},
-        "calls": {p: total(p, "cloud_calls") for p in PIPELINES},
-        "cloud_wait_s": {p: round(total(p, "time_cloud_wait_s"), 3) for p in PIPELINES},
-        "cloud_hidden_s": {p: round(total(p, "time_cloud_hidden_s"), 3) for p in PIPELINES},
-        "wall_s": {p: round(total(p, "time_total_s"), 3) for p in PIPELINES},
+        "tokens": {p: total(p, "total_tokens") for p in names},
+        "calls": {p: total(p, "cloud_calls") for p in names},
+        "cloud_wait_s": {p: round(total(p, "time_cloud_wait_s"), 3) for p in names},
+        "cloud_hidden_s": {p: round(total(p, "time_cloud_hidden_s"), 3) for p in names},
+        "wall_s": {p: round(total(p, "time_total_s"), 3) for p in names},
         "wall_ms_per_token": {p: round(1000 * v, 3) for p, v in per_token.items()},
-        "rollbacks": {p: total(p, "rollbacks") for p in PIPELINES},
-        "cloud_token_rank_async": {str(k): ranks.count(k) for k in sorted(set(ranks), key=lambda x: (x is None, x))},
+        "rollbacks": {p: total(p, "rollbacks") for p in names},
+        "cloud_token_rank_sync": _ranks([x for s in runs["sync"] for x in s.cloud_token_ranks]),
         "span_wall_s_sync": round(span_wall, 4),
         "span_over_rtt": round(span_wall / rtt, 4),
         "hidden_share": round(1 - total("async", "time_cloud_wait_s") / total("sync", "time_cloud_wait_s"), 4),
         "async_speedup": round(total("sync", "time_total_s") / total("async", "time_total_s"), 4),
-        "kept_share": round(total("async", "drafts_kept") / max(1, total("async", "cloud_calls")), 4),
-        "branches_adopted": total("async", "branches_adopted"),
-        "off_clock_share": round((per_token["sync"] - per_token["async"]) / (per_token["sync"] - per_token["local"]),
-                                 4),
     })
+    for p in drafted:
+        suffix = p[len("async"):]
+        out["kept_share" + suffix] = round(total(p, "drafts_kept") / max(1, total(p, "cloud_calls")), 4)
+        out["branches_adopted" + suffix] = total(p, "branches_adopted")
+        out["off_clock_share" + suffix] = round(
+            (per_token["sync"] - per_token[p]) / (per_token["sync"] - per_token["local"]), 4)
+
+
+def _ranks(ranks: list) -> dict:
+    """Where the cloud's first token stood among the local top-k at routed positions: shares of rank 1, 2, 3,
+    outside the top-k (-1) and re-spelled spans (None)."""
+    n = max(1, len(ranks))
+    keys = sorted({r for r in ranks if r is not None and r >= 0}) + [-1, None]
+    return {("top" + str(k + 1) if k is not None and k >= 0 else str(k)): round(ranks.count(k) / n, 4)
+            for k in keys if k in ranks} | {"n": len(ranks)}
 
 
 if __name__ == "__main__":

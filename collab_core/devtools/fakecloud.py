@@ -8,6 +8,9 @@ wire); faults are queued per call:
     with FakeCloud(reply=lambda body: " Paris", latency_s=0.15) as cloud:
         cloud.faults.extend(["429", "500", "timeout", "garbled", "empty", "cut"])
         engine = Engine(cloud="text-completion-openai/fake", api_base=cloud.url, ...)
+
+``LocalReply`` makes it a cloud that agrees with the local model at a chosen share of routed positions (it runs
+the local model itself): what the async pipeline's drafts are measured against (``benchmarks/routing_latency.py``).
 """
 
 from __future__ import annotations
