@@ -5,13 +5,17 @@
                                          [--baseline-max-draft N]
                                          [--local-model SPEC] [--cloud-model M --api-base URL --cloud-vocab V]
 
-A fake cloud (``FakeCloud`` with a ``LocalReply``: real HTTP on 127.0.0.1 in its own process, reached through
-LiteLLM as any provider) answers every span after ``--latency-ms``. It runs the same local model and, at each
-routed position, sends the local model's own pick there at ``--agree`` of the positions (the rank 2, 3, ...
-candidates at the ``--ranks`` shares, something else otherwise) -- as a stronger model agrees with a weaker one
-where the weak one was merely unsure. A fixed schedule routes every ``--every``-th position, so sync and async
-runs route the same positions. Local only, sync and async pipelines (and, side by side, the async pipeline with
-``--branches K`` or ``--baseline-max-draft N``), interleaved per answer in rotating order, one process. Reports:
+A fake cloud (``FakeCloud``: real HTTP on 127.0.0.1 in its own process, reached through LiteLLM as any provider)
+answers every span after ``--latency-ms``. At each routed position it sends the local model's own pick at
+``--agree`` of the positions (the rank 2, 3, ... candidates at the ``--ranks`` shares, something else otherwise) --
+as a stronger model agrees with a weaker one where the weak one was merely unsure. A dry run decides those replies
+(``LocalReply`` runs the local model); the timed cloud only looks them up, so no cloud work takes this machine's
+cores from the local model. A fixed schedule routes every ``--every``-th position, so sync and async runs route the
+same positions and send the same requests. Local only, sync and async pipelines (and, side by side, the async
+pipeline with ``--branches K`` or ``--baseline-max-draft N``), interleaved per answer in rotating order, one
+process. With ``--cloud-model`` the spans go to that cloud instead (the stand-in pair: ``--local-model
+qwen2.5-coder-0.5b --cloud-model text-completion-openai/default_model --api-base http://127.0.0.1:8090/v1
+--cloud-vocab standin``). Reports:
 
 * ``span_over_rtt``: mean wall time per routed span (decision -> the span's text ready), sync pipeline,
   divided by one round trip of the same cloud call made directly (target <= 1.3);
@@ -20,26 +24,26 @@ runs route the same positions. Local only, sync and async pipelines (and, side b
 * ``off_clock_share``: (sync - async) / (sync - local only), wall time per answer token: the share of what
   the cloud costs the answer that the async pipeline takes off the clock (target >= 0.5 at the default
   agreement);
-With ``--cloud-model`` the spans go to that cloud instead (the stand-in pair: ``--local-model qwen2.5-coder-0.5b
---cloud-model text-completion-openai/default_model --api-base http://127.0.0.1:8090/v1 --cloud-vocab standin``);
-``cloud_token_rank_async`` then says where its first token stood among the local candidates.
-
 * ``kept_share``: the async spans whose draft was kept (the cloud's token was the one drafted from: the routed
-  token's, or with ``--branches K`` one of the K best candidates').
+  token's, or with ``--branches K`` one of the K best candidates');
+* ``cloud_token_rank_sync``: where the cloud's first token stood among the local candidates at routed positions.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
+import tempfile
 import time
 
 import collab_core  # noqa: F401  (first: OpenBLAS before mlx)
 from collab_core import Engine, load_local_model
 from collab_core.children import run_main, spawn_python
 from collab_core.cloud.client import CloudClient, CloudConfig, SpanRequest
+from collab_core.devtools.fakecloud import FakeCloud, LocalReply, Recorder
 from collab_core.router import ScheduledRouter
 
 PROMPTS = ["Write a short story about a lighthouse keeper.", "Explain how rain forms, step by step.",
@@ -69,15 +73,29 @@ def main() -> None:
     if args.cloud_model:
         run(args, lm, positions, None, out := {})
         return report(out)
+    # A dry run records what the fake cloud answers each routed position (it runs the local model to decide), so
+    # the timed cloud only looks its replies up: a real cloud's work does not take this machine's cores from the
+    # local model's drafting. Sync and async send the same requests (the same answers, the same positions).
+    ranks = tuple(float(x) for x in args.ranks.split(",") if x)
+    recorder = Recorder(LocalReply(lm, agree=args.agree, ranks=ranks))
+    with FakeCloud(reply=recorder) as fc:
+        dry = Engine(lm, cloud=CloudConfig(model="text-completion-openai/fake", api_base=fc.url, span_tokens=2),
+                     router=ScheduledRouter(positions), pipeline="sync", cache=False)
+        for prompt in PROMPTS:
+            dry.generate(prompt, max_tokens=args.tokens)
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(recorder.table, f)
     # the cloud runs in its own process, as a remote provider would (and stops with this one)
     server = spawn_python(["-m", "collab_core.devtools.fakecloud", "--latency-ms", str(args.latency_ms),
-                           "--local-model", args.local_model or "", "--agree", str(args.agree),
+                           "--replies", f.name, "--local-model", args.local_model or "", "--agree", str(args.agree),
                            "--ranks", args.ranks], name="fake cloud", stdout=subprocess.PIPE, text=True)
     try:
         url = server.proc.stdout.readline().strip()
         run(args, lm, positions, url, out := {})
     finally:
         server.stop()
+        os.unlink(f.name)
+    out["replies_recorded"] = len(recorder.table)
     report(out)
 
 

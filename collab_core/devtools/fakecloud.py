@@ -241,9 +241,40 @@ class LocalReply:
         return self._dec
 
 
+class TableReply:
+    """Replies looked up by the request's prompt (``{prompt: text}``, e.g. what a ``LocalReply`` answered in a dry
+    run), so that a timed run computes nothing in the cloud's place; ``fallback`` answers any other request."""
+
+    def __init__(self, table: dict[str, str], fallback: Callable[[dict], str] | str = " and then"):
+        self.table = table
+        self.fallback = fallback if callable(fallback) else (lambda body, _r=fallback: _r)
+        self.misses = 0
+
+    def __call__(self, body: dict) -> str:
+        text = self.table.get(body.get("prompt"))
+        if text is None:
+            self.misses += 1
+            return self.fallback(body)
+        return text
+
+
+class Recorder:
+    """Wraps a reply function and keeps ``{prompt: text}`` of every completion it answered (for ``TableReply``)."""
+
+    def __init__(self, reply: Callable[[dict], str]):
+        self.reply = reply
+        self.table: dict[str, str] = {}
+
+    def __call__(self, body: dict) -> str:
+        text = self.reply(body)
+        if isinstance(body.get("prompt"), str):
+            self.table[body["prompt"]] = text
+        return text
+
+
 def main(argv: list[str] | None = None) -> None:
     """Serve a FakeCloud in its own process: ``python -m collab_core.devtools.fakecloud --port P [--latency-ms L]
-    [--local-model SPEC --agree A --ranks R2,R3,...]`` (prints its URL, serves until killed)."""
+    [--local-model SPEC --agree A --ranks R2,R3,...] [--replies FILE]`` (prints its URL, serves until killed)."""
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m collab_core.devtools.fakecloud")
@@ -253,11 +284,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--agree", type=float, default=0.6)
     ap.add_argument("--ranks", default="", help="shares of rank 2, 3, ... candidates (comma-separated)")
     ap.add_argument("--reply", default=" and then")
+    ap.add_argument("--replies", default=None, help="JSON {prompt: text} answered first (TableReply)")
     args = ap.parse_args(argv)
     reply: Callable[[dict], str] | str = args.reply
     if args.local_model is not None:
         ranks = tuple(float(x) for x in args.ranks.split(",") if x)
         reply = LocalReply(args.local_model or None, agree=args.agree, ranks=ranks, other=args.reply)
+    if args.replies:
+        with open(args.replies) as f:
+            reply = TableReply(json.load(f), fallback=reply)
     cloud = FakeCloud(reply=reply, latency_s=args.latency_ms / 1000, port=args.port).start()
     print(cloud.url, flush=True)
     threading.Event().wait()

@@ -87,3 +87,12 @@ def test_branches_option_is_checked(smollm):
 
     with pytest.raises(ConfigError, match="branches"):
         Engine(smollm, branches=0)
+
+
+def test_recorded_replies_are_looked_up():
+    from collab_core.devtools.fakecloud import Recorder, TableReply
+
+    rec = Recorder(lambda body: body.get("prompt", "")[::-1])
+    assert rec({"prompt": "abc"}) == "cba" and rec({"messages": []}) == "" and rec.table == {"abc": "cba"}
+    table = TableReply(rec.table, fallback=" other")
+    assert table({"prompt": "abc"}) == "cba" and table({"prompt": "abd"}) == " other" and table.misses == 1
