@@ -29,7 +29,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
 import collab_core  # noqa: F401  (first: OpenBLAS before mlx on Linux)
 from collab_core.engine import Engine, Event, FinalEvent, TokenEvent
@@ -287,7 +287,9 @@ class CollabLLM(BaseChatModel):
         kwargs.pop("strict", None)  # the grammar always enforces the schema
         if kwargs:
             raise ValueError(f"unexpected arguments: {sorted(kwargs)}")
-        is_model = isinstance(schema, type) and issubclass(schema, BaseModel)
+        from langchain_core.utils.pydantic import is_basemodel_subclass
+
+        is_model = isinstance(schema, type) and is_basemodel_subclass(schema)  # pydantic 2, or its v1 models
         fmt = {"kwargs": {"method": method}, "schema": schema}
         if method == "function_calling":
             tool = convert_to_openai_tool(schema)
@@ -297,7 +299,8 @@ class CollabLLM(BaseChatModel):
                                 else JsonOutputKeyToolsParser(key_name=name, first_tool_only=True))
         elif method in ("json_schema", "json_mode"):
             if method == "json_schema":
-                json_schema = schema.model_json_schema() if is_model else convert_to_json_schema(schema)
+                json_schema = (schema.model_json_schema() if is_model and hasattr(schema, "model_json_schema")
+                               else convert_to_json_schema(schema))
             else:
                 json_schema = {"type": "object"}
             llm = self.bind(json_schema=json_schema, ls_structured_output_format=fmt)
