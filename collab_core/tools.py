@@ -243,18 +243,24 @@ def parse_tool_calls(text: str, fmt: ToolFormat = GENERIC, tools: Sequence[Mappi
         pos = len(text) if j < 0 else j + len(fmt.end)
         try:
             obj = fmt.parser(body, tools) if fmt.parser is not None else json.loads(body.strip())
-            name, args = obj.get("name"), obj.get("arguments", obj.get("parameters", {}))
-            if isinstance(args, str):
-                args = json.loads(args)
-            if not isinstance(name, str) or not isinstance(args, dict):
-                raise ValueError("a call is {\"name\": str, \"arguments\": object}")
-            calls.append(ToolCall(name, args))
+            calls.append(_tool_call(obj))
         except (ValueError, AttributeError, TypeError) as exc:
             invalid.append(InvalidToolCall(body.strip(), str(exc),
                                            name=obj.get("name") if isinstance(locals().get("obj"), dict) else None))
         if j < 0:
             break
     return "".join(content).strip(), calls, invalid
+
+
+def _tool_call(obj: Any) -> ToolCall:
+    """A parsed call object as a ``ToolCall`` (``arguments`` may be a JSON string); ``ValueError``,
+    ``AttributeError`` or ``TypeError`` when it is not one."""
+    name, args = obj.get("name"), obj.get("arguments", obj.get("parameters", {}))
+    if isinstance(args, str):
+        args = json.loads(args)
+    if not isinstance(name, str) or not isinstance(args, dict):
+        raise ValueError("a call is {\"name\": str, \"arguments\": object}")
+    return ToolCall(name, args)
 
 
 def _bare_call(text: str, tools: Sequence[Mapping[str, Any]]) -> ToolCall | None:
@@ -269,13 +275,10 @@ def _bare_call(text: str, tools: Sequence[Mapping[str, Any]]) -> ToolCall | None
     names = {t.get("function", t).get("name") for t in tools}
     if not isinstance(obj, dict) or obj.get("name") not in names:
         return None
-    args = obj.get("arguments", obj.get("parameters", {}))
-    if isinstance(args, str):
-        try:
-            args = json.loads(args)
-        except ValueError:
-            return None
-    return ToolCall(obj["name"], args) if isinstance(args, dict) else None
+    try:
+        return _tool_call(obj)
+    except ValueError:
+        return None
 
 
 def parse_json(text: str) -> Any:
