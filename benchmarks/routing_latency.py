@@ -79,8 +79,7 @@ def main() -> None:
     ranks = tuple(float(x) for x in args.ranks.split(",") if x)
     recorder = Recorder(LocalReply(lm, agree=args.agree, ranks=ranks))
     with FakeCloud(reply=recorder) as fc:
-        dry = Engine(lm, cloud=CloudConfig(model="text-completion-openai/fake", api_base=fc.url, span_tokens=2),
-                     router=ScheduledRouter(positions), pipeline="sync", cache=False)
+        dry = routed(lm, fake_cloud(fc.url), positions, "sync")
         for prompt in PROMPTS:
             dry.generate(prompt, max_tokens=args.tokens)
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
@@ -106,6 +105,15 @@ def report(out: dict) -> None:
     print(" ".join(f"{k}={v}" for k, v in out.items() if k.startswith(("kept_share", "off_clock_share"))))
 
 
+def fake_cloud(url: str) -> CloudConfig:
+    return CloudConfig(model="text-completion-openai/fake", api_base=url, span_tokens=2)
+
+
+def routed(lm, cfg: CloudConfig, positions, pipeline: str, **kw) -> Engine:
+    """An engine routing the scheduled ``positions`` to ``cfg`` (no span cache: every position is a call)."""
+    return Engine(lm, cloud=cfg, router=ScheduledRouter(positions), pipeline=pipeline, cache=False, **kw)
+
+
 def run(args, lm, positions, url: str | None, out: dict) -> None:
     if url is None:
         vocab = args.cloud_vocab
@@ -115,7 +123,7 @@ def run(args, lm, positions, url: str | None, out: dict) -> None:
             vocab = StandinCloud(progress=False).vocab
         cfg = CloudConfig(model=args.cloud_model, api_base=args.api_base, span_tokens=2, vocab=vocab, timeout_s=120)
     else:
-        cfg = CloudConfig(model="text-completion-openai/fake", api_base=url, span_tokens=2)
+        cfg = fake_cloud(url)
     client = CloudClient(cfg)
     req = SpanRequest(messages=[], prompt_text="Once upon a time", partial=" there was")
     rtts = []
@@ -125,17 +133,14 @@ def run(args, lm, positions, url: str | None, out: dict) -> None:
         rtts.append(time.perf_counter() - t)
     rtt = statistics.median(rtts[2:])
     engines = {"local": Engine(lm)}
-
-    def routed(pipeline, **kw):
-        return Engine(lm, cloud=cfg, router=ScheduledRouter(positions), pipeline=pipeline, cache=False, **kw)
-
     md = {} if args.max_draft is None else {"max_draft": args.max_draft}
-    engines["sync"] = routed("sync")
-    engines["async"] = routed("async", **md)
+    engines["sync"] = routed(lm, cfg, positions, "sync")
+    engines["async"] = routed(lm, cfg, positions, "async", **md)
     if args.branches > 1:  # side by side with one branch
-        engines[f"async_b{args.branches}"] = routed("async", branches=args.branches, **md)
+        engines[f"async_b{args.branches}"] = routed(lm, cfg, positions, "async", branches=args.branches, **md)
     if args.baseline_max_draft:  # side by side with a shorter draft (the engine's old default: 8)
-        engines[f"async_md{args.baseline_max_draft}"] = routed("async", max_draft=args.baseline_max_draft)
+        engines[f"async_md{args.baseline_max_draft}"] = routed(lm, cfg, positions, "async",
+                                                               max_draft=args.baseline_max_draft)
     names = list(engines)
     for e in engines.values():  # warm-up (the fake cloud's model too)
         e.generate(PROMPTS[0], max_tokens=16)
