@@ -40,6 +40,7 @@ else:  # pragma: no cover - 3.10
     from typing_extensions import Unpack
 
 _DECODE_THREADS = ParkedThreads("collab-decode")  # async API: decoding threads that never exit (see there)
+_SCHED_GUARD = threading.Lock()
 
 
 def make_sampler(cfg: GenerationConfig):
@@ -160,13 +161,19 @@ class Engine:
         if router is not self.router:
             router.bind(lm)  # a router for one call (binding a bound scorer again is cheap)
 
+    def _sched(self) -> BatchScheduler:
+        """The scheduler batching this engine's generations (made once, on the local model's lock)."""
+        lm = self.local_model
+        with _SCHED_GUARD:
+            if self._scheduler is None:
+                self._scheduler = BatchScheduler(model_lock(lm))
+        return self._scheduler
+
     def _take_lane(self, prompt: Prompt, cfg: GenerationConfig, router: Router) -> LaneDecoder:
         """A lane for one generation (called holding the model lock): an idle one -- the one whose KV cache
         shares the longest prefix with this prompt, so a next turn reuses it -- or a new one; waits while
         ``max_batch`` are busy."""
         lm = self.local_model
-        if self._scheduler is None:
-            self._scheduler = BatchScheduler(model_lock(lm))
         self._bind(router)
         me = threading.get_ident()
         if len(self._busy) >= self.max_batch and all(t == me for t in self._busy.values()):
@@ -223,10 +230,9 @@ class Engine:
         cfg = self.config.replace(**options)
         lm = self.local_model
         router = self.router if router is None else router
-        lock = model_lock(lm)
-        with lock:
+        sched = self._sched()
+        with sched.entry():
             lane = self._take_lane(prompt, cfg, router)
-            sched = self._scheduler
             sched.join(lane)
             try:
                 run = Run(lm, lane, router, prompt, cfg, cloud=self.cloud, cache=self.cache,

@@ -104,6 +104,17 @@ class LaneStep:
         return self.resolved().hidden
 
 
+class LanePrefill:
+    """A prompt body submitted to a prefill round (``done`` once the lane's cache holds it)."""
+
+    __slots__ = ("body", "cancelled", "done", "error", "lane")
+
+    def __init__(self, lane: LaneDecoder, body: list[int]):
+        self.lane, self.body = lane, body
+        self.done = self.cancelled = False
+        self.error: BaseException | None = None
+
+
 class LaneDecoder(StepDecoder):
     """A ``StepDecoder`` whose single-token steps go through a ``BatchScheduler`` round (see the module)."""
 
@@ -153,8 +164,17 @@ class LaneDecoder(StepDecoder):
             self._steps.pop()
 
     def prefill(self, ids: Sequence[int]) -> Step:
+        """As ``StepDecoder.prefill``; beside other lanes, the prompt (less its last token) is read in a batched
+        prefill round with theirs, then its last token is a step of the next round."""
         self._settle()
-        return super().prefill(ids)
+        todo = self._keep_prefix(ids)
+        if len(todo) < 2 or not self.batchable or not self.scheduler.company(self):
+            return self._append(todo)
+        body = todo[:-1]
+        self.scheduler.prefill(self, body)
+        self._tokens.extend(body)
+        self._steps.clear()
+        return self.step(todo[-1])
 
     def feed(self, ids: Sequence[int]) -> Step:
         self._settle()
@@ -205,8 +225,9 @@ class BatchScheduler:
     Every method is called by a lane's thread holding ``lock`` (the model's ``RLock``); waiting releases it.
     """
 
-    def __init__(self, lock, *, linger_s: float = 0.005, linger_share: float = 0.25):
+    def __init__(self, lock, *, linger_s: float = 0.005, linger_share: float = 0.25, gather_s: float = 0.002):
         self.lock = lock
+        self.gather_s = gather_s
         self.cond = threading.Condition(lock)
         self.linger_s = linger_s
         self.linger_share = linger_share
@@ -214,13 +235,36 @@ class BatchScheduler:
         self.open: set[LaneDecoder] = set()
         self.away_lanes: set[LaneDecoder] = set()
         self.pending: list[tuple[LaneDecoder, int, LaneStep]] = []
+        self.prefills: list[LanePrefill] = []
         self.rounds = 0  # batched forward passes run
         self.rows = 0  # steps they carried
+        self.prefill_rounds = 0  # prefill rounds run
+        self.prefill_rows = 0  # prompts they read
         self._calls = 0
+        self._arriving = 0  # generations on their way in, not yet holding the lock
+        self._arrivals = threading.Lock()
+        self._activity = 0.0  # when a lane last joined or submitted
+
+    @contextlib.contextmanager
+    def entry(self) -> Iterator[None]:
+        """The model lock, held for a new generation. Until it has it, the generation counts as arriving: rounds
+        wait for it (up to ``linger``), so that requests sent together read their prompts in one prefill round."""
+        with self._arrivals:
+            self._arriving += 1
+        try:
+            self.lock.acquire()
+        finally:
+            with self._arrivals:
+                self._arriving -= 1
+        try:
+            yield
+        finally:
+            self.lock.release()
 
     # -- lanes --------------------------------------------------------------------------------------------------
     def join(self, lane: LaneDecoder) -> None:
         self.open.add(lane)
+        self._activity = time.perf_counter()
 
     def leave(self, lane: LaneDecoder) -> None:
         lane.cancel_pending()
@@ -235,11 +279,27 @@ class BatchScheduler:
         self.pending = [p for p in self.pending if p[0] is not lane]
 
     def alone(self, lane: LaneDecoder) -> bool:
-        return len(self.open) <= 1 and not self.pending
+        return len(self.open) <= 1 and not self.pending and not self._arriving
+
+    def company(self, lane: LaneDecoder) -> bool:
+        """Whether other generations decode beside ``lane`` or are on their way in. A lone lane first lets the
+        requests sent together with it arrive (one wait of ``gather_s``, before its prompt is read)."""
+        if self.alone(lane):
+            self.cond.wait(self.gather_s)
+        return not self.alone(lane)
 
     def submit(self, lane: LaneDecoder, tid: int, ls: LaneStep) -> None:
         self.pending.append((lane, tid, ls))
+        self._activity = time.perf_counter()
         self.cond.notify_all()
+
+    def prefill(self, lane: LaneDecoder, body: list[int]) -> None:
+        """Read ``body`` into the lane's cache in a prefill round (with the other lanes' prompts); blocks."""
+        job = LanePrefill(lane, body)
+        self.prefills.append(job)
+        self._activity = time.perf_counter()
+        self.cond.notify_all()
+        self.wait_for(job)
 
     def away(self, lane: LaneDecoder, fn: Callable[..., T], *args) -> T:
         self.away_lanes.add(lane)
@@ -260,9 +320,9 @@ class BatchScheduler:
 
     # -- rounds -------------------------------------------------------------------------------------------------
     def _due(self) -> bool:
-        if not self.pending:
+        if not (self.pending or self.prefills) or self._arriving:
             return False
-        ready = {p[0] for p in self.pending} | self.away_lanes
+        ready = {p[0] for p in self.pending} | {j.lane for j in self.prefills} | self.away_lanes
         return self.open <= ready
 
     @property
@@ -271,22 +331,25 @@ class BatchScheduler:
         last round's time if more (on a busy CPU a lane's own work between steps takes longer)."""
         return max(self.linger_s, self.linger_share * self._last_round_s)
 
-    def wait_for(self, ls: LaneStep) -> None:
-        """Block until a round has run ``ls`` (running it here when it is due)."""
-        since = time.perf_counter()
-        while not ls.done:
-            if ls.error is not None:
-                raise ls.error
-            if ls.cancelled:
+    def wait_for(self, job: LaneStep | LanePrefill) -> None:
+        """Block until a round has run ``job`` (running it here when it is due): it waits for every open lane
+        to submit, at most ``linger`` after the last one joined or submitted."""
+        while not job.done:
+            if job.error is not None:
+                raise job.error
+            if job.cancelled:
                 raise RuntimeError("a cancelled step was read")
             linger = self.linger
-            if self._due() or time.perf_counter() - since >= linger:
+            if self._due() or time.perf_counter() - self._activity >= linger:
                 self._round()
-                since = time.perf_counter()
+                self._activity = time.perf_counter()
                 continue
             self.cond.wait(linger)
 
     def _round(self) -> None:
+        jobs, self.prefills = self.prefills, []
+        if jobs:
+            self._prefill_round(jobs)
         batch, self.pending = self.pending, []
         if not batch:
             return
@@ -311,6 +374,50 @@ class BatchScheduler:
                     ls.error = exc
                     if lane._pending is ls:
                         lane._pending = None
+            raise
+        finally:
+            self.cond.notify_all()
+
+    def _prefill_round(self, jobs: list[LanePrefill]) -> None:
+        """Read every job's prompt body into its lane's cache: one batched forward pass per chunk (the lanes'
+        caches merged, the bodies right-padded, as mlx-lm's batched prompt processing does), or the lane's own
+        chunked prefill for a lone job."""
+        import mlx.core as mx
+        from mlx_lm.models.cache import BatchKVCache
+
+        try:
+            lanes = [j.lane for j in jobs]
+            first = lanes[0]
+            with mx.stream(first._stream):
+                if len(jobs) == 1:
+                    arr = mx.array(jobs[0].body, dtype=mx.uint32)
+                    for s in range(0, len(jobs[0].body), first.prefill_step_size):
+                        first.model(arr[s:s + first.prefill_step_size][None], cache=first.cache)
+                        mx.eval([c.state for c in first.cache])
+                else:
+                    lengths = [len(j.body) for j in jobs]
+                    width = max(lengths)
+                    pad = [width - n for n in lengths]
+                    caches = [BatchKVCache.merge([lane.cache[i] for lane in lanes]) for i in range(len(first.cache))]
+                    for c in caches:
+                        c.prepare(lengths=lengths, right_padding=pad)
+                    tokens = mx.array([j.body + [0] * p for j, p in zip(jobs, pad)], dtype=mx.uint32)
+                    chunk = max(256, first.prefill_step_size // len(jobs))  # about as many tokens per pass as alone
+                    for s in range(0, width, chunk):
+                        first.model(tokens[:, s:s + chunk], cache=caches)
+                        mx.eval([c.state for c in caches])
+                    for c in caches:
+                        c.finalize()
+                    for row, lane in enumerate(lanes):
+                        lane.cache = [c.extract(row) for c in caches]
+                    mx.eval([c.state for lane in lanes for c in lane.cache])
+            for j in jobs:
+                j.done = True
+            self.prefill_rounds += 1
+            self.prefill_rows += len(jobs)
+        except BaseException as exc:  # every prompt in the round gets the error (none waits forever)
+            for j in jobs:
+                j.error = exc
             raise
         finally:
             self.cond.notify_all()
@@ -371,7 +478,7 @@ def run_lanes(lm: LocalModel, jobs: Sequence[Callable[[LaneDecoder], T]], *, max
     sched = BatchScheduler(lock)
 
     def on_a_lane(jobs_here):
-        with lock:
+        with sched.entry():
             lane = LaneDecoder(lm, sched, want_hidden=want_hidden)
             sched.join(lane)
             try:

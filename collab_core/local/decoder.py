@@ -141,6 +141,10 @@ class StepDecoder:
     # -- public API --------------------------------------------------------------------------------
     def prefill(self, ids: Sequence[int]) -> Step:
         """Start a sequence; reuses the cached prefix it shares with the current sequence."""
+        return self._append(self._keep_prefix(ids))
+
+    def _keep_prefix(self, ids: Sequence[int]) -> list[int]:
+        """Keep the cached prefix shared with ``ids`` (trim the rest, or start afresh); the tokens left to feed."""
         from mlx_lm.models.cache import can_trim_prompt_cache, trim_prompt_cache
 
         ids = list(ids)
@@ -154,9 +158,9 @@ class StepDecoder:
                 trim_prompt_cache(self.cache, drop)
             del self._tokens[common:]
             self._steps.clear()
-            return self._append(ids[common:])
+            return ids[common:]
         self.reset()
-        return self._append(ids)
+        return ids
 
     def step(self, token) -> Step:
         """Append one token (an int, or a lazy MLX scalar from the previous Step)."""
