@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
 from ..scoring import summary_graph
+from ..threads import mark_mlx_thread
 from .decoder import Step, StepDecoder, greedy
 from .loading import LocalModel
 
@@ -249,6 +250,7 @@ class BatchScheduler:
     def entry(self) -> Iterator[None]:
         """The model lock, held for a new generation. Until it has it, the generation counts as arriving: rounds
         wait for it (up to ``linger``), so that requests sent together read their prompts in one prefill round."""
+        mark_mlx_thread()
         with self._arrivals:
             self._arriving += 1
         try:
