@@ -27,6 +27,7 @@ through the redactor first (``redact``), and placeholders in a span are restored
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -244,6 +245,24 @@ class CloudClient:
     def close(self) -> None:
         if self._router_call is not None:
             self._router_call.close()
+        if "_text_client" in self.__dict__ and self._text_client is not None:
+            self._text_client.close()
+
+    @functools.cached_property
+    def _text_client(self):
+        """One OpenAI SDK client for every text completion of this cloud (``text-completion-openai/...`` with an
+        ``api_base``), handed to LiteLLM as ``client=``: otherwise LiteLLM builds a client per call, and with it an
+        SSL context (the CA bundle read again: 17 of the 29 ms of Python a call cost, on the GIL the local model's
+        drafting needs) and a new connection. None where LiteLLM's own handling is kept (other providers, a
+        Router, a ``client`` in ``extra``)."""
+        cfg = self.config
+        if (self.router is not None or not cfg.api_base or "client" in cfg.extra
+                or _provider(cfg.model or "") != "text-completion-openai"):
+            return None
+        import openai
+
+        return openai.OpenAI(api_key=self._api_key() or "sk-no-key", base_url=cfg.api_base, max_retries=0,
+                             timeout=cfg.timeout_s)
 
     def bind(self, local_vocab: str) -> bool:
         """Use the token-exact path when the cloud's vocabulary is the local model's (``config.vocab`` is the
@@ -450,7 +469,12 @@ class CloudClient:
         if self._router_call is not None:
             return lambda **kw: self._router_call(kind, kw)
         litellm = _litellm()
-        return litellm.text_completion if kind == "text_completion" else litellm.completion
+        if kind != "text_completion":
+            return litellm.completion
+        if self._text_client is None:
+            return litellm.text_completion
+        return lambda **kw: litellm.text_completion(
+            client=self._text_client.with_options(timeout=kw.get("timeout", self.config.timeout_s)), **kw)
 
     def _cost(self, resp: Any) -> float:
         """LiteLLM's cost of the call, cache pricing included: what it computed as it logged the call (custom

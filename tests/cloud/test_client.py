@@ -215,3 +215,27 @@ def test_token_ids_of_a_completion_choice():
     assert token_ids_of(NS(logprobs={"tokens": ["token_id:12095", "token_id:13"]})) == [12095, 13]  # vLLM
     assert token_ids_of(NS(logprobs={"tokens": [" Paris", "."]})) is None  # text tokens: no ids
     assert token_ids_of(NS(logprobs=None)) is None
+
+
+def test_text_completions_reuse_one_sdk_client(monkeypatch):
+    """LiteLLM built an OpenAI client per text completion -- an SSL context (the CA bundle read again) and a new
+    connection each time, 17 of 29 ms of Python a call; the cloud client now hands it one of its own."""
+    import ssl
+
+    from collab_core.cloud.client import CloudClient, SpanRequest
+    from collab_core.devtools.fakecloud import FakeCloud
+
+    made = []
+    real = ssl.create_default_context
+    monkeypatch.setattr(ssl, "create_default_context", lambda *a, **k: made.append(1) or real(*a, **k))
+    with FakeCloud(reply=" the sea") as fc:
+        client = CloudClient(CloudConfig(model="text-completion-openai/fake", api_base=fc.url, span_tokens=2))
+        req = SpanRequest(messages=[], prompt_text="Once upon a time", partial=" there was")
+        spans = [client.continue_span(req)]
+        made.clear()  # the first call made the client (and LiteLLM its own first things)
+        spans += [client.continue_span(req) for _ in range(2)]
+        client.close()
+    assert [s.text for s in spans] == [" the"] * 3  # two tokens asked for, cut to a word boundary
+    assert made == []  # one per call without the shared client
+    chat = CloudClient(CloudConfig(model="openai/gpt-4o-mini", api_base="http://127.0.0.1:9/v1"))
+    assert chat._text_client is None  # LiteLLM's own handling elsewhere
