@@ -115,8 +115,7 @@ class Run:
                     continue
             elif len(self.answer) >= self.max_tokens:
                 break
-            tid, conf, nxt = self._decode(step)
-            last = nxt is None  # the token limit: no forward pass was queued
+            tid, conf, nxt, last = self._decode(step)
             if self.pending is not None:
                 if tid in self.eos or last or not self._would_route(tid, conf, step):
                     self._draft(tid, conf, None, closing=tid in self.eos or last)
@@ -144,21 +143,28 @@ class Run:
         yield self._finish()
 
     # -- decode, score, route ------------------------------------------------------------------------------------
-    def _decode(self, step: Step) -> tuple[int, Confidence, Step | None]:
-        """Read ``step``'s token, having queued the next forward pass (none at the token limit). Under a grammar
-        the token is sampled from the masked distribution, and the next mask is computed while the next forward
-        pass runs."""
+    def _decode(self, step: Step) -> tuple[int, Confidence, Step | None, bool]:
+        """Read ``step``'s token, having queued the next forward pass; also whether it is the last (the token
+        limit: none is queued). Under a grammar the token is sampled from the masked distribution, and the next
+        mask is computed while the next forward pass runs.
+
+        While a span is in flight the next pass is queued only once the token is read, and only if the span has
+        not arrived by then: queued ahead, it would run on a sequence the cloud may have just replaced (a pass
+        wasted, and the span's own pass waiting behind it). It costs the draft a thread wake-up per token."""
         if self.grammar is not None:
             step = self.dec.constrain(step, self.grammar.allowed())
-        n_total = len(self.answer) + len(self.draft)
-        nxt = self.dec.step(step.token) if n_total + 1 < self.max_tokens else None
+        last = len(self.answer) + len(self.draft) + 1 >= self.max_tokens
+        drafting = self.pending is not None
+        nxt = self.dec.step(step.token) if not (last or drafting) else None
         tid, conf = step.token_id, step.confidence
+        if drafting and not last and not self.pending.ready:
+            nxt = self.dec.step(tid)
         if self.grammar is not None:
             self.grammar.consume(tid)
         if self._first:
             self.stats.time_prefill_s = time.perf_counter() - self.t0
             self._first = False
-        return tid, conf, nxt
+        return tid, conf, nxt, last
 
     def _score_and_route(self, tid: int, conf: Confidence, step: Step) -> tuple[float | None, bool]:
         if self.leg is None or not self.leg.usable():
