@@ -46,6 +46,7 @@ from collab_core.cloud.client import CloudClient, CloudConfig, SpanRequest
 from collab_core.devtools.fakecloud import FakeCloud, LocalReply, Recorder
 from collab_core.router import ScheduledRouter
 
+PROBE = SpanRequest(messages=[], prompt_text="Once upon a time", partial=" there was")  # one direct call, timed
 PROMPTS = ["Write a short story about a lighthouse keeper.", "Explain how rain forms, step by step.",
            "Describe a busy market in the morning."]
 
@@ -79,6 +80,7 @@ def main() -> None:
     ranks = tuple(float(x) for x in args.ranks.split(",") if x)
     recorder = Recorder(LocalReply(lm, agree=args.agree, ranks=ranks))
     with FakeCloud(reply=recorder) as fc:
+        CloudClient(fake_cloud(fc.url)).continue_span(PROBE)  # the round-trip probe is looked up too
         dry = routed(lm, fake_cloud(fc.url), positions, "sync")
         for prompt in PROMPTS:
             dry.generate(prompt, max_tokens=args.tokens)
@@ -125,11 +127,10 @@ def run(args, lm, positions, url: str | None, out: dict) -> None:
     else:
         cfg = fake_cloud(url)
     client = CloudClient(cfg)
-    req = SpanRequest(messages=[], prompt_text="Once upon a time", partial=" there was")
     rtts = []
     for _ in range(8):
         t = time.perf_counter()
-        client.continue_span(req)
+        client.continue_span(PROBE)
         rtts.append(time.perf_counter() - t)
     rtt = statistics.median(rtts[2:])
     engines = {"local": Engine(lm)}
