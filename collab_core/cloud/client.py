@@ -245,8 +245,9 @@ class CloudClient:
     def close(self) -> None:
         if self._router_call is not None:
             self._router_call.close()
-        if "_text_client" in self.__dict__ and self._text_client is not None:
-            self._text_client.close()
+        client = self.__dict__.pop("_text_client", None)  # a later call makes a new one
+        if client is not None:
+            client.close()
 
     @functools.cached_property
     def _text_client(self):
@@ -254,15 +255,17 @@ class CloudClient:
         ``api_base``), handed to LiteLLM as ``client=``: otherwise LiteLLM builds a client per call, and with it an
         SSL context (the CA bundle read again: 17 of the 29 ms of Python a call cost, on the GIL the local model's
         drafting needs) and a new connection. None where LiteLLM's own handling is kept (other providers, a
-        Router, a ``client`` in ``extra``)."""
+        Router, a ``client`` in ``extra``, no key to give it)."""
         cfg = self.config
         if (self.router is not None or not cfg.api_base or "client" in cfg.extra
                 or _provider(cfg.model or "") != "text-completion-openai"):
             return None
+        key = self._api_key() or os.environ.get("OPENAI_API_KEY")  # where LiteLLM would look for it
+        if not key:
+            return None
         import openai
 
-        return openai.OpenAI(api_key=self._api_key() or "sk-no-key", base_url=cfg.api_base, max_retries=0,
-                             timeout=cfg.timeout_s)
+        return openai.OpenAI(api_key=key, base_url=cfg.api_base, max_retries=0, timeout=cfg.timeout_s)
 
     def bind(self, local_vocab: str) -> bool:
         """Use the token-exact path when the cloud's vocabulary is the local model's (``config.vocab`` is the

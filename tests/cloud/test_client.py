@@ -239,3 +239,9 @@ def test_text_completions_reuse_one_sdk_client(monkeypatch):
     assert made == []  # one per call without the shared client
     chat = CloudClient(CloudConfig(model="openai/gpt-4o-mini", api_base="http://127.0.0.1:9/v1"))
     assert chat._text_client is None  # LiteLLM's own handling elsewhere
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    remote = CloudClient(CloudConfig(model="text-completion-openai/m", api_base="https://example.invalid/v1"))
+    assert remote._text_client is None  # no key to hand it: LiteLLM resolves (or reports) the key itself
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-env")
+    remote = CloudClient(CloudConfig(model="text-completion-openai/m", api_base="https://example.invalid/v1"))
+    assert remote._text_client.api_key == "sk-test-env"
