@@ -9,21 +9,26 @@ and stats, and a lane can join or leave between any two steps.
 How a round is decided. Every lane runs its generation in its own thread and holds the model's lock while it
 does (MLX work is serialized per model); it gives the lock up only where it waits:
 
-* for a step of its own (``LaneStep``): a **round** runs once every open lane has a step waiting or is away
-  (``linger`` caps the wait for a lane that is slow to submit: 5 ms, or a quarter of the last round's time if
-  more); the thread that finds it due runs it;
+* for a step of its own (``LaneStep``) or for its prompt to be read (``LanePrefill``): a **round** runs once
+  every open lane has a step or a prompt waiting or is away, and no generation is on its way in (waiting for the
+  lock in ``entry``); ``linger`` caps the wait, counted from the last join or submission: 5 ms, or a quarter of
+  the last round's time if more. The thread that finds it due runs it: first one **prefill round** for every
+  prompt waiting (the lanes' caches merged, the prompts right-padded, as mlx-lm's batched prompt processing
+  does), then one decode step for every step waiting;
 * while it is **away** (``LaneDecoder.blocking``: waiting for the cloud), rounds do not wait for it; its
   submitted step still goes into the rounds the others run;
 * while its caller reads an event (``stepped_out``) it holds no lock either, but rounds wait for its next step
   (up to ``linger``): it comes as soon as the caller asks for the next event.
 
 A lane that is alone decodes exactly as ``StepDecoder`` does (its own cache, the next forward pass queued
-before the current token is read), so a single request pays nothing for batching. Prefill, multi-token feeds
-(cloud spans) and rollback are per lane, on the lane's own cache.
+before the current token is read), so a single request pays nothing for batching (it waits ``gather_s``, 2 ms,
+before reading its prompt, for requests sent together with it). Multi-token feeds (cloud spans) and rollback are
+per lane, on the lane's own cache.
 
 Where batching does not apply: a lane whose cache is not a plain ``KVCache`` (rotating windows, quantized or
-state-space caches) takes its own forward pass inside the round; greedy answers are the same as alone up to
-float rounding in a batched matrix product (tested on the bundled model, with routing on).
+state-space caches) takes its own forward pass inside the round and reads its prompt alone; greedy answers are
+the same as alone up to float rounding in a batched matrix product or a padded prefill (tested on the bundled
+model, with routing on).
 """
 
 from __future__ import annotations
