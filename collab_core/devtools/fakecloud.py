@@ -55,6 +55,9 @@ class FakeCloud:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # headers and body go out in two writes: without TCP_NODELAY the second waits for the client's delayed
+            # ACK of the first on a kept-alive connection (back-to-back calls took 198 ms against 156 for 150 ms)
+            disable_nagle_algorithm = True
 
             def log_message(self, *args):  # quiet
                 pass
