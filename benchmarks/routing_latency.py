@@ -143,7 +143,7 @@ def run(args, lm, positions, url: str | None, out: dict) -> None:
         engines[f"async_md{args.baseline_max_draft}"] = routed(lm, cfg, positions, "async",
                                                                max_draft=args.baseline_max_draft)
     names = list(engines)
-    for e in engines.values():  # warm-up (the fake cloud's model too)
+    for e in engines.values():  # warm-up
         e.generate(PROMPTS[0], max_tokens=16)
     runs: dict[str, list] = {p: [] for p in names}
     for r in range(args.rounds):  # interleaved per answer, the order rotating: a drifting load hits all alike

@@ -40,8 +40,8 @@ def wait_for_mlx_threads(timeout_s: float = 5.0) -> None:
     Where a thread's end cannot be seen (no ``/proc/self/task``), a short fixed wait."""
     with _MLX_THREADS_GUARD:
         alive = {t.ident for t in threading.enumerate()}
-        ended = [nid for ident, nid in _MLX_THREADS.items() if ident not in alive]
-        for ident in [i for i in _MLX_THREADS if i not in alive]:
+        ended = {ident: nid for ident, nid in _MLX_THREADS.items() if ident not in alive}
+        for ident in ended:
             del _MLX_THREADS[ident]
     if not ended:
         return
@@ -49,7 +49,7 @@ def wait_for_mlx_threads(timeout_s: float = 5.0) -> None:
         time.sleep(min(0.05, timeout_s))
         return
     deadline = time.monotonic() + timeout_s
-    for nid in ended:
+    for nid in ended.values():
         while os.path.exists(f"/proc/self/task/{nid}") and time.monotonic() < deadline:
             time.sleep(0.002)
 

@@ -397,10 +397,7 @@ class BatchScheduler:
             first = lanes[0]
             with mx.stream(first._stream):
                 if len(jobs) == 1:
-                    arr = mx.array(jobs[0].body, dtype=mx.uint32)
-                    for s in range(0, len(jobs[0].body), first.prefill_step_size):
-                        first.model(arr[s:s + first.prefill_step_size][None], cache=first.cache)
-                        mx.eval([c.state for c in first.cache])
+                    first._read(jobs[0].body)
                 else:
                     lengths = [len(j.body) for j in jobs]
                     width = max(lengths)

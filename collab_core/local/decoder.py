@@ -122,21 +122,28 @@ class StepDecoder:
         ids = list(ids)
         if not ids:
             raise ConfigError("nothing to feed")
-        arr = mx.array(ids, dtype=mx.uint32)
-        done = 0
-        keep_last = 1 if prompt else self.prefill_step_size
-        with mx.stream(self._stream):
-            while len(ids) - done > keep_last:
-                n = min(self.prefill_step_size, len(ids) - done - 1)
-                self.model(arr[done:done + n][None], cache=self.cache)
-                mx.eval([c.state for c in self.cache])
-                done += n
-        step = self._forward(arr[done:])
+        # a prompt: all but its last token read first; a span: whole chunks first, the rest in the lazy pass
+        head = len(ids) - 1 if prompt else (len(ids) - 1) // self.prefill_step_size * self.prefill_step_size
+        self._read(ids[:head])
+        step = self._forward(mx.array(ids[head:], dtype=mx.uint32))
         self._tokens.extend(ids)
         if len(ids) > 1:  # no distribution is kept for the positions inside a multi-token feed
             self._steps.clear()
         self._steps.append(step)
         return step
+
+    def _read(self, ids: Sequence[int]) -> None:
+        """Feed ``ids`` into the cache in evaluated chunks of ``prefill_step_size`` (as ``mlx_lm.generate_step``
+        reads a prompt), keeping no distribution."""
+        import mlx.core as mx
+
+        if not ids:
+            return
+        arr = mx.array(list(ids), dtype=mx.uint32)
+        with mx.stream(self._stream):
+            for s in range(0, len(ids), self.prefill_step_size):
+                self.model(arr[s:s + self.prefill_step_size][None], cache=self.cache)
+                mx.eval([c.state for c in self.cache])
 
     # -- public API --------------------------------------------------------------------------------
     def prefill(self, ids: Sequence[int]) -> Step:
