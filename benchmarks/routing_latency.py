@@ -1,18 +1,18 @@
 """Routing latency against a loopback OpenAI-compatible server with injected latency.
 
-    python benchmarks/routing_latency.py [--latency-ms 150] [--every 10] [--tokens 96] [--rounds 3]
+    python benchmarks/routing_latency.py [--latency-ms 150] [--jitter-ms 0] [--every 10] [--tokens 96] [--rounds 3]
                                          [--agree 0.6] [--ranks R2,R3,..] [--max-draft N] [--branches K]
-                                         [--baseline-max-draft N]
+                                         [--baseline-max-draft N] [--baseline-no-pace]
                                          [--local-model SPEC] [--cloud-model M --api-base URL --cloud-vocab V]
 
 A fake cloud (``FakeCloud``: real HTTP on 127.0.0.1 in its own process, reached through LiteLLM as any provider)
-answers every span after ``--latency-ms``. At each routed position it sends the local model's own pick at
+answers every span after ``--latency-ms`` (spread uniformly by ``--jitter-ms``, per request). At each routed position it sends the local model's own pick at
 ``--agree`` of the positions (the rank 2, 3, ... candidates at the ``--ranks`` shares, something else otherwise) --
 as a stronger model agrees with a weaker one where the weak one was merely unsure. A dry run decides those replies
 (``LocalReply`` runs the local model); the timed cloud only looks them up, so no cloud work takes this machine's
 cores from the local model. A fixed schedule routes every ``--every``-th position, so sync and async runs route the
 same positions and send the same requests. Local only, sync and async pipelines (and, side by side, the async
-pipeline with ``--branches K`` or ``--baseline-max-draft N``), interleaved per answer in rotating order, one
+pipeline with ``--branches K``, ``--baseline-max-draft N`` or without pacing, ``--baseline-no-pace``), interleaved per answer in rotating order, one
 process. With ``--cloud-model`` the spans go to that cloud instead (the stand-in pair: ``--local-model
 qwen2.5-coder-0.5b --cloud-model text-completion-openai/default_model --api-base http://127.0.0.1:8090/v1
 --cloud-vocab standin``). Reports:
@@ -26,6 +26,7 @@ qwen2.5-coder-0.5b --cloud-model text-completion-openai/default_model --api-base
   agreement);
 * ``kept_share``: the async spans whose draft was kept (the cloud's token was the one drafted from: the routed
   token's, or with ``--branches K`` one of the K best candidates');
+* ``draft_holds``: draft passes the async pipeline held back for a reply about to land (``engine/pacing.py``);
 * ``cloud_token_rank_sync``: where the cloud's first token stood among the local candidates at routed positions.
 """
 
@@ -55,6 +56,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--local-model", default=None)
     ap.add_argument("--latency-ms", type=float, default=150)
+    ap.add_argument("--jitter-ms", type=float, default=0, help="each request's latency uniform in latency +- jitter")
     ap.add_argument("--every", type=int, default=10)
     ap.add_argument("--tokens", type=int, default=96)
     ap.add_argument("--rounds", type=int, default=3)
@@ -65,6 +67,8 @@ def main() -> None:
                     help="also run the async pipeline drafting this many local candidates at once, side by side")
     ap.add_argument("--baseline-max-draft", type=int, default=None,
                     help="also run the async pipeline with this max_draft, side by side (8: the old default)")
+    ap.add_argument("--baseline-no-pace", action="store_true",
+                    help="also run the async pipeline without pacing (pace=False), side by side")
     ap.add_argument("--cloud-model", default=None, help="a real cloud instead of the fake (e.g. the stand-in)")
     ap.add_argument("--api-base", default=None)
     ap.add_argument("--cloud-vocab", default=None, help="as --cloud-vocab of the CLI (standin: token-exact)")
@@ -88,6 +92,7 @@ def main() -> None:
         json.dump(recorder.table, f)
     # the cloud runs in its own process, as a remote provider would (and stops with this one)
     server = spawn_python(["-m", "collab_core.devtools.fakecloud", "--latency-ms", str(args.latency_ms),
+                           "--jitter-ms", str(args.jitter_ms),
                            "--replies", f.name, "--local-model", args.local_model or "", "--agree", str(args.agree),
                            "--ranks", args.ranks], name="fake cloud", stdout=subprocess.PIPE, text=True)
     try:
@@ -142,6 +147,8 @@ def run(args, lm, positions, url: str | None, out: dict) -> None:
     if args.baseline_max_draft:  # side by side with a shorter draft (the engine's old default: 8)
         engines[f"async_md{args.baseline_max_draft}"] = routed(lm, cfg, positions, "async",
                                                                max_draft=args.baseline_max_draft)
+    if args.baseline_no_pace:
+        engines["async_nopace"] = routed(lm, cfg, positions, "async", pace=False, **md)
     names = list(engines)
     for e in engines.values():  # warm-up
         e.generate(PROMPTS[0], max_tokens=16)
@@ -163,6 +170,7 @@ def run(args, lm, positions, url: str | None, out: dict) -> None:
         "model": lm.name,
         "cloud": args.cloud_model or f"fake ({args.latency_ms:g} ms)",
         "latency_ms": None if args.cloud_model else args.latency_ms,
+        "jitter_ms": None if args.cloud_model else args.jitter_ms,
         "agree": None if args.cloud_model else args.agree,
         "ranks": None if args.cloud_model else args.ranks,
         "max_draft": engines["async"].max_draft,
@@ -177,6 +185,7 @@ def run(args, lm, positions, url: str | None, out: dict) -> None:
         "wall_s": {p: round(total(p, "time_total_s"), 3) for p in names},
         "wall_ms_per_token": {p: round(1000 * v, 3) for p, v in per_token.items()},
         "rollbacks": {p: total(p, "rollbacks") for p in names},
+        "draft_holds": {p: total(p, "draft_holds") for p in drafted},
         "cloud_token_rank_sync": _ranks([x for s in runs["sync"] for x in s.cloud_token_ranks]),
         "span_wall_s_sync": round(span_wall, 4),
         "span_over_rtt": round(span_wall / rtt, 4),

@@ -23,6 +23,7 @@ class GenerationStats:
     rollbacks: int = 0  # drafted local tokens discarded because the cloud disagreed
     drafts_kept: int = 0  # spans (async pipeline) whose draft went on after them: decoded while the cloud worked
     branches_adopted: int = 0  # of those, drafted from another local candidate than the routed token (``branches``)
+    draft_holds: int = 0  # draft passes held back for a reply about to land (``engine/pacing.py``)
     # per span: where the cloud's first token stood among the local model's top-k candidates at the routed
     # position (0 = the local model's own pick, -1 = not among them); None where the span re-spelled a fragment
     cloud_token_ranks: list[int | None] = field(default_factory=list)

@@ -41,10 +41,20 @@ class Pending:
     key: str | None  # where to store the answer (None when it came from the cache)
     answer_len: int  # answer tokens when the request was made
     submitted: float
+    arrived: float | None = None  # when the call's future completed (time.perf_counter())
 
     @property
     def ready(self) -> bool:
         return self.span is not None or self.future.done()
+
+    def wait_for(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the span; whether it is ready."""
+        if self.future is not None and not self.future.done():
+            cf.wait([self.future], timeout=timeout)
+        return self.ready
+
+    def _arrive(self, _future: cf.Future) -> None:
+        self.arrived = time.perf_counter()
 
     def cancel(self) -> None:
         if self.future is not None:
@@ -135,7 +145,9 @@ class CloudLeg:
         if self.submit is None:
             raise RuntimeError("CloudLeg.start needs a submit function (use call() in this thread)")
         self.stats.cloud_calls += 1
-        return Pending(self.submit(self._call, req), None, key, answer_len, now)
+        pending = Pending(self.submit(self._call, req), None, key, answer_len, now)
+        pending.future.add_done_callback(pending._arrive)
+        return pending
 
     def wait(self, pending: Pending) -> CloudSpan | None:
         """The span, or None when the call failed or the deadline passed (counted)."""

@@ -32,10 +32,11 @@ FAULTS = ("401", "429", "500", "503", "timeout", "garbled", "empty", "cut", "noc
 
 class FakeCloud:
     def __init__(self, reply: Callable[[dict], str] | str = " the", latency_s: float = 0.0,
-                 finish_reason: str = "length", timeout_sleep_s: float = 5.0, port: int = 0):
+                 finish_reason: str = "length", timeout_sleep_s: float = 5.0, port: int = 0, jitter_s: float = 0.0):
         self.port = port
         self.reply = reply if callable(reply) else (lambda body, _r=reply: _r)
         self.latency_s = latency_s
+        self.jitter_s = jitter_s  # latency spread: uniform in latency_s +- jitter_s, drawn from the request's bytes
         self.finish_reason = finish_reason
         self.timeout_sleep_s = timeout_sleep_s
         self.faults: deque[str] = deque()
@@ -87,7 +88,7 @@ class FakeCloud:
                 t0 = time.perf_counter()
                 text = None if fault else owner.reply(body)  # its time counts inside the latency
                 if owner.latency_s:
-                    time.sleep(max(0.0, owner.latency_s - (time.perf_counter() - t0)))
+                    time.sleep(max(0.0, owner.latency(raw) - (time.perf_counter() - t0)))
                 if fault in ("401", "429", "500", "503"):
                     return self._send(int(fault), {"error": {"message": f"injected {fault}", "type": "fault"}})
                 if fault == "timeout":
@@ -127,6 +128,14 @@ class FakeCloud:
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
         return self
+
+    def latency(self, raw: bytes) -> float:
+        """This request's latency: ``latency_s``, spread by ``jitter_s`` as a hash of the request decides (the same
+        request waits as long every time, so pipelines that send the same requests meet the same cloud)."""
+        import zlib
+
+        u = zlib.crc32(raw) % 10_000 / 10_000
+        return max(0.0, self.latency_s + (2 * u - 1) * self.jitter_s)
 
     def _response(self, path: str, body: dict, text: str | None = None) -> dict:
         text = self.reply(body) if text is None else text
@@ -277,12 +286,13 @@ class Recorder:
 
 def main(argv: list[str] | None = None) -> None:
     """Serve a FakeCloud in its own process: ``python -m collab_core.devtools.fakecloud --port P [--latency-ms L]
-    [--local-model SPEC --agree A --ranks R2,R3,...] [--replies FILE]`` (prints its URL, serves until killed)."""
+    [--jitter-ms J] [--local-model SPEC --agree A --ranks R2,R3,...] [--replies FILE]`` (prints its URL, serves until killed)."""
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m collab_core.devtools.fakecloud")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--latency-ms", type=float, default=0.0)
+    ap.add_argument("--jitter-ms", type=float, default=0.0, help="latency uniform in latency +- jitter")
     ap.add_argument("--local-model", default=None, help="answer as LocalReply over this local model")
     ap.add_argument("--agree", type=float, default=0.6)
     ap.add_argument("--ranks", default="", help="shares of rank 2, 3, ... candidates (comma-separated)")
@@ -296,7 +306,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.replies:
         with open(args.replies) as f:
             reply = TableReply(json.load(f), fallback=reply)
-    cloud = FakeCloud(reply=reply, latency_s=args.latency_ms / 1000, port=args.port).start()
+    cloud = FakeCloud(reply=reply, latency_s=args.latency_ms / 1000, port=args.port,
+                      jitter_s=args.jitter_ms / 1000).start()
     print(cloud.url, flush=True)
     threading.Event().wait()
 

@@ -3,6 +3,7 @@
 * ``core`` -- ``Engine``: what outlives a request (decoder, router, cloud client, span cache), and the entry
   points ``stream`` / ``generate`` / ``astream`` / ``agenerate``;
 * ``run`` -- ``Run``: one generation's loop (decode, score, route, settle, emit);
+* ``pacing`` -- ``Pacer``: when a draft pass is worth running just before a span's reply lands;
 * ``reconcile`` -- settling a cloud span against the local draft, a pure function;
 * ``events`` -- ``TokenEvent``, ``FinalEvent``, ``Generation``.
 

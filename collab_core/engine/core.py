@@ -32,6 +32,7 @@ from ..settings import PIPELINES, EngineSettings, GenerateOptions, GenerationCon
 from ..text import common_prefix_len
 from ..threads import ParkedThreads
 from .events import Event, Generation
+from .pacing import Pacer
 from .run import Run
 
 if sys.version_info >= (3, 11):
@@ -71,6 +72,8 @@ class Engine:
         branches: async pipeline: at a routed position, draft from the local model's ``branches`` best
             candidates at once (one batched forward pass per step), and keep the draft that starts with the
             cloud's token. 1: the routed token's draft only.
+        pace: async pipeline: hold back a draft pass that the span's reply, about to land, would likely make
+            useless (``pacing.py``: only against a cloud whose latency is steady to within a pass).
         cache: a ``SpanCache``, ``True`` for an in-memory one, ``False`` for none.
         config: default per-request options (each call may override them).
         want_hidden: keep the last hidden state on every step (a learned router asks for it anyway).
@@ -83,7 +86,7 @@ class Engine:
                  threshold: float | None = None, budget: float | None = None, pipeline: str = "async",
                  max_draft: int = 32, branches: int = 1, cache: SpanCache | bool = True, config: GenerationConfig | None = None,
                  want_hidden: bool = False, cloud_config: Any = None, max_spend_usd: float | None = None,
-                 redact: Any = None, max_batch: int = 8):
+                 redact: Any = None, max_batch: int = 8, pace: bool = True):
         if pipeline not in PIPELINES:
             raise ConfigError(f"pipeline must be one of {PIPELINES}, not {pipeline!r}")
         if not isinstance(max_batch, int) or max_batch < 1:
@@ -106,6 +109,7 @@ class Engine:
         if not isinstance(branches, int) or branches < 1:
             raise ConfigError(f"branches must be a positive integer, not {branches!r}")
         self.branches = branches
+        self.pacer = Pacer() if pace and pipeline == "async" else None
         self.cache = cache if isinstance(cache, SpanCache) else (SpanCache() if cache else None)
         self.want_hidden = want_hidden
         self.spend = SpendLimit(max_spend_usd)
@@ -236,7 +240,8 @@ class Engine:
             sched.join(lane)
             try:
                 run = Run(lm, lane, router, prompt, cfg, cloud=self.cloud, cache=self.cache,
-                          submit=self._submit, max_draft=self.max_draft, spend=self.spend, branches=self.branches)
+                          submit=self._submit, max_draft=self.max_draft, spend=self.spend, branches=self.branches,
+                          pacer=self.pacer)
                 with contextlib.closing(run.events()) as events:
                     for ev in events:
                         with sched.stepped_out(lane):  # the caller reads it; the other lanes go on

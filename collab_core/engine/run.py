@@ -35,6 +35,7 @@ from ..stats import GenerationStats
 from ..text import TextStream, common_prefix_len
 from ..tools import constraint, structured_result
 from .events import Event, FinalEvent, TokenEvent
+from .pacing import Pacer
 from .reconcile import check_grammar, reconcile
 
 Drafted = tuple[int, Confidence, "float | None"]  # (token, its confidence, its routing score)
@@ -61,10 +62,12 @@ class Run:
 
     def __init__(self, lm: LocalModel, decoder: StepDecoder, router: Router, prompt: Prompt, cfg: GenerationConfig,
                  *, cloud: CloudClient | None, cache: SpanCache | None, submit: Submit, max_draft: int,
-                 spend: SpendLimit | None = None, branches: int = 1):
+                 spend: SpendLimit | None = None, branches: int = 1, pacer: Pacer | None = None):
         self.t0 = time.perf_counter()
         self.lm, self.dec, self.router, self.cfg, self.max_draft = lm, decoder, router, cfg, max_draft
         self.n_branches = branches if max_draft > 0 else 1
+        self.pacer = pacer if max_draft > 0 else None
+        self._pass_from: float | None = None  # when the last draft pass was queued (its cycle is timed)
         self.prompt_text, self.ids = render_prompt(lm, prompt, chat=cfg.chat, system=cfg.system, tools=cfg.tools,
                                                    json_schema=cfg.json_schema)
         window = lm.context_window
@@ -158,13 +161,30 @@ class Run:
         nxt = self.dec.step(step.token) if not (last or drafting) else None
         tid, conf = step.token_id, step.confidence
         if drafting and not last and not self.pending.ready:
-            nxt = self.dec.step(tid)
+            self._pace()
+            if not self.pending.ready:
+                self._pass_from = time.perf_counter()
+                nxt = self.dec.step(tid)
         if self.grammar is not None:
             self.grammar.consume(tid)
         if self._first:
             self.stats.time_prefill_s = time.perf_counter() - self.t0
             self._first = False
         return tid, conf, nxt, last
+
+    def _pace(self) -> None:
+        """Time the last draft pass, and hold the next one back while the reply is about to land, where the
+        ``Pacer`` finds the pass a likely loss (``pacing.py``); the hold counts as waiting for the cloud."""
+        if self.pacer is None:
+            return
+        now = time.perf_counter()
+        if self._pass_from is not None:
+            self.pacer.passed(now - self._pass_from)
+        hold = self.pacer.hold(now - self.pending.submitted)
+        if hold > 0:
+            self.dec.blocking(self.pending.wait_for, hold)  # other generations decode meanwhile
+            self.stats.draft_holds += 1
+            self.stats.time_cloud_wait_s += time.perf_counter() - now
 
     def _score_and_route(self, tid: int, conf: Confidence, step: Step) -> tuple[float | None, bool]:
         if self.leg is None or not self.leg.usable():
@@ -262,6 +282,9 @@ class Run:
         for b in self.branches:  # out of the batch while the trunk waits (their caches kept)
             b.close()
         span = self.dec.blocking(self.leg.wait, pending)  # other generations decode meanwhile
+        self._pass_from = None
+        if self.pacer is not None and span is not None and pending.arrived is not None:
+            self.pacer.arrived(pending.arrived - pending.submitted)
         draft, adopted = self._pick_branch(span, draft)
         if adopted is not None:
             step = adopted
@@ -286,6 +309,8 @@ class Run:
         if self.grammar is not None:  # the span's valid prefix only
             r = check_grammar(r, self.grammar, self.answer, [t for t, _, _ in draft])
         self.stats.rollbacks += r.rollbacks
+        if self.pacer is not None and len(draft) > 1:  # a pass running when the reply came: was it of use?
+            self.pacer.settled(r.keep_from is not None)
         if draft and r.cloud:  # the local candidates at the routed position, against the cloud's token there
             top = draft[0][1].top_ids
             self.stats.cloud_token_ranks.append(
