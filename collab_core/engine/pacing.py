@@ -19,7 +19,7 @@ and without it.
 
 from __future__ import annotations
 
-import math
+import statistics
 import threading
 from collections import deque
 
@@ -33,7 +33,7 @@ class Pacer:
         self.slack_s = slack_s
         self._arrivals: deque[float] = deque(maxlen=window)  # seconds from sending a span to its reply
         self._kept: deque[bool] = deque(maxlen=window)
-        self._pass_s: float | None = None  # a draft pass, moving average
+        self._passes: deque[float] = deque(maxlen=16)  # the last draft passes' durations
         self._lock = threading.Lock()
 
     def arrived(self, seconds: float) -> None:
@@ -48,7 +48,17 @@ class Pacer:
     def passed(self, seconds: float) -> None:
         """One draft pass took ``seconds`` (from queuing it to its token read)."""
         with self._lock:
-            self._pass_s = seconds if self._pass_s is None else 0.8 * self._pass_s + 0.2 * seconds
+            self._passes.append(seconds)
+
+    @property
+    def arrivals(self) -> tuple[float, ...]:
+        return tuple(self._arrivals)
+
+    @property
+    def pass_s(self) -> float | None:
+        """A draft pass, the median of the last ones (None before the first)."""
+        passes = list(self._passes)
+        return statistics.median(passes) if passes else None
 
     @property
     def keep_share(self) -> float:
@@ -59,11 +69,11 @@ class Pacer:
         """Seconds to wait for the reply before the next draft pass (0: run it now), ``elapsed`` seconds after
         the span was sent."""
         with self._lock:
-            d, arrivals, p = self._pass_s, sorted(self._arrivals), self.keep_share
+            d, arrivals, p = self.pass_s, sorted(self._arrivals), self.keep_share
         if d is None or len(arrivals) < self.min_spans:
             return 0.0
-        n = len(arrivals)
-        lo, hi = arrivals[int(0.1 * (n - 1))], arrivals[math.ceil(0.9 * (n - 1))]
+        cut = len(arrivals) // 10  # the middle 80% (a first call's connection set-up is an outlier)
+        lo, hi = arrivals[cut], arrivals[-1 - cut]
         if hi - lo > d / 2 or elapsed >= hi or hi - elapsed > d:  # not steady; late; or not due within a pass
             return 0.0
         a = (max(elapsed, lo) + hi) / 2 - elapsed

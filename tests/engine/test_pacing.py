@@ -57,10 +57,18 @@ def test_no_hold_before_enough_is_known():
     assert pacer([0.158] * 2, [False] * 2, min_spans=2).hold(0.15) > 0
 
 
+class Eager(Pacer):
+    """Holds every draft pass from 50 ms after sending: the plumbing under test, not the rule."""
+
+    def hold(self, elapsed: float) -> float:
+        return 0.02 if elapsed > 0.05 else 0.0
+
+
 @pytest.mark.smollm
 def test_held_passes_leave_the_answer_as_it_was(smollm):
-    """Against a steady cloud that refuses every span, the paced pipeline holds passes back and writes the same
-    answer as without pacing and as the sync pipeline."""
+    """Against a steady cloud that refuses every span: the pacer learns the cloud (its replies' arrival, the keep
+    share) and the passes; held passes wait for the reply, are counted as cloud wait, and leave the answer as it
+    was without pacing and in the sync pipeline."""
     prompt, positions = "Write a short story about a lighthouse keeper.", range(2, 48, 9)
 
     def engine(fc, pipeline, **kw):
@@ -68,12 +76,17 @@ def test_held_passes_leave_the_answer_as_it_was(smollm):
         return Engine(smollm, cloud=cloud, router=ScheduledRouter(positions), pipeline=pipeline, cache=False, **kw)
 
     with FakeCloud(reply=" and then", latency_s=0.15) as fc:
-        paced = engine(fc, "async")
-        paced.pacer = Pacer(min_spans=2)
+        learning, eager = engine(fc, "async"), engine(fc, "async")
+        eager.pacer = Eager()
         gens = {name: e.generate(prompt, max_tokens=48) for name, e in
-                [("sync", engine(fc, "sync")), ("unpaced", engine(fc, "async", pace=False)), ("paced", paced)]}
-    assert gens["paced"].stats.draft_holds > 0 and gens["unpaced"].stats.draft_holds == 0
-    assert engine(fc, "sync").pacer is None  # only the async pipeline drafts
+                [("sync", engine(fc, "sync")), ("unpaced", engine(fc, "async", pace=False)), ("learning", learning),
+                 ("eager", eager)]}
+    p = learning.pacer
+    assert len(p.arrivals) == len(positions) and all(a >= 0.15 for a in p.arrivals)
+    assert p.keep_share < 0.5 and p.pass_s > 0  # every draft refused
+    assert gens["eager"].stats.draft_holds > 0 and gens["unpaced"].stats.draft_holds == 0
+    assert gens["eager"].stats.time_cloud_wait_s >= 0.02 * gens["eager"].stats.draft_holds
+    assert Engine(smollm, pipeline="sync").pacer is None  # only the async pipeline drafts
     for g in gens.values():
         assert g.stats.cloud_calls == len(positions)
         assert g.text == gens["sync"].text and [e.source for e in g.events] == [e.source for e in gens["sync"].events]
