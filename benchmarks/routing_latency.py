@@ -26,6 +26,9 @@ qwen2.5-coder-0.5b --cloud-model text-completion-openai/default_model --api-base
   agreement);
 * ``kept_share``: the async spans whose draft was kept (the cloud's token was the one drafted from: the routed
   token's, or with ``--branches K`` one of the K best candidates');
+* ``off_clock_share_by_passes``: the same share with each pipeline's wall time counted as its forward passes
+  (``local_passes``) at the local-only pipeline's time per pass, plus its cloud wait: the accounting without the
+  machine's pass-to-pass noise (it leaves out any other cost, such as a multi-token feed pass costing more);
 * ``draft_holds``: draft passes the async pipeline held back for a reply about to land (``engine/pacing.py``);
 * ``cloud_token_rank_sync``: where the cloud's first token stood among the local candidates at routed positions.
 """
@@ -164,6 +167,7 @@ def run(args, lm, positions, url: str | None, out: dict) -> None:
 
     per_token = {p: total(p, "time_total_s") / total(p, "total_tokens") for p in names}
     drafted = [p for p in names if p.startswith("async")]
+    t_pass = total("local", "time_total_s") / total("local", "local_passes")  # a pass and its token's handling
     span_wall = total("sync", "time_spans_s") / total("sync", "cloud_calls")
     out.update({
         "benchmark": "routing_latency",
@@ -185,6 +189,7 @@ def run(args, lm, positions, url: str | None, out: dict) -> None:
         "wall_s": {p: round(total(p, "time_total_s"), 3) for p in names},
         "wall_ms_per_token": {p: round(1000 * v, 3) for p, v in per_token.items()},
         "rollbacks": {p: total(p, "rollbacks") for p in names},
+        "local_passes": {p: total(p, "local_passes") for p in names},
         "draft_holds": {p: total(p, "draft_holds") for p in drafted},
         "cloud_token_rank_sync": _ranks([x for s in runs["sync"] for x in s.cloud_token_ranks]),
         "span_wall_s_sync": round(span_wall, 4),
@@ -198,6 +203,9 @@ def run(args, lm, positions, url: str | None, out: dict) -> None:
         out["branches_adopted" + suffix] = total(p, "branches_adopted")
         out["off_clock_share" + suffix] = round(
             (per_token["sync"] - per_token[p]) / (per_token["sync"] - per_token["local"]), 4)
+        by_passes = {q: total(q, "local_passes") * t_pass + total(q, "time_cloud_wait_s") for q in ("sync", p)}
+        out["off_clock_share_by_passes" + suffix] = round(
+            (by_passes["sync"] - by_passes[p]) / (by_passes["sync"] - total("local", "time_total_s")), 4)
 
 
 def _ranks(ranks: list) -> dict:

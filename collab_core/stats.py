@@ -23,6 +23,8 @@ class GenerationStats:
     rollbacks: int = 0  # drafted local tokens discarded because the cloud disagreed
     drafts_kept: int = 0  # spans (async pipeline) whose draft went on after them: decoded while the cloud worked
     branches_adopted: int = 0  # of those, drafted from another local candidate than the routed token (``branches``)
+    local_passes: int = 0  # forward passes over the answer's sequence (a feed, a batched round: one); beyond one per
+    # token, those drafting threw away and those that fed cloud tokens
     draft_holds: int = 0  # draft passes held back for a reply about to land (``engine/pacing.py``)
     # per span: where the cloud's first token stood among the local model's top-k candidates at the routed
     # position (0 = the local model's own pick, -1 = not among them); None where the span re-spelled a fragment

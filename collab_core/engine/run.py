@@ -68,6 +68,7 @@ class Run:
         self.n_branches = branches if max_draft > 0 else 1
         self.pacer = pacer if max_draft > 0 else None
         self._pass_from: float | None = None  # when the last draft pass was queued (its cycle is timed)
+        self._passes0 = decoder.passes
         self.prompt_text, self.ids = render_prompt(lm, prompt, chat=cfg.chat, system=cfg.system, tools=cfg.tools,
                                                    json_schema=cfg.json_schema)
         window = lm.context_window
@@ -378,6 +379,7 @@ class Run:
         self._account()
         s = self.stats
         s.total_tokens = len(self.answer)
+        s.local_passes = self.dec.passes - self._passes0
         s.cloud_tokens = self.sources.count("cloud")
         s.time_total_s = time.perf_counter() - self.t0
         s.time_local_s = max(0.0, s.time_total_s - s.time_cloud_wait_s)

@@ -466,6 +466,7 @@ class BatchScheduler:
                 lane.cache = [c.extract(row) for c in caches]
             mx.eval(*outs, *[c.state for lane in lanes for c in lane.cache])
         for (lane, _, ls), step in zip(batch, steps):
+            lane._calls += 1  # a pass over its sequence (``passes``), as ``_forward`` counts a lone one
             lane._round_done(ls, step)
         self._calls += 1
         if self._calls % 256 == 0:

@@ -80,7 +80,7 @@ class StepDecoder:
         self._tokens: list = []  # every token in the cache: ints, or lazy MLX scalars until read
         self._lazy = False
         self._steps: deque[Step] = deque(maxlen=history)  # Step after each of the last tokens
-        self._calls = 0
+        self._calls = 0  # forward passes over this decoder's sequence (``passes``)
 
     # -- forward -----------------------------------------------------------------------------------
     def _head(self):
@@ -182,6 +182,11 @@ class StepDecoder:
         step = self._forward(arr)
         self._steps.append(step)
         return step
+
+    @property
+    def passes(self) -> int:
+        """Forward passes run so far over this decoder's sequence (a multi-token feed, a batched round: one)."""
+        return self._calls
 
     def constrain(self, step: Step, allowed) -> Step:
         """``step``'s distribution restricted to the ``allowed`` tokens (an MLX bool mask, e.g. a grammar's)

@@ -87,6 +87,11 @@ def test_held_passes_leave_the_answer_as_it_was(smollm):
     assert gens["eager"].stats.draft_holds > 0 and gens["unpaced"].stats.draft_holds == 0
     assert gens["eager"].stats.time_cloud_wait_s >= 0.02 * gens["eager"].stats.draft_holds
     assert Engine(smollm, pipeline="sync").pacer is None  # only the async pipeline drafts
+    # passes: one per token alone; the sync pipeline feeds each refused span's token in a pass of its own, and the
+    # async one also drafts passes that the refusals throw away
+    alone = Engine(smollm).generate(prompt, max_tokens=48).stats
+    assert alone.local_passes == alone.total_tokens == 48
+    assert 48 < gens["sync"].stats.local_passes < gens["unpaced"].stats.local_passes
     for g in gens.values():
         assert g.stats.cloud_calls == len(positions)
         assert g.text == gens["sync"].text and [e.source for e in g.events] == [e.source for e in gens["sync"].events]
