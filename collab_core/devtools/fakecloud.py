@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import zlib
 from collections import deque
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,6 +27,12 @@ from typing import Any
 from ..threads import ParkedThreads
 
 _MLX_THREADS = ParkedThreads("collab-fake-cloud")
+
+
+def _draw(data: bytes) -> float:
+    """A number in [0, 1) that ``data`` decides: the same request draws the same every time."""
+    return zlib.crc32(data) % 10_000 / 10_000
+
 
 FAULTS = ("401", "429", "500", "503", "timeout", "garbled", "empty", "cut", "nochoices")
 
@@ -132,10 +139,7 @@ class FakeCloud:
     def latency(self, raw: bytes) -> float:
         """This request's latency: ``latency_s``, spread by ``jitter_s`` as a hash of the request decides (the same
         request waits as long every time, so pipelines that send the same requests meet the same cloud)."""
-        import zlib
-
-        u = zlib.crc32(raw) % 10_000 / 10_000
-        return max(0.0, self.latency_s + (2 * u - 1) * self.jitter_s)
+        return max(0.0, self.latency_s + (2 * _draw(raw) - 1) * self.jitter_s)
 
     def _response(self, path: str, body: dict, text: str | None = None) -> dict:
         text = self.reply(body) if text is None else text
@@ -205,9 +209,7 @@ class LocalReply:
 
     def rank(self, prompt: str) -> int | None:
         """The rank (0: the local model's pick) of the candidate this prompt gets; None: ``other``."""
-        import zlib
-
-        u = zlib.crc32(prompt.encode()) % 10_000 / 10_000
+        u = _draw(prompt.encode())
         acc = 0.0
         for r, share in enumerate(self.shares):
             acc += share
