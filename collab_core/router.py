@@ -105,20 +105,35 @@ class ThresholdRouter(Router):
 
 
 class BudgetRouter(Router):
-    """Keeps the routed share of tokens at or under ``budget``.
+    """Keeps the routed share of tokens at or under ``budget``, spent where the scores are highest.
 
     The threshold is the ``1 - budget / span`` quantile of recent scores (``span`` = cloud tokens per call,
-    tracked online), seeded by ``calibrate(scores)`` or learned online from the first ``min_observations``
-    positions. A hard guard routes only while the share, counting the coming span, stays within budget.
+    tracked online), seeded by ``calibrate(scores)`` (a learned scorer brings its training quantiles) or learned
+    online from the first ``min_observations`` positions: that is what spends the budget, on the positions that
+    score highest, wherever they fall.
+
+    A hard guard keeps the share honest: a span is sent only while the cloud tokens, counting it, stay within
+    ``budget`` of the tokens written **plus ``burst`` tokens**. The burst is what lets a 2% budget go to one
+    position of a 60-token answer -- its answer slot, say -- even at the answer's start, instead of being
+    spread evenly (without it, nothing could be routed before the 50th token). Over many answers the share
+    converges to the budget; the burst bounds how far ahead of it the router may run.
+
+    Whose budget: the ledger (tokens written, cloud tokens) is this router object's. An ``Engine`` routes
+    every generation with its one router, so the budget is **per engine**: the share over everything it has
+    written. ``collab serve`` routes each request with a clone of a template router, so there the budget is
+    **per request** (no answer depends on the requests before it).
     """
 
     name = "budget"
 
     def __init__(self, budget: float = 0.07, signal: str = "max_prob", importance: bool = True, scorer=None,
                  window: int = 4096, min_observations: int = 64, initial_threshold: float = 0.6,
-                 span_estimate: float = 2.0):
+                 span_estimate: float = 2.0, burst: float = 1.0):
         if not 0.0 < budget <= 1.0:
             raise ConfigError(f"budget must be in (0, 1], not {budget!r}")
+        if burst < 0:
+            raise ConfigError(f"burst must be >= 0 cloud tokens, not {burst!r}")
+        self.burst = burst
         self.budget = budget
         self.scorer = scorer or ConfidenceScorer(signal, importance)
         self.needs_hidden = getattr(self.scorer, "needs_hidden", False)
@@ -163,8 +178,10 @@ class BudgetRouter(Router):
     def should_route(self, score: float, sig: TokenSignal) -> bool:
         if score < self.threshold or score <= 0.0:
             return False
-        # after this span the share would still be within budget (spans longer than estimated overshoot)
-        return self.cloud_tokens + self.span_estimate <= self.budget * (self.total_tokens + self.span_estimate)
+        # after this span the share would still be within budget, give or take the burst (spans longer than
+        # estimated overshoot)
+        return (self.cloud_tokens + self.span_estimate
+                <= self.budget * (self.total_tokens + self.span_estimate) + self.burst)
 
     def account(self, tokens: int, cloud_tokens: int, calls: int) -> None:
         self.total_tokens += tokens

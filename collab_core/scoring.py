@@ -24,8 +24,12 @@ import numpy as np
 
 from .errors import ConfigError, RouterLoadError
 
-#: Router-file format this version reads and writes.
-ROUTER_FORMAT_VERSION = 1
+#: Router-file format this version writes (2: a ``feature_set`` is named); it reads 1 and 2.
+ROUTER_FORMAT_VERSION = 2
+READABLE_ROUTER_FORMATS = (1, 2)
+#: The feature layouts a router file may name: version 1 files are ``hidden+conf``.
+FEATURE_SETS = ("hidden+conf", "hidden+embed+topk+conf")
+TOP_K_FEATURES = 5
 #: Where the routers shipped with the package live (one folder per local model).
 SHIPPED_ROUTERS = Path(__file__).resolve().parent / "routers"
 SIGNALS = ("max_prob", "entropy", "margin")
@@ -160,6 +164,24 @@ def features(sig: TokenSignal, log_vocab: float) -> np.ndarray:
     return np.concatenate([h, np.array([c.max_prob, min(1.0, c.entropy / log_vocab), c.margin], np.float32)])
 
 
+def _rms(v) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float32).reshape(-1)
+    return v / (np.sqrt(np.mean(v * v)) + 1e-6)
+
+
+def value_features(hidden, embedding, top_logprobs, conf: tuple[float, float, float], log_vocab: float,
+                   k: int = TOP_K_FEATURES) -> np.ndarray:
+    """The ``hidden+embed+topk+conf`` layout (value routers): the hidden state and the sampled token's input
+    embedding (each RMS-normalised), the top-``k`` log-probabilities (sorted, floored at -30, divided by 10)
+    and [max_prob, entropy/ln(V), margin]."""
+    top = np.full(k, -30.0, np.float32)
+    lp = np.sort(np.asarray(top_logprobs, np.float32).reshape(-1))[::-1][:k]
+    top[: len(lp)] = np.maximum(lp, -30.0)
+    max_prob, entropy, margin = conf
+    return np.concatenate([_rms(hidden), _rms(embedding), top / 10.0,
+                           np.array([max_prob, min(1.0, entropy / log_vocab), margin], np.float32)])
+
+
 def router_mlp(in_dim: int, hidden: int):
     """The router network: features -> one logit."""
     import mlx.nn as nn
@@ -192,7 +214,9 @@ class LearnedScorer:
         self.path = Path(path) if path else None
         self.model = None
         self.meta: dict = {}
+        self.feature_set = FEATURE_SETS[0]
         self._log_vocab = 1.0
+        self._embed = None
         if self.path is not None:
             self._load(self.path)
 
@@ -205,8 +229,11 @@ class LearnedScorer:
             raise RouterLoadError(f"no router at {path} (router.json missing)")
         try:
             self.meta = json.loads(meta_file.read_text())
-            if self.meta.get("format_version") != ROUTER_FORMAT_VERSION:
+            if self.meta.get("format_version") not in READABLE_ROUTER_FORMATS:
                 raise RouterLoadError(f"router format {self.meta.get('format_version')} is not supported")
+            self.feature_set = self.meta.get("feature_set", FEATURE_SETS[0])
+            if self.feature_set not in FEATURE_SETS:
+                raise RouterLoadError(f"router features {self.feature_set!r} are not supported: {FEATURE_SETS}")
             self.model = router_mlp(int(self.meta["in_dim"]), int(self.meta["hidden"]))
             weights = mx.load(str(path / "weights.safetensors"))
             self.model.update(tree_unflatten(list(weights.items())))
@@ -232,10 +259,27 @@ class LearnedScorer:
             raise RouterLoadError(
                 f"router {self.path} was trained for local model {want}, not {lm.fingerprint}: retrain it "
                 "for this model")
-        hidden_size = lm.config.get("hidden_size")
-        if hidden_size and int(hidden_size) + 3 != int(self.meta["in_dim"]):
-            raise RouterLoadError(f"router expects hidden size {int(self.meta['in_dim']) - 3}, model has {hidden_size}")
+        hidden_size = int(lm.config.get("hidden_size") or 0)
+        want_dim = hidden_size + 3 if self.feature_set == FEATURE_SETS[0] else 2 * hidden_size + TOP_K_FEATURES + 3
+        if hidden_size and want_dim != int(self.meta["in_dim"]):
+            raise RouterLoadError(f"router {self.path} takes {self.meta['in_dim']} features ({self.feature_set}); "
+                                  f"local model {lm.name} gives {want_dim}")
         self._log_vocab = log_vocab(lm)
+        self._embed = lm.model.model.embed_tokens if self.feature_set != FEATURE_SETS[0] else None
+
+    def embedding(self, token_id: int) -> np.ndarray:
+        """The local model's input embedding of a token (the ``embed`` features)."""
+        import mlx.core as mx
+
+        return np.array(self._embed(mx.array([token_id], dtype=mx.uint32))[0].astype(mx.float32))
+
+    def featurize(self, sig: TokenSignal) -> np.ndarray:
+        if self._embed is None:
+            return features(sig, self._log_vocab)
+        c = sig.confidence
+        top = [math.log(max(p, 1e-30)) for p in c.top_probs]
+        return value_features(sig.hidden, self.embedding(sig.token_id), top, (c.max_prob, c.entropy, c.margin),
+                              self._log_vocab)
 
     @property
     def calibration_scores(self) -> list[float] | None:
@@ -249,5 +293,5 @@ class LearnedScorer:
             raise RouterLoadError("the learned router needs the hidden state (the engine passes it when asked)")
         if self.model is None:
             raise RouterLoadError("the learned router is not bound to a local model yet (bind(lm) first)")
-        x = mx.array(features(sig, self._log_vocab))[None]
+        x = mx.array(self.featurize(sig))[None]
         return float(mx.sigmoid(self.model(x)).item())

@@ -17,7 +17,13 @@ from typing import Any
 import numpy as np
 
 from ..errors import RouterLoadError
-from ..scoring import ROUTER_FORMAT_VERSION, router_mlp
+from ..scoring import FEATURE_SETS, ROUTER_FORMAT_VERSION, router_mlp
+
+FEATURE_DOCS = {
+    FEATURE_SETS[0]: "rmsnorm(hidden_state) + [max_prob, entropy/ln(V), margin]",
+    FEATURE_SETS[1]: "rmsnorm(hidden_state) + rmsnorm(embedding(token)) + top5_logprobs/10 + [max_prob, "
+                     "entropy/ln(V), margin]",
+}
 
 
 @dataclass
@@ -206,7 +212,7 @@ def train_router(lm, traces: str | Path, out: str | Path, *, label: str = "outco
 
 def save(model, path: str | Path, *, model_fingerprint: str, in_dim: int, hidden: int,
          metrics: dict[str, Any] | None = None, model_name: str = "",
-         score_quantiles: list[float] | None = None) -> Path:
+         score_quantiles: list[float] | None = None, feature_set: str = FEATURE_SETS[0]) -> Path:
     """Write a router folder. ``score_quantiles`` (the score distribution on training positions) lets a budget
     router start calibrated."""
     import mlx.core as mx
@@ -218,6 +224,6 @@ def save(model, path: str | Path, *, model_fingerprint: str, in_dim: int, hidden
     (out / "router.json").write_text(json.dumps({
         "format_version": ROUTER_FORMAT_VERSION, "model_fingerprint": model_fingerprint, "model_name": model_name,
         "in_dim": in_dim,
-        "hidden": hidden, "features": "rmsnorm(hidden_state) + [max_prob, entropy/ln(V), margin]",
+        "hidden": hidden, "feature_set": feature_set, "features": FEATURE_DOCS[feature_set],
         "score_quantiles": score_quantiles or [], "metrics": metrics or {}}, indent=2))
     return out

@@ -1,0 +1,186 @@
+"""Value labels: what one cloud token is worth at each position of the local model's answer.
+
+CITER labels a position by what routing it would *change*, not by whether the two models differ. For a pair that
+shares a tokenizer and whose cloud weights are at hand (the stand-in), ``ValueCollector`` does, per question:
+
+1. **Answer** -- the local model's greedy answer, recording at each position the router inputs: the hidden state,
+   the sampled token, the top-k log-probabilities and the confidence summary.
+2. **Teacher pass** -- one forward pass of the cloud model over prompt + answer gives its greedy next token at every
+   position (token-exact): ``disagree`` where it differs from the local token.
+3. **Rollouts** -- at a disagreement, the cloud's token replaces the local one and the local model finishes the
+   answer greedily; the answer check says whether the answer went wrong -> right (``value = +1``), right -> wrong
+   (``-1``) or neither (``0``). Where the two agree, a cloud token changes nothing: ``value = 0`` with no rollout.
+
+Rollouts are the batched decoder's natural work: each question's rollouts are one job on a lane
+(``run_lanes``), run from the answer's end backwards (short ones first; each reuses the lane's KV cache for the
+prefix it shares with the previous one), up to ``max_batch`` questions at once. Rolling out every disagreement
+costs too much on a CPU, so they are **sampled**: every disagreement among the answer's last ``near`` tokens (where
+rollouts are short and the answer is decided), plus up to ``sample`` others drawn uniformly with a seed from the
+question id. The others stay unknown (NaN) and are left out of training; ``rolled`` marks which were run.
+
+One ``.npz`` per question (``TRACE_VERSION`` 2), written once it is complete, so an interrupted run resumes where
+it stopped. Questions are handled in chunks of ``chunk``: answers for the chunk (batched), teacher passes, then
+rollouts (batched).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import zlib
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import TraceError
+from ..local.batch import run_lanes
+from ..local.decoder import greedy_answer
+from .traces import TraceTask, _safe
+
+TRACE_VERSION = 2
+
+
+def pick_rollouts(disagree: np.ndarray, task_id: str, *, near: int, sample: int) -> list[int]:
+    """The disagreement positions to roll out: all in the last ``near`` positions, ``sample`` more at random
+    (seeded by ``task_id``); sorted from the end of the answer backwards."""
+    where = np.flatnonzero(disagree == 1)
+    n = len(disagree)
+    tail = [int(k) for k in where if k >= n - near]
+    rest = np.array([k for k in where if k < n - near], dtype=np.int64)
+    if sample and len(rest):
+        rng = np.random.default_rng(zlib.crc32(task_id.encode()))
+        tail += [int(k) for k in rng.choice(rest, size=min(sample, len(rest)), replace=False)]
+    return sorted(set(tail), reverse=True)
+
+
+class ValueCollector:
+    """Collects value-labelled traces for one (local model, cloud model) pair into ``out``.
+
+    ``teacher`` is a ``LocalModel`` of the cloud model (it must share the local model's vocabulary)."""
+
+    def __init__(self, lm, teacher, out: str | Path, *, max_tokens: int = 100, stop: str = "", near: int = 12,
+                 sample: int = 3, max_batch: int = 8, chunk: int = 8, top_k: int = 5):
+        if teacher.vocab_fingerprint != lm.vocab_fingerprint:
+            raise TraceError(f"token-exact value labels need one tokenizer: {teacher.name} and {lm.name} have "
+                             "different vocabularies")
+        self.lm, self.teacher, self.out = lm, teacher, Path(out)
+        self.max_tokens, self.stop = max_tokens, stop
+        self.near, self.sample, self.max_batch, self.chunk, self.top_k = near, sample, max_batch, chunk, top_k
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.rollouts = 0
+        self.teacher_passes = 0
+
+    # -- phase 1: the local answers, batched ----------------------------------------------------------------
+    def _answer_job(self, prompt_ids: list[int]):
+        def job(dec):
+            toks, hid, top, conf = [], [], [], []
+            for tid, step in greedy_answer(dec, prompt_ids, max_tokens=self.max_tokens, stop=self.stop):
+                c = step.confidence
+                toks.append(tid)
+                hid.append(np.array(step.hidden, dtype=np.float32))
+                lp = np.log(np.maximum(np.array(c.top_probs, np.float64), 1e-30))[: self.top_k]
+                top.append(np.pad(lp, (0, self.top_k - len(lp)), constant_values=-30.0))
+                conf.append([c.max_prob, c.entropy, c.margin])
+            return toks, hid, top, conf
+        return job
+
+    # -- phase 2: the teacher's next token at every position -----------------------------------------------
+    def teacher_next(self, prompt_ids: list[int], answer: list[int]) -> list[int]:
+        import mlx.core as mx
+
+        logits = self.teacher.model(mx.array(list(prompt_ids) + list(answer))[None])
+        nxt = mx.argmax(logits[0, len(prompt_ids) - 1: len(prompt_ids) + len(answer) - 1], axis=-1)
+        self.teacher_passes += 1
+        return nxt.tolist()
+
+    # -- phase 3: rollouts, batched --------------------------------------------------------------------------
+    def _text(self, ids) -> str:
+        text = self.lm.tokenizer.decode(list(ids))
+        return text.split(self.stop)[0] if self.stop else text
+
+    def _rollout_job(self, prompt_ids: list[int], answer: list[int], nxt: list[int], where: list[int]):
+        eos = set(self.lm.eos_token_ids)
+
+        def job(dec):
+            texts = {}
+            for k in where:  # from the end backwards: short first, the shared prefix stays in the lane's cache
+                if nxt[k] in eos:  # the cloud would end the answer here
+                    texts[k] = self._text(answer[:k])
+                    continue
+                alt = answer[:k] + [nxt[k]]
+                alt += [t for t, _ in greedy_answer(dec, prompt_ids, alt, max_tokens=self.max_tokens, stop=self.stop)]
+                texts[k] = self._text(alt)
+            return texts
+        return job
+
+    # -- a chunk of questions ---------------------------------------------------------------------------------
+    def collect_chunk(self, tasks: list[TraceTask]) -> int:
+        tok = self.lm.tokenizer
+        prompts = [list(tok.encode(t.prompt, add_special_tokens=False)) for t in tasks]
+        answers = run_lanes(self.lm, [self._answer_job(p) for p in prompts], max_batch=self.max_batch,
+                            want_hidden=True)
+        plans = []
+        for task, p, (toks, hid, top, conf) in zip(tasks, prompts, answers):
+            if not toks:
+                continue
+            nxt = self.teacher_next(p, toks)
+            disagree = (np.array(nxt) != np.array(toks)).astype(np.float32)
+            where = pick_rollouts(disagree, task.id, near=self.near, sample=self.sample) if task.check else []
+            plans.append((task, p, toks, hid, top, conf, nxt, disagree, where))
+        jobs = [self._rollout_job(p, toks, nxt, where) for (_, p, toks, _, _, _, nxt, _, where) in plans]
+        order = sorted(range(len(jobs)), key=lambda i: len(plans[i][8]))  # fewest rollouts first
+        done = run_lanes(self.lm, [jobs[i] for i in order], max_batch=self.max_batch)
+        alts = [None] * len(jobs)
+        for i, res in zip(order, done):
+            alts[i] = res
+        for plan, texts in zip(plans, alts):
+            self._save(*plan, texts)
+            self.rollouts += len(texts)
+        return len(plans)
+
+    def _save(self, task, prompt_ids, toks, hid, top, conf, nxt, disagree, where, texts) -> None:
+        n = len(toks)
+        local_text = self._text(toks)
+        local_ok = task.check(local_text) if task.check else None
+        alt_ok = np.full(n, np.nan, np.float32)
+        value = np.where(disagree == 1, np.nan, 0.0).astype(np.float32)
+        for k, text in texts.items():
+            alt_ok[k] = float(task.check(text))
+            value[k] = alt_ok[k] - float(local_ok)
+        rolled = np.zeros(n, bool)
+        rolled[list(texts)] = True
+        rec = {
+            "hidden": np.stack(hid).astype(np.float16),
+            "top_logprobs": np.array(top, np.float32),
+            "conf": np.array(conf, np.float32),
+            "token": np.array(toks, np.int64),
+            "cloud_token": np.array(nxt, np.int64),
+            "disagree": disagree,
+            "alt_ok": alt_ok,
+            "value": value,
+            "rolled": rolled,
+            "local_ok": np.float32(np.nan if local_ok is None else float(local_ok)),
+            "meta": json.dumps({"version": TRACE_VERSION, "id": task.id, "model": self.lm.fingerprint,
+                                "cloud": f"teacher:{Path(self.teacher.name).name}", "local_text": local_text,
+                                "prompt_tokens": len(prompt_ids), "near": self.near, "sample": self.sample}),
+        }
+        tmp = self.out / f".{_safe(task.id)}.tmp.npz"
+        np.savez(tmp, **rec)
+        tmp.replace(self.out / f"{_safe(task.id)}.npz")
+
+    def run(self, tasks: Iterable[TraceTask], progress: bool = True,
+            on_chunk: Callable[[int, int], None] | None = None) -> int:
+        """Collect every task without a trace file yet, a chunk at a time; returns how many were written."""
+        todo = [t for t in tasks if not (self.out / f"{_safe(t.id)}.npz").exists()]
+        written, t0 = 0, time.monotonic()
+        for i in range(0, len(todo), self.chunk):
+            written += self.collect_chunk(todo[i: i + self.chunk])
+            if progress:
+                rate = written / max(1e-9, time.monotonic() - t0) * 3600
+                print(f"values: {written}/{len(todo)} written ({rate:.0f}/h, {self.rollouts} rollouts, "
+                      f"{self.teacher_passes} teacher passes)", file=sys.stderr, flush=True)
+            if on_chunk:
+                on_chunk(written, len(todo))
+        return written

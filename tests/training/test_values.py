@@ -1,0 +1,139 @@
+"""Value labels (training/values.py) and the router trained on them (training/value_router.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from collab_core.errors import TraceError
+from collab_core.local.decoder import StepDecoder, greedy_answer
+from collab_core.scoring import log_vocab, value_features
+from collab_core.training.traces import TraceTask
+from collab_core.training.value_router import feature_matrix, load_value_traces, routed_gain, train_value_router
+from collab_core.training.values import ValueCollector, pick_rollouts
+
+
+class _Teacher:
+    """A 'cloud model' that writes the local model's own next token everywhere except at answer positions
+    ``differ`` (where it writes ``token``): token-exact disagreements we choose."""
+
+    def __init__(self, lm, prompt_len, differ, token):
+        self.vocab_fingerprint, self.name = lm.vocab_fingerprint, "fake-teacher"
+        self.prompt_len, self.differ, self.token, self.vocab = prompt_len, set(differ), token, lm.config["vocab_size"]
+
+    def model(self, x):
+        import mlx.core as mx
+
+        ids = np.array(x[0]).tolist()
+        logits = np.zeros((1, len(ids), self.vocab), np.float32)
+        for i in range(len(ids) - 1):
+            k = i + 1 - self.prompt_len  # the answer position predicted at row i
+            logits[0, i, self.token if k in self.differ else ids[i + 1]] = 10.0
+        return mx.array(logits)
+
+
+def test_pick_rollouts_keeps_the_tail_and_samples_the_rest():
+    d = np.zeros(40, np.float32)
+    d[[2, 5, 9, 20, 31, 35, 39]] = 1
+    picked = pick_rollouts(d, "q1", near=10, sample=2)
+    assert {31, 35, 39} <= set(picked) and len(picked) == 5 and picked == sorted(picked, reverse=True)
+    assert picked == pick_rollouts(d, "q1", near=10, sample=2)  # seeded by the id
+    assert pick_rollouts(d, "q1", near=10, sample=0) == [39, 35, 31]
+
+
+def _local_answer(lm, prompt, n):
+    dec = StepDecoder(lm)
+    ids = list(lm.tokenizer.encode(prompt, add_special_tokens=False))
+    return ids, [t for t, _ in greedy_answer(dec, ids, max_tokens=n)]
+
+
+def test_value_labels_by_rollout(tiny_lm, tmp_path):
+    prompt = "What is the capital of France?"
+    ids, answer = _local_answer(tiny_lm, prompt, 12)
+    assert len(answer) == 12
+    other = next(t for t in range(50, 200) if t not in answer and t not in tiny_lm.eos_token_ids)
+    piece = tiny_lm.tokenizer.decode([other])
+    teacher = _Teacher(tiny_lm, len(ids), differ=[3, 10], token=other)
+    # the "gold" answer is any answer containing the cloud's token: the local answer is wrong, and taking the
+    # cloud's token at either disagreement turns it right (if the local model's greedy text lacks it)
+    assert piece not in tiny_lm.tokenizer.decode(answer)
+    task = TraceTask("q-1", prompt, check=lambda text: piece in text)
+    col = ValueCollector(tiny_lm, teacher, tmp_path, max_tokens=12, near=4, sample=0, max_batch=2, chunk=2)
+    assert col.run([task], progress=False) == 1
+    d = np.load(tmp_path / "q-1.npz")
+    assert d["disagree"].tolist() == [float(k in (3, 10)) for k in range(12)]
+    assert d["rolled"].tolist() == [k == 10 for k in range(12)]  # in the last 4; position 3 is not sampled
+    assert d["value"][10] == 1.0 and np.isnan(d["value"][3])  # wrong -> right; unknown (not rolled out)
+    assert np.all(d["value"][d["disagree"] == 0] == 0)  # agreeing positions change nothing
+    assert d["hidden"].shape == (12, tiny_lm.config["hidden_size"]) and d["top_logprobs"].shape == (12, 5)
+    assert col.run([task], progress=False) == 0  # resumes: nothing left to do
+    with pytest.raises(TraceError):
+        ValueCollector(tiny_lm, type("T", (), {"vocab_fingerprint": "x", "name": "t"})(), tmp_path)
+
+
+def test_feature_matrix_matches_the_scorer(tiny_lm, tmp_path):
+    """Training features (vectorised) and serving features (one position at a time) are the same numbers."""
+    prompt = "Name a fruit."
+    ids, answer = _local_answer(tiny_lm, prompt, 6)
+    teacher = _Teacher(tiny_lm, len(ids), differ=[4], token=answer[0])
+    col = ValueCollector(tiny_lm, teacher, tmp_path, max_tokens=6, near=3, sample=0)
+    col.run([TraceTask("f", prompt, check=lambda t: False)], progress=False)
+    t = load_value_traces(tmp_path)
+    x = feature_matrix(tiny_lm, t)
+    emb = tiny_lm.model.model.embed_tokens
+
+    import mlx.core as mx
+
+    for k in (0, 4):
+        e = np.array(emb(mx.array([int(t.token[k])], dtype=mx.uint32))[0].astype(mx.float32))
+        one = value_features(t.hidden[k].astype(np.float32), e, t.top[k], tuple(t.conf[k]), log_vocab(tiny_lm))
+        assert x[k] == pytest.approx(one, abs=2e-3)
+
+
+def _synthetic(tmp_path, lm, n_q=30):
+    """Value traces where a cloud token pays only where the local token is one marked token (value +1)."""
+    import json
+
+    rng = np.random.default_rng(0)
+    mark = 7
+    for q in range(n_q):
+        n = 20
+        token = rng.integers(20, 60, n)
+        token[rng.integers(0, n)] = mark
+        hidden = rng.normal(size=(n, lm.config["hidden_size"])).astype(np.float16)
+        value = np.where(token == mark, 1.0, 0.0).astype(np.float32)
+        disagree = np.where(token == mark, 1.0, rng.random(n) < 0.2).astype(np.float32)
+        np.savez(tmp_path / f"q{q}.npz", hidden=hidden, top_logprobs=np.full((n, 5), -1.0, np.float32),
+                 conf=np.tile([0.5, 1.0, 0.1], (n, 1)).astype(np.float32), token=token, cloud_token=token,
+                 disagree=disagree, alt_ok=value, value=value, rolled=disagree == 1,
+                 local_ok=np.float32(0.0),
+                 meta=json.dumps({"version": 2, "id": f"q{q}", "model": lm.fingerprint, "local_text": "x",
+                                  "near": 5, "sample": 3}))
+
+
+def test_value_router_learns_where_a_token_pays(tiny_lm, tmp_path):
+    (tmp_path / "t").mkdir()
+    _synthetic(tmp_path / "t", lm=tiny_lm)
+    rep = train_value_router(tiny_lm, tmp_path / "t", tmp_path / "r", losses=("weighted", "ranking"), folds=3,
+                             epochs=30, log=lambda *_: None)
+    # one paying position in 20: at a 7% budget the learned score routes it in (nearly) every question
+    best = max(rows[1]["net_per_100"] for rows in rep.cv.values())
+    assert best >= 80 and rep.chosen in ("weighted", "ranking")
+    assert rep.labels["+1 (wrong->right)"] == 30 and rep.oracle_accuracy == 1.0 and rep.local_accuracy == 0.0
+    from collab_core.scoring import LearnedScorer
+
+    scorer = LearnedScorer(tmp_path / "r")
+    scorer.bind(tiny_lm)
+    assert scorer.feature_set == "hidden+embed+topk+conf"
+
+
+def test_routed_gain_counts_the_first_routed_position():
+    from collab_core.training.value_router import ValueTraces
+
+    z = np.zeros(4)
+    t = ValueTraces(hidden=z, top=z, conf=z, token=z, value=np.array([0.0, 1.0, -1.0, np.nan]), weight=z + 1,
+                    disagree=np.ones(4, bool), position=np.arange(4), length=z + 2, local_ok=z,
+                    group=np.array([0, 0, 1, 1]), ids=["a", "b"], texts=["", ""], model="m")
+    assert routed_gain(np.array([0.1, 0.9, 0.8, 0.0]), t, 0.5) == {
+        "share": 0.5, "up": 1, "down": 1, "unknown_first": 0, "net_per_100": 0.0}
+    assert routed_gain(np.array([0.1, 0.9, 0.0, 0.8]), t, 0.5)["unknown_first"] == 1
