@@ -9,7 +9,12 @@ from collab_core.errors import TraceError
 from collab_core.local.decoder import StepDecoder, greedy_answer
 from collab_core.scoring import log_vocab, value_features
 from collab_core.training.traces import TraceTask
-from collab_core.training.value_router import feature_matrix, load_value_traces, routed_gain, train_value_router
+from collab_core.training.value_router import (
+    feature_matrix,
+    load_value_traces,
+    routed_gain,
+    train_value_router,
+)
 from collab_core.training.values import ValueCollector, pick_rollouts
 
 
