@@ -11,25 +11,25 @@ up the routed share, the calls, the cloud tokens against a cloud-only answer, an
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..engine import Engine, FinalEvent
 from ..prompts import render_prompt
 from ..router import BudgetRouter
 from ..settings import EngineSettings, GenerationConfig
 from ..training import calibrate_on
+from ..training.csqa import get_format, prompt_text
 from .standin import StandinCloud
 
-QUESTIONS = [
-    "What is the capital of France?",
-    "Where would you put a plate after washing it? Choices: A) cupboard B) table C) restaurant D) dishwasher "
-    'E) flea market. Explain your reasoning in one or two short sentences, then end with "Therefore, the '
-    'answer is (X)."',
-    "Explain in one sentence why the sky looks blue.",
-]
-#: Prompts the budget router is calibrated on before the demo (never the demo's questions).
+#: The first 5 shared validation questions after the benchmark's seed-0 shuffle (``benchmarks/csqa.py``): a rule,
+#: not a choice by outcome. CommonsenseQA (Talmor et al., NAACL 2019), MIT licence.
+DEMO_QUESTIONS = Path(__file__).with_name("demo_questions.jsonl")
+FREE_FORM = "Explain in one sentence why the sky looks blue."
+#: Prompts a confidence budget router is calibrated on before the demo (a learned router brings its own).
 CALIBRATION = [
     "Why do cats purr?", "Name three uses of copper.",
     "Where would you most likely find a stapler? Choices: A) office B) beach C) forest D) river E) garage. "
@@ -37,7 +37,12 @@ CALIBRATION = [
     "How does a refrigerator keep food cold?", "What causes tides?",
 ]
 LOCAL_MODEL = "qwen2.5-coder-0.5b"
-BUDGET = 0.07
+ROUTER = "learned"
+BUDGET = 0.02
+
+
+def demo_questions() -> list[dict]:
+    return [json.loads(line) for line in DEMO_QUESTIONS.read_text().splitlines() if line.strip()]
 
 
 @dataclass
@@ -50,6 +55,9 @@ class Tally:
     cloud_out: int = 0
     time_s: float = 0.0
     local_time_s: float = 0.0
+    up: int = 0  # answers routing turned from wrong to right
+    down: int = 0  # ... and from right to wrong
+    graded: int = 0
     cloud_only_in: int = 0  # what asking the cloud for the whole answers would have cost (estimated)
     cloud_only_out: int = 0
 
@@ -82,15 +90,20 @@ def serve_page(out, engine: Engine, *, host: str = "127.0.0.1", port: int = 8000
         (until or threading.Event()).wait()
 
 
-def run_demo(out, *, local_model: str = LOCAL_MODEL, budget: float = BUDGET, max_tokens: int = 96,
-             questions: list[str] = QUESTIONS, cloud_folder: str | None = None, router: str | None = None,
-             serve_port: int | None = None) -> Tally:
-    """Print the demo to ``out`` (a rich Console); returns the totals of the routed answers. ``cloud_folder``:
-    another mlx-lm model folder for the stand-in to serve; ``router``: a router spec instead of the budget;
-    ``serve_port``: then serve the page with the routed engine on that port (``serve_page``) until Ctrl-C,
-    the stand-in still running."""
+def run_demo(out, *, local_model: str = LOCAL_MODEL, budget: float = BUDGET, max_tokens: int = 100,
+             questions: list[dict] | None = None, free_form: str | None = FREE_FORM, cloud_folder: str | None = None,
+             router: str | None = ROUTER, serve_port: int | None = None) -> Tally:
+    """Print the demo to ``out`` (a rich Console); returns the totals of the routed answers.
+
+    ``questions``: CommonsenseQA rows, asked in the explain format and graded (default: ``DEMO_QUESTIONS``);
+    ``free_form``: then one free-form question (None: none); ``cloud_folder``: another mlx-lm model folder for the
+    stand-in to serve; ``router``: the router spec (default: the learned router shipped for the local model, held
+    to ``budget``); ``serve_port``: then serve the page with the routed engine on that port (``serve_page``) until
+    Ctrl-C, the stand-in still running."""
     from rich.text import Text
 
+    questions = demo_questions() if questions is None else questions
+    fmt = get_format("explain")
     t = Tally()
     t0 = time.perf_counter()
     with StandinCloud(folder=cloud_folder, progress=False) as cloud:
@@ -102,27 +115,38 @@ def run_demo(out, *, local_model: str = LOCAL_MODEL, budget: float = BUDGET, max
         routed = Engine.from_settings(settings, config=config)
         alone = Engine(routed.local_model, config=config)  # the same loaded model, no cloud
         alone.generate("Hi", max_tokens=1)  # the local model's first pass, not counted either
-        if isinstance(routed.router, BudgetRouter):  # its threshold from the local model's own answers
+        lm = routed.local_model
+        if isinstance(routed.router, BudgetRouter) and not routed.router.calibrated:  # a confidence budget
             t1 = time.perf_counter()
-            lm = routed.local_model
             calibrate_on(routed.router, lm, [render_prompt(lm, q)[0] for q in CALIBRATION], max_tokens=40)
             out.print(Text(f"budget router calibrated on {len(CALIBRATION)} other prompts in "
                            f"{time.perf_counter() - t1:.1f} s (not counted below)", style="dim"))
-        exact = routed.cloud.bind(routed.local_model.vocab_fingerprint)
+        exact = routed.cloud.bind(lm.vocab_fingerprint)
         served = "Qwen2.5-Coder-1.5B-Instruct" if cloud_folder is None else str(cloud_folder)
-        out.print(Text(f"local: {routed.local_model.name}   cloud: {served} @ {cloud.api_base} "
+        out.print(Text(f"local: {lm.name}   cloud: {served} @ {cloud.api_base} "
                        f"({'same tokenizer: spans are token ids' if exact else 'spans are text'})   "
                        f"router: {routed.router.describe()}", style="dim"))
-        out.print(Text("cloud-written tokens are shown in magenta", style="dim"))
-        for q in questions:
-            out.print(Text(f"\n> {q}", style="bold"))
-            routed.prewarm(q)  # the stand-in reads the question while the local model answers alone
-            local = _stream(out, "local only", alone.stream(q), colour=False)
-            final = _stream(out, "routed", routed.stream(q), colour=True)
+        out.print(Text(f"{len(questions)} CommonsenseQA validation questions (the benchmark's first {len(questions)} "
+                       "after its seed-0 shuffle), then one free-form question; cloud-written tokens in magenta",
+                       style="dim"))
+        asks = [(prompt_text(lm, q, fmt.name), q) for q in questions] + ([(free_form, None)] if free_form else [])
+        for prompt, q in asks:
+            title = f"{q['question']}  [gold: {q['answerKey']}]" if q else prompt
+            out.print(Text(f"\n> {title}", style="bold"))
+            chat = q is None  # a graded question's prompt is already templated, with the format's prefill
+            routed.prewarm(prompt, chat=chat)  # the stand-in reads the question while the local model answers
+            local = _stream(out, "local only", alone.stream(prompt, chat=chat), colour=False)
+            final = _stream(out, "routed", routed.stream(prompt, chat=chat), colour=True)
             s = final.stats
-            out.print(Text(f"{'':<11}{s.cloud_tokens} of {s.total_tokens} tokens from the cloud, "
-                           f"{s.cloud_calls} calls ({s.cloud_failures} failed), first token "
-                           f"{s.time_to_first_token_s or 0:.2f} s, {s.time_total_s:.1f} s "
+            verdict = ""
+            if q is not None:
+                was, now = (fmt.extract(x.text, q) == q["answerKey"] for x in (local, final))
+                t.graded += 1
+                t.up += now and not was
+                t.down += was and not now
+                verdict = f"local {'right' if was else 'wrong'}, routed {'right' if now else 'wrong'}; "
+            out.print(Text(f"{'':<11}{verdict}{s.cloud_tokens} of {s.total_tokens} tokens from the cloud, "
+                           f"{s.cloud_calls} calls ({s.cloud_failures} failed), {s.time_total_s:.1f} s "
                            f"(alone: {local.stats.time_total_s:.1f} s)", style="dim"))
             t.tokens += s.total_tokens
             t.cloud_tokens += s.cloud_tokens
@@ -134,18 +158,19 @@ def run_demo(out, *, local_model: str = LOCAL_MODEL, budget: float = BUDGET, max
             t.local_time_s += local.stats.time_total_s
             t.cloud_only_in += s.prompt_tokens
             t.cloud_only_out += s.total_tokens
-        _summary(out, t, len(questions))
+        _summary(out, t, len(asks))
         if serve_port is not None:
             serve_page(out, routed, port=serve_port)
     return t
 
 
-def _summary(out, t: Tally, n_questions: int) -> None:
+def _summary(out, t: Tally, n_prompts: int) -> None:
     from rich.text import Text
 
     share = t.cloud_tokens / t.tokens if t.tokens else 0.0
     out.print(Text(
-        f"\nrouted {share:.1%} of {t.tokens} tokens in {t.calls} cloud calls ({t.failures} failed); cloud tokens "
-        f"in/out {t.cloud_in}/{t.cloud_out}, against ~{t.cloud_only_in}/{t.cloud_only_out} for cloud-only answers "
-        f"(+{n_questions} prewarm calls); {t.time_s:.1f} s routed against {t.local_time_s:.1f} s local only",
-        style="bold"))
+        f"\nrouting changed {t.up + t.down} of {t.graded} graded answers ({t.up} wrong->right, {t.down} "
+        f"right->wrong); routed {share:.1%} of {t.tokens} tokens in {t.calls} cloud calls ({t.failures} failed); "
+        f"cloud tokens in/out {t.cloud_in}/{t.cloud_out}, against ~{t.cloud_only_in}/{t.cloud_only_out} for "
+        f"cloud-only answers (+{n_prompts} prewarm calls); {t.time_s:.1f} s routed against {t.local_time_s:.1f} s "
+        "local only", style="bold"))

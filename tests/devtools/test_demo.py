@@ -6,15 +6,20 @@ from __future__ import annotations
 import io
 import re
 
+import pytest
+
 from rich.console import Console
 
-from collab_core.devtools.demo import run_demo
+from collab_core.devtools.demo import DEMO_QUESTIONS, demo_questions, run_demo
+
+ROW = {"id": "q1", "question": "The capital of France is", "answerKey": "B",
+       "choices": {"label": ["A", "B", "C", "D", "E"], "text": ["Rome", "Paris", "Oslo", "Bern", "Riga"]}}
 
 
 def test_the_demo_prints_local_and_routed_answers_and_a_summary(tiny_dir):
     buf = io.StringIO()
-    tally = run_demo(Console(file=buf, width=200, highlight=False), local_model=str(tiny_dir), max_tokens=12,
-                     questions=["The capital of France is", "Name a colour."], cloud_folder=str(tiny_dir),
+    tally = run_demo(Console(file=buf, width=1000, highlight=False), local_model=str(tiny_dir), max_tokens=12,
+                     questions=[ROW], free_form="Name a colour.", cloud_folder=str(tiny_dir),
                      router="threshold:0.0")  # every position goes to the cloud
     text = buf.getvalue()
     assert "stand-in cloud warmed up in" in text
@@ -23,6 +28,25 @@ def test_the_demo_prints_local_and_routed_answers_and_a_summary(tiny_dir):
     assert tally.failures == 0 and tally.tokens > 0
     assert tally.calls > 0 and tally.cloud_tokens == tally.calls  # one-token spans, token for token
     summary = text.strip().splitlines()[-1]
-    assert re.match(r"routed \d+\.\d% of \d+ tokens in \d+ cloud calls \(0 failed\); cloud tokens in/out \d+/\d+, "
+    assert "[gold: B]" in text and re.search(r"local (right|wrong), routed (right|wrong);", text)
+    assert tally.graded == 1 and tally.up + tally.down <= 1
+    assert re.match(r"routing changed [01] of 1 graded answers \(\d wrong->right, \d right->wrong\); routed "
+                    r"\d+\.\d% of \d+ tokens in \d+ cloud calls \(0 failed\); cloud tokens in/out \d+/\d+, "
                     r"against ~\d+/\d+ for cloud-only answers \(\+2 prewarm calls\); [\d.]+ s routed against "
                     r"[\d.]+ s local only", summary), summary
+
+
+def test_the_demo_questions_are_the_benchmarks_first_five_after_its_seed_0_shuffle():
+    """A rule, not a choice by outcome: the bundled rows are the first 5 shared validation questions after the
+    shuffle that benchmarks/csqa.py applies (checked where the shared data is at hand)."""
+    from pathlib import Path
+
+    from collab_core.training.csqa import load_questions
+
+    rows = demo_questions()
+    assert len(rows) == 5 and all({"id", "question", "choices", "answerKey"} <= set(r) for r in rows)
+    shared = Path(__file__).resolve().parents[3] / "shared" / "data" / "commonsenseqa_dev_400.jsonl"
+    if not shared.exists():
+        pytest.skip("the shared validation questions are not in this checkout's parent folder")
+    assert rows == load_questions(shared, 5, seed=0)
+    assert DEMO_QUESTIONS.name == "demo_questions.jsonl"
