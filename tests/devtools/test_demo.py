@@ -7,7 +7,6 @@ import io
 import re
 
 import pytest
-
 from rich.console import Console
 
 from collab_core.devtools.demo import DEMO_QUESTIONS, demo_questions, run_demo
