@@ -51,7 +51,7 @@ from .providers import (
 )
 from .redact import make_redactor, redact_messages
 from .strategies import CloudSpan, get_strategy, strategy_names, token_ids_of
-from .strategy import SpanRequest, Strategy
+from .strategy import TEXT_CALL, SpanRequest, Strategy
 
 # the names this module held before the strategies, providers and prompt-cache helpers had their own modules
 __all__ = ["CHAT_PROTOCOL", "CloudClient", "CloudConfig", "CloudSpan", "SpanRequest", "Strategy", "api_key_env_var",
@@ -322,7 +322,7 @@ class CloudClient:
         if self._router_call is not None:
             return lambda **kw: self._router_call(kind, kw)
         litellm = _litellm()
-        if kind != "text_completion":
+        if kind != TEXT_CALL:
             return litellm.completion
         if self._text_client is None:
             return litellm.text_completion

@@ -27,7 +27,7 @@ from typing import Any
 from ..errors import CloudConfigError
 from ..text import cut_to_word_boundary, fix_spacing
 from .protocols import PROTOCOLS
-from .strategy import SpanRequest, Strategy, check_continuation
+from .strategy import TEXT_CALL, SpanRequest, Strategy, check_continuation
 
 
 @dataclass
@@ -61,7 +61,7 @@ class Completion(Strategy):
     """A text completion of the prompt as the local model renders it, plus the answer so far."""
 
     name = "completion"
-    call = "text_completion"
+    call = TEXT_CALL
     token_exact = True
 
     def shape(self, req: SpanRequest, kw: dict, *, span_tokens: int, token_exact: bool) -> dict:

@@ -28,6 +28,7 @@ from ..prompts import Prompt, messages_for, split_prefill
 RESTATED_WORDS = 6
 #: A reply that begins again with this many of the answer's first words starts the answer over.
 RESTART_WORDS = 3
+CHAT_CALL, TEXT_CALL = "completion", "text_completion"  # LiteLLM's calls: chat messages, a text prompt
 UNALIGNED = "UnalignedSpan"  # the ``CloudError.kind`` of a reply that does not continue the answer
 _WORD = re.compile(r"\w+")
 
@@ -60,14 +61,14 @@ class Strategy:
     and ``strategies.register`` an instance to use it as ``CloudConfig(strategy=name)``."""
 
     name: str = ""
-    call: str = "completion"  # the LiteLLM call: "completion" (chat messages) or "text_completion" (a prompt)
+    call: str = CHAT_CALL  # the LiteLLM call: ``CHAT_CALL`` (chat messages) or ``TEXT_CALL`` (a prompt)
     token_exact: bool = False  # may spans come back as token ids (a cloud sharing the local vocabulary)?
     keys_word_start: bool = False  # does the spacing hint shape the span (and so go into the cache key)?
 
     @property
     def chat(self) -> bool:
         """Whether requests are chat messages (which carry prompt-cache markers)."""
-        return self.call == "completion"
+        return self.call == CHAT_CALL
 
     def shape(self, req: SpanRequest, kw: dict, *, span_tokens: int, token_exact: bool) -> dict:
         """``kw`` (LiteLLM's keyword arguments: model, budget, endpoint) completed with the request for the
