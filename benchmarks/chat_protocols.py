@@ -1,7 +1,11 @@
 """Chat-only clouds: which continuation protocol a small instruction follower gets right.
 
-    python benchmarks/chat_protocols.py [--limit 80] [--threshold 0.5] [--protocols anchor,echo,instruct]
-                                        [--end-to-end anchor] [--out DIR]
+    python benchmarks/chat_protocols.py --data FILE.jsonl [--limit 80] [--threshold 0.5]
+                                        [--protocols anchor,echo,instruct] [--end-to-end restate] [--out DIR]
+
+``--data``: CommonsenseQA questions, one JSON object a line in the Hugging Face ``commonsense_qa`` layout (the
+project's shared ``commonsenseqa_dev_400.jsonl`` where a checkout has it beside the repository); ``--limit 0``:
+every question in the file.
 
 All on the stand-in cloud (Qwen2.5-Coder-1.5B-Instruct on ``mlx_lm.server``, 127.0.0.1), reached through LiteLLM
 like any provider; local model SmolLM2-135M; CommonsenseQA validation questions (shuffled, seed 0) in the letter
@@ -13,11 +17,15 @@ format, the assistant turn prefilled with "The answer is"; threshold router; clo
    (``openai/default_model``, ``strategy=PROTOCOL``): how often the first word of its span agrees with
    completion's, how often the reply cannot be aligned (a failed call: the engine keeps its local token), and
    the cloud tokens in/out per call.
-3. end to end: for the protocols given to ``--end-to-end``, the same routed run through the chat endpoint:
-   accuracy, invalid answers, routed share, calls (failed), cloud tokens per call, time per question.
+3. end to end: for the protocols given to ``--end-to-end`` (default: the one ``auto`` picks, ``restate``), the
+   same routed run through the chat endpoint: accuracy, invalid answers, routed share, calls (failed, and of
+   those the replies that were no continuation of the answer), cloud tokens per call, time per question -- the
+   same figures as completion's, side by side.
 
 Rows are resumable (``OUT/positions.jsonl``, ``OUT/replay.jsonl``, ``OUT/rows.jsonl``); ``OUT/summary.json``;
-the last line is the ``name=value`` headline.
+the last line is the ``name=value`` headline: per path its accuracy, invalid share and cloud input tokens per
+call, and per chat protocol its accuracy as a share of completion's and its invalid share's excess over
+completion's in points.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from pathlib import Path
 import collab_core  # noqa: F401  (first: OpenBLAS before mlx)
 from collab_core import Engine, load_local_model
 from collab_core.children import run_main
-from collab_core.cloud.client import CloudClient, CloudConfig, SpanRequest
+from collab_core.cloud.client import CHAT_PROTOCOL, CloudClient, CloudConfig, SpanRequest
 from collab_core.errors import CloudError
 from collab_core.router import ThresholdRouter
 from collab_core.training.csqa import PREFILL, extract, load_questions, user_message
@@ -151,6 +159,7 @@ def summarize(rows: list[dict], replays: list[dict], modes: list[str], protocols
             "invalid_rate": sum(r["pred"] is None for r in rs) / len(rs),
             "routed_share": sum(r["cloud_tokens"] for r in rs) / toks if toks else 0.0,
             "cloud_calls": calls, "cloud_failures": sum(r["cloud_failures"] for r in rs),
+            "not_continuations": sum(e.startswith("UnalignedSpan") for r in rs for e in r["errors"]),
             "cloud_in_per_call": sum(r["cloud_in"] for r in rs) / calls if calls else 0.0,
             "cloud_out_per_call": sum(r["cloud_out"] for r in rs) / calls if calls else 0.0,
             "time_per_question_s": sum(r["time_s"] for r in rs) / len(rs)}
@@ -169,18 +178,24 @@ def summarize(rows: list[dict], replays: list[dict], modes: list[str], protocols
     return out
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    ap.add_argument("--limit", type=int, default=80)
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA if DEFAULT_DATA.exists() else None,
+                    required=not DEFAULT_DATA.exists(), help="CommonsenseQA questions (JSONL, HF layout)")
+    ap.add_argument("--limit", type=int, default=80, help="questions (0: all)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threshold", type=float, default=0.5)
     ap.add_argument("--protocols", default="anchor,echo,instruct", help="chat protocols to replay")
-    ap.add_argument("--end-to-end", default="", help="chat protocols to run end to end (comma-separated)")
+    ap.add_argument("--end-to-end", default=CHAT_PROTOCOL,
+                    help="chat protocols to run end to end beside completion (comma-separated; '' for none)")
     ap.add_argument("--api-base", default=None, help="an OpenAI-compatible server serving both endpoints "
                                                      "(default: start the stand-in)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "chat-protocols")
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = parser().parse_args()
 
     lm = load_local_model(None)
     questions = load_questions(args.data, args.limit, args.seed)
@@ -213,12 +228,27 @@ def main() -> None:
                        "local": lm.name, "span_tokens": 2, "positions": len(positions)}
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
+    print(" ".join(f"{k}={v:.4f}" for k, v in headline(summary).items()))
+
+
+def headline(summary: dict) -> dict[str, float]:
+    """The ``name=value`` figures: replay agreement per protocol; per end-to-end path its accuracy, invalid share
+    and cloud input tokens per call; per chat protocol, its accuracy over completion's and its invalid share
+    minus completion's, in points."""
     head = {f"first_word_agreement_{p}": s["first_word_agreement"] for p, s in summary["replay"].items()}
-    comp = summary["end_to_end"].get("completion", {}).get("accuracy")
-    for m, s in summary["end_to_end"].items():
-        if m != "completion" and comp:
-            head[f"accuracy_ratio_{m.split(':')[1]}"] = s["accuracy"] / comp
-    print(" ".join(f"{k}={v:.4f}" for k, v in head.items()))
+    runs = summary["end_to_end"]
+    for m, s in runs.items():
+        name = m.split(":")[-1]
+        head |= {f"accuracy_{name}": s["accuracy"], f"invalid_{name}": s["invalid_rate"],
+                 f"cloud_in_per_call_{name}": s["cloud_in_per_call"]}
+    comp = runs.get("completion")
+    for m, s in runs.items():
+        if comp and m != "completion":
+            name = m.split(":")[-1]
+            if comp["accuracy"]:
+                head[f"accuracy_ratio_{name}"] = s["accuracy"] / comp["accuracy"]
+            head[f"invalid_excess_points_{name}"] = 100 * (s["invalid_rate"] - comp["invalid_rate"])
+    return head
 
 
 if __name__ == "__main__":

@@ -3,8 +3,10 @@
 A chat-only model (OpenAI's chat models, Gemini, Claude 4.6+) cannot be handed a partial answer to continue
 in place. It must be asked in words, and what it writes back must be lined up against the answer so far:
 small instruction followers echo the partial answer, wrap it in quotes or markup, or start over. Each protocol
-here is a pair: ``request`` (the messages and the output budget) and ``align`` (the continuation, or ``None``
-when the reply cannot be lined up; the caller then counts a failed call and keeps its local token).
+here is a ``ChatProtocol`` (a ``Strategy``): ``chat_request`` (the messages and the output budget) and ``align``
+(the continuation, or ``None`` when the reply cannot be lined up). A reply that cannot be lined up, or whose
+continuation starts the answer over or restates the prompt (``strategy.not_a_continuation``), is a failed call:
+the engine keeps its local token.
 
 * ``anchor`` -- the unfinished answer goes back as the assistant's own turn, and a user turn asks it to go on,
   starting with the answer's last few words (the *anchor*). The echoed anchor (or its last two words, or the
@@ -17,7 +19,8 @@ when the reply cannot be lined up; the caller then counts a failed call and keep
 * ``instruct`` -- one instruction to write only the next few words of the partial answer (shown in
   ``<partial>`` tags); an echoed prefix is stripped when recognised, and the reply is otherwise taken as is.
 
-``benchmarks/chat_protocols.py`` measures them against text completion on the same routed positions.
+``CHAT_PROTOCOL`` (``restate``) is what ``strategy="auto"`` picks for a chat-only model;
+``benchmarks/chat_protocols.py`` measures the protocols against text completion on the same routed positions.
 """
 
 from __future__ import annotations
@@ -25,9 +28,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..text import strip_echo
+from ..errors import CloudError
+from ..text import cut_to_word_boundary, fix_spacing, strip_echo
+from .strategy import UNALIGNED, SpanRequest, Strategy, check_continuation
 
-PROTOCOLS = ("anchor", "restate", "echo", "instruct")
 #: What ``strategy="auto"`` uses for a chat-only model (chosen by ``benchmarks/chat_protocols.py``).
 CHAT_PROTOCOL = "restate"
 ANCHOR_WORDS = 3
@@ -66,35 +70,6 @@ def _tokens_for(text: str) -> int:
     return len(text) // 3 + len(text.split()) + 2
 
 
-def request(protocol: str, conversation: list[dict], answer: str, span_tokens: int) -> ChatRequest:
-    """The messages asking for the next ``span_tokens`` of ``answer`` (the answer so far, maybe empty)."""
-    msgs = [dict(m) for m in conversation]
-    if protocol == "instruct":
-        shown = answer if answer.strip() else "(nothing yet: write its first few words)"
-        return ChatRequest([{"role": "system", "content": INSTRUCTION}] + msgs + [{
-            "role": "user", "content": f"Partial answer to continue:\n<partial>{shown}</partial>\nNext few words only:",
-        }], span_tokens)
-    if not answer.strip():  # nothing written yet: the model simply starts its answer
-        return ChatRequest(msgs, span_tokens)
-    if protocol == "restate":
-        ask = _RESTATE_ASK.format(answer=answer.strip())
-        if msgs and msgs[-1].get("role") == "user":  # appended to the question: the shared prefix stays intact
-            msgs[-1] = {**msgs[-1], "content": f"{msgs[-1].get('content') or ''}\n\n{ask}"}
-        else:
-            msgs.append({"role": "user", "content": ask})
-        return ChatRequest(msgs, _tokens_for(answer) + span_tokens)
-    if protocol == "anchor":
-        anchor = anchor_of(answer)
-        ask, echoed = _ANCHOR_ASK.format(anchor=anchor), anchor
-    elif protocol == "echo":
-        ask, echoed = _ECHO_ASK, answer
-    else:
-        raise ValueError(f"unknown chat protocol {protocol!r}")  # pragma: no cover - CloudConfig checks it
-    turns = [{"role": "system", "content": RESUME_SYSTEM}] + msgs + [
-        {"role": "assistant", "content": answer}, {"role": "user", "content": ask}]
-    return ChatRequest(turns, _tokens_for(echoed) + span_tokens)
-
-
 def _clean(reply: str) -> str:
     text = _MARKUP.sub("", reply).strip("\n")
     text = _LABEL.sub("", text)
@@ -122,29 +97,136 @@ def match_prefix(text: str, prefix: str) -> int | None:
     return offset + i
 
 
-def align(protocol: str, reply: str, answer: str) -> str | None:
-    """The continuation of ``answer`` in ``reply``, or None when the reply cannot be lined up with it."""
-    text = _clean(reply)
-    if not answer.strip():
-        return text.lstrip()
-    if protocol == "instruct":
-        return strip_echo(text, answer)
-    echoes = [answer]  # a full echo is fine under either protocol
-    if protocol == "anchor":  # the anchor, or its last two words (a model may drop the first)
-        echoes += [anchor_of(answer, n) for n in (ANCHOR_WORDS, 2) if len(answer.split()) >= n]
-    end = next((e for e in (match_prefix(text, a) for a in echoes) if e is not None), None)
-    if end is None:
-        return None
-    rest = text[end:]
-    if len(answer.split()) >= 2 and (again := match_prefix(rest, answer)) is not None:
-        rest = rest[again:]  # the answer so far written twice: a repeated prefix never reaches the answer
-    if answer[-1:].isspace():
-        rest = rest.lstrip(" ")
-    return rest
-
-
 def cut_words(text: str, words: int) -> str:
     """The first ``words`` words of ``text`` (with their leading whitespace): a chat model asked for "a few
     words" often writes on, and a span should cost about as many tokens whatever the protocol."""
     m = re.match(rf"(\s*\S+){{1,{max(1, words)}}}", text)
     return m.group(0) if m else text
+
+
+class ChatProtocol(Strategy):
+    """A chat-only model asked in words for the next span; the reply restates the answer so far (or a part
+    of it, ``echoes``), which is cut off. A chat reply that stops has only stopped writing "a few words": it
+    ends the answer only when nothing came after the words it echoed."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def ask(self, messages: list[dict], answer: str, span_tokens: int) -> ChatRequest:
+        """The request once the answer has begun (``messages``: a copy of the conversation)."""
+        raise NotImplementedError
+
+    def echoes(self, answer: str) -> list[str]:
+        """What of the answer the reply may start with, and is cut off (the first that matches)."""
+        return [answer]
+
+    def chat_request(self, conversation: list[dict], answer: str, span_tokens: int) -> ChatRequest:
+        """The messages asking for the next ``span_tokens`` of ``answer`` (the answer so far, maybe empty)."""
+        msgs = [dict(m) for m in conversation]
+        if not answer.strip():  # nothing written yet: the model simply starts its answer
+            return ChatRequest(msgs, span_tokens)
+        return self.ask(msgs, answer, span_tokens)
+
+    def align(self, reply: str, answer: str) -> str | None:
+        """The continuation of ``answer`` in ``reply``, or None when the reply cannot be lined up with it."""
+        text = _clean(reply)
+        if not answer.strip():
+            return text.lstrip()
+        end = next((e for e in (match_prefix(text, a) for a in self.echoes(answer)) if e is not None), None)
+        if end is None:
+            return None
+        rest = text[end:]
+        if len(answer.split()) >= 2 and (again := match_prefix(rest, answer)) is not None:
+            rest = rest[again:]  # the answer so far written twice: a repeated prefix never reaches the answer
+        if answer[-1:].isspace():
+            rest = rest.lstrip(" ")
+        return rest
+
+    def shape(self, req: SpanRequest, kw: dict, *, span_tokens: int, token_exact: bool) -> dict:
+        chat = self.chat_request(req.messages, req.answer, span_tokens)
+        kw["messages"], kw["max_tokens"] = chat.messages, chat.max_tokens
+        return kw
+
+    def read(self, text: str, finish: str | None, req: SpanRequest, *, span_tokens: int) -> str:
+        aligned = self.align(text, req.answer)
+        if aligned is None:
+            raise CloudError(f"the {self.name} reply does not line up with the answer so far: {text[:80]!r}",
+                             kind=UNALIGNED)
+        check_continuation(aligned, req, self.name)
+        if finish == "length":
+            aligned = cut_to_word_boundary(aligned)
+        text = cut_words(aligned, -(-span_tokens // 2))  # about two tokens a word
+        if not req.answer:  # an aligned reply keeps the model's own spacing
+            text = fix_spacing(text, req.answer, req.word_start)
+        return text
+
+    def ends_answer(self, span) -> bool:
+        return span.finish_reason == "stop" and not span.text.strip()
+
+
+class Restate(ChatProtocol):
+    def ask(self, messages: list[dict], answer: str, span_tokens: int) -> ChatRequest:
+        ask = _RESTATE_ASK.format(answer=answer.strip())
+        if messages and messages[-1].get("role") == "user":  # appended to the question: the prefix stays intact
+            messages[-1] = {**messages[-1], "content": f"{messages[-1].get('content') or ''}\n\n{ask}"}
+        else:
+            messages.append({"role": "user", "content": ask})
+        return ChatRequest(messages, _tokens_for(answer) + span_tokens)
+
+
+class Resume(ChatProtocol):
+    """The answer so far goes back as the assistant's turn and a user turn asks it to go on (``anchor``, ``echo``)."""
+
+    def __init__(self, name: str, ask: str, *, anchor_words: tuple[int, ...] = ()):
+        super().__init__(name)
+        self._ask = ask
+        self.anchor_words = anchor_words  # the anchors the reply may start with: the answer's last N words
+
+    def echoes(self, answer: str) -> list[str]:
+        # a full echo is always fine; then the anchor, or its last two words (a model may drop the first)
+        return [answer] + [anchor_of(answer, n) for n in self.anchor_words if len(answer.split()) >= n]
+
+    def ask(self, messages: list[dict], answer: str, span_tokens: int) -> ChatRequest:
+        echoed = anchor_of(answer, self.anchor_words[0]) if self.anchor_words else answer
+        turns = [{"role": "system", "content": RESUME_SYSTEM}] + messages + [
+            {"role": "assistant", "content": answer}, {"role": "user", "content": self._ask.format(anchor=echoed)}]
+        return ChatRequest(turns, _tokens_for(echoed) + span_tokens)
+
+
+class Instruct(ChatProtocol):
+    """One instruction to write only the next few words; the reply is taken as is (an echo stripped when
+    recognised), cut at a word boundary, its spacing repaired."""
+
+    keys_word_start = True
+
+    def chat_request(self, conversation: list[dict], answer: str, span_tokens: int) -> ChatRequest:
+        shown = answer if answer.strip() else "(nothing yet: write its first few words)"
+        return ChatRequest([{"role": "system", "content": INSTRUCTION}] + [dict(m) for m in conversation] + [{
+            "role": "user", "content": f"Partial answer to continue:\n<partial>{shown}</partial>\nNext few words only:",
+        }], span_tokens)
+
+    def align(self, reply: str, answer: str) -> str | None:
+        text = _clean(reply)
+        return strip_echo(text, answer) if answer.strip() else text.lstrip()
+
+    def read(self, text: str, finish: str | None, req: SpanRequest, *, span_tokens: int) -> str:
+        aligned = self.align(text, req.answer)
+        check_continuation(aligned, req, self.name)
+        text = cut_words(cut_to_word_boundary(aligned), -(-span_tokens // 2))
+        return fix_spacing(text, req.answer, req.word_start)
+
+
+#: The chat-only protocols by name (each is registered as a strategy in ``strategies``).
+PROTOCOLS: dict[str, ChatProtocol] = {p.name: p for p in (
+    Resume("anchor", _ANCHOR_ASK, anchor_words=(ANCHOR_WORDS, 2)), Restate("restate"),
+    Resume("echo", _ECHO_ASK), Instruct("instruct"))}
+
+
+def request(protocol: str, conversation: list[dict], answer: str, span_tokens: int) -> ChatRequest:
+    """The messages ``protocol`` sends for the next ``span_tokens`` of ``answer`` (the answer so far, maybe empty)."""
+    return PROTOCOLS[protocol].chat_request(conversation, answer, span_tokens)
+
+
+def align(protocol: str, reply: str, answer: str) -> str | None:
+    """The continuation of ``answer`` in ``reply`` under ``protocol``, or None when it cannot be lined up."""
+    return PROTOCOLS[protocol].align(reply, answer)
