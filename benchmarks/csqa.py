@@ -218,7 +218,7 @@ def answer_one(mode: str, lm, q: dict, args, engine, client) -> dict:
         row = {"answer": g.text, "tokens": s.total_tokens, "cloud_tokens": s.cloud_tokens,
                "cloud_calls": s.cloud_calls, "cloud_failures": s.cloud_failures, "errors": s.cloud_errors,
                "cloud_in": s.cloud_input_tokens, "cloud_out": s.cloud_output_tokens, "cost": s.cost_usd,
-               "time_s": s.time_total_s, "cloud_ranks": s.cloud_token_ranks}
+               "time_s": s.time_total_s, "cloud_ranks": s.cloud_token_ranks, "prompt_tokens": s.prompt_tokens}
     elif mode == "cloud":
         from collab_core.cloud.client import SpanRequest
         from collab_core.errors import CloudError
@@ -235,7 +235,7 @@ def answer_one(mode: str, lm, q: dict, args, engine, client) -> dict:
         n = len(lm.tokenizer.encode(answer, add_special_tokens=False))
         row = {"answer": answer, "tokens": n, "cloud_tokens": n, "cloud_calls": 1, "cloud_failures": 0,
                "cloud_in": span.input_tokens, "cloud_out": span.output_tokens, "cost": span.cost_usd,
-               "time_s": time.perf_counter() - t0}
+               "time_s": time.perf_counter() - t0, "prompt_tokens": span.input_tokens}
     else:
         r = seed_generate(lm, client, text, float(mode.split(":")[1]), args.max_tokens, args.stop)
         row = {"answer": r["text"], "tokens": r["tokens"], "cloud_tokens": r["cloud_tokens"],
@@ -267,8 +267,39 @@ def summarize(rows: list[dict], modes: list[str]) -> dict:
             "cost_usd": sum(r["cost"] for r in rs),
             "time_per_question_s": sum(r["time_s"] for r in rs) / n,
             "median_answer_tokens": statistics.median(r["tokens"] for r in rs),
+            **money(rs),
         }
     return out
+
+
+def money(rows: list[dict]) -> dict:
+    """The rows' cloud tokens at the list prices of ``REFERENCE_MODELS`` (LiteLLM's cost map), with no cache hits
+    and with every cacheable input token a hit (``collab_core.cloud.pricing``). An answer's last call sent at
+    most its prompt and its whole answer: that bounds the input that no cache can serve."""
+    from collab_core.cloud.pricing import REFERENCE_MODELS, answer_cost, list_price
+
+    out = {}
+    for model in REFERENCE_MODELS:
+        price = list_price(model)
+        tot = {"no_cache": 0.0, "all_hits": 0.0}
+        for r in rows:
+            if not r["cloud_calls"]:
+                continue
+            last = min(r["cloud_in"], r.get("prompt_tokens", r["cloud_in"]) + r["tokens"])
+            for k, v in answer_cost(price, input_tokens=r["cloud_in"], output_tokens=r["cloud_out"],
+                                    last_call_input=last).items():
+                tot[k] += v
+        out[f"usd_{model}_no_cache"] = tot["no_cache"]
+        out[f"usd_{model}_all_hits"] = tot["all_hits"]
+    return out
+
+
+def fill_prompt_tokens(rows: list[dict], lm, questions: list[dict], fmt: str) -> None:
+    """Rows written before ``prompt_tokens`` was recorded: count it with the local tokenizer (the pair's)."""
+    by_id = {q["id"]: q for q in questions}
+    for r in rows:
+        if "prompt_tokens" not in r and r["id"] in by_id:
+            r["prompt_tokens"] = len(lm.tokenizer.encode(prompt_text(lm, by_id[r["id"]], fmt), add_special_tokens=False))
 
 
 def write_reports(summary: dict, out: Path, meta: dict) -> list[str]:
@@ -309,14 +340,23 @@ def write_reports(summary: dict, out: Path, meta: dict) -> list[str]:
 def headline(summary: dict) -> dict:
     small = summary.get("small", {}).get("accuracy")
     cloud = summary.get("cloud", {}).get("accuracy")
-    routed = [s for m, s in summary.items() if m.startswith(("threshold", "budget", "learned"))
-              and s["routed_share"] <= 0.07]
-    best = max((s["accuracy"] for s in routed), default=None)
-    h = {"small_accuracy": small, "cloud_accuracy": cloud, "best_routed_accuracy_at_7pct": best}
-    if small and best is not None:
-        h["relative_gain_at_7pct"] = (best - small) / small
-    if small is not None and cloud is not None and best is not None and cloud != small:
-        h["gap_closed_at_7pct"] = (best - small) / (cloud - small)
+    h = {"small_accuracy": small, "cloud_accuracy": cloud}
+    for cap in (0.02, 0.07):  # the best routed mode whose measured share is within the cap
+        tag = f"{round(cap * 100)}pct"
+        routed = [s for m, s in summary.items() if m.startswith(("threshold", "budget", "learned"))
+                  and s["routed_share"] <= cap]
+        top = max(routed, key=lambda s: s["accuracy"], default=None)
+        if top is None:
+            continue
+        h[f"best_routed_accuracy_at_{tag}"] = top["accuracy"]
+        if small:
+            h[f"relative_gain_at_{tag}"] = (top["accuracy"] - small) / small
+        if small is not None and cloud is not None and cloud != small:
+            h[f"gap_closed_at_{tag}"] = (top["accuracy"] - small) / (cloud - small)
+        if "cloud" in summary:  # money: that mode's cloud tokens against cloud-only answers, at list price
+            for k in [k for k in top if k.startswith("usd_")]:
+                if summary["cloud"][k]:
+                    h[f"cost_vs_cloud_at_{tag}_{k[4:]}"] = top[k] / summary["cloud"][k]
     for m, s in summary.items():
         if m.startswith("learned-budget:") and "budget:" + m.split(":")[1] in summary:
             conf = summary["budget:" + m.split(":")[1]]  # same budget, confidence score: accuracy difference
@@ -361,6 +401,7 @@ def _report(args, modes: list[str], ids: set, lm, rows_path: Path) -> None:
     """``--report``: the table of every mode as far as its rows go (each with its own question count), and the
     headline on the questions every reported mode has answered, so partial modes are compared like for like."""
     rows = latest_rows(rows_path, ids)
+    fill_prompt_tokens(rows, lm, load_questions(args.data, args.limit, args.seed), args.format)
     summary = summarize(rows, modes)
     meta = {"questions": len(ids), "data": str(args.data), "seed": args.seed, "local": lm.name,
             "format": args.format, "max_tokens": args.max_tokens, "stop": args.stop, "report": True}
@@ -532,6 +573,7 @@ def main() -> None:
     if args.shard:
         return  # the parent summarizes
     rows = latest_rows(rows_path, ids)
+    fill_prompt_tokens(rows, lm, load_questions(args.data, args.limit, args.seed), args.format)
     summary = summarize(rows, modes)
     meta = {"questions": len(questions), "data": str(args.data), "seed": args.seed, "local": lm.name,
             "cloud": args.cloud_model, "format": args.format, "max_tokens": args.max_tokens, "stop": args.stop,
