@@ -203,6 +203,34 @@ class BudgetRouter(Router):
         return twin
 
 
+#: The budget of the default router where the local model ships a value-trained router.
+DEFAULT_VALUE_BUDGET = 0.02
+
+
+def default_router(lm) -> Router:
+    """The router an engine uses when none is named: where a router trained on value labels ships for ``lm``
+    (``training.value_router``), that router holding ``DEFAULT_VALUE_BUDGET``; elsewhere the confidence
+    threshold router at 0.5."""
+    from .scoring import shipped_router
+
+    found = shipped_router(lm.fingerprint)
+    if found is not None and is_value_router(found):
+        return BudgetRouter(DEFAULT_VALUE_BUDGET, scorer=LearnedScorer(found))
+    return ThresholdRouter(0.5)
+
+
+def is_value_router(folder) -> bool:
+    """Was the router in ``folder`` trained on value labels (what a cloud token there is worth)?"""
+    import json
+    from pathlib import Path
+
+    try:
+        meta = json.loads((Path(folder) / "router.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return meta.get("metrics", {}).get("kind") == "value"
+
+
 def make_router(spec: str | Router | None, *, threshold: float | None = None, budget: float | None = None) -> Router:
     """A router from an object, a spec string (``never``, ``threshold:0.5``, ``budget:0.07``,
     ``learned:PATH``, ``learned`` for the shipped one -- with ``budget=`` it holds that budget on the learned

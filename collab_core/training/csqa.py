@@ -84,6 +84,13 @@ def extract_final(answer: str, q: dict | None = None) -> str | None:
     return letters[-1] if letters else None
 
 
+def answer_slot(answer: str) -> int | None:
+    """Where the final letter stands in an explained answer (a character offset), for reports on where routed
+    tokens fall; None when there is none. Routers never see this."""
+    finals = list(_FINAL.finditer(answer))
+    return finals[-1].start(1) if finals else None
+
+
 @dataclass(frozen=True)
 class AnswerFormat:
     """How a CommonsenseQA question is asked and how its answer is read back."""
