@@ -242,8 +242,7 @@ class GenerationConfig:
             raise ConfigError(f"max_cloud_calls must be >= 0, not {self.max_cloud_calls!r}")
         if self.max_cloud_cost_usd is not None and self.max_cloud_cost_usd < 0:
             raise ConfigError(f"max_cloud_cost_usd must be >= 0, not {self.max_cloud_cost_usd!r}")
-        if isinstance(self.stop, str):
-            self.stop = (self.stop,)
+        self.stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         if self.json_schema is not None and self.tools and self.tool_choice != "none":
             raise ConfigError("a request has either tools or a json_schema, not both")
 
