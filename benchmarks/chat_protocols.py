@@ -1,6 +1,6 @@
 """Chat-only clouds: which continuation protocol a small instruction follower gets right.
 
-    python benchmarks/chat_protocols.py [--limit 80] [--threshold 0.5] [--protocols anchor,echo,instruct]
+    python benchmarks/chat_protocols.py --data hf:validation|FILE.jsonl [--limit 80] [--threshold 0.5] [--protocols anchor,echo,instruct]
                                         [--end-to-end anchor] [--out DIR]
 
 All on the stand-in cloud (Qwen2.5-Coder-1.5B-Instruct on ``mlx_lm.server``, 127.0.0.1), reached through LiteLLM
@@ -36,9 +36,9 @@ from collab_core.cloud.client import CloudClient, CloudConfig, SpanRequest
 from collab_core.errors import CloudError
 from collab_core.router import ThresholdRouter
 from collab_core.training.csqa import PREFILL, extract, load_questions, user_message
+from collab_core.training.csqa_data import data_path
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "commonsenseqa_dev_400.jsonl"
 COMPLETION = "text-completion-openai/default_model"
 CHAT = "openai/default_model"
 
@@ -171,7 +171,7 @@ def summarize(rows: list[dict], replays: list[dict], modes: list[str], protocols
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--data", default=None, help="questions: hf:validation or a JSONL file (see benchmarks/csqa.py)")
     ap.add_argument("--limit", type=int, default=80)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threshold", type=float, default=0.5)
@@ -181,6 +181,7 @@ def main() -> None:
                                                      "(default: start the stand-in)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "chat-protocols")
     args = ap.parse_args()
+    args.data = data_path(args.data, what="CommonsenseQA questions (--data)")
 
     lm = load_local_model(None)
     questions = load_questions(args.data, args.limit, args.seed)
