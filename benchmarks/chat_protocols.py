@@ -1,11 +1,10 @@
 """Chat-only clouds: which continuation protocol a small instruction follower gets right.
 
-    python benchmarks/chat_protocols.py --data FILE.jsonl [--limit 80] [--threshold 0.5]
+    python benchmarks/chat_protocols.py --data hf:validation|FILE.jsonl [--limit 80] [--threshold 0.5]
                                         [--protocols anchor,echo,instruct] [--end-to-end restate] [--out DIR]
 
-``--data``: CommonsenseQA questions, one JSON object a line in the Hugging Face ``commonsense_qa`` layout (the
-project's shared ``commonsenseqa_dev_400.jsonl`` where a checkout has it beside the repository); ``--limit 0``:
-every question in the file.
+``--data``: CommonsenseQA questions: ``hf:validation`` (from the hub, where one is reachable) or a JSONL file in the
+Hugging Face ``commonsense_qa`` layout (see benchmarks/csqa.py); ``--limit 0``: every question in the file.
 
 All on the stand-in cloud (Qwen2.5-Coder-1.5B-Instruct on ``mlx_lm.server``, 127.0.0.1), reached through LiteLLM
 like any provider; local model SmolLM2-135M; CommonsenseQA validation questions (shuffled, seed 0) in the letter
@@ -44,9 +43,9 @@ from collab_core.cloud.client import CHAT_PROTOCOL, CloudClient, CloudConfig, Sp
 from collab_core.errors import CloudError
 from collab_core.router import ThresholdRouter
 from collab_core.training.csqa import PREFILL, extract, load_questions, user_message
+from collab_core.training.csqa_data import data_path
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "commonsenseqa_dev_400.jsonl"
 COMPLETION = "text-completion-openai/default_model"
 CHAT = "openai/default_model"
 
@@ -180,8 +179,7 @@ def summarize(rows: list[dict], replays: list[dict], modes: list[str], protocols
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA if DEFAULT_DATA.exists() else None,
-                    required=not DEFAULT_DATA.exists(), help="CommonsenseQA questions (JSONL, HF layout)")
+    ap.add_argument("--data", default=None, help="questions: hf:validation or a JSONL file (see benchmarks/csqa.py)")
     ap.add_argument("--limit", type=int, default=80, help="questions (0: all)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threshold", type=float, default=0.5)
@@ -196,6 +194,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main() -> None:
     args = parser().parse_args()
+    args.data = data_path(args.data, what="CommonsenseQA questions (--data)")
 
     lm = load_local_model(None)
     questions = load_questions(args.data, args.limit, args.seed)

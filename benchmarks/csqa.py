@@ -1,8 +1,14 @@
 """CommonsenseQA: accuracy against routed share, latency and cost.
 
-    python benchmarks/csqa.py [--data FILE.jsonl] [--limit N] [--seed S] [--thresholds 0.3,0.5,0.7]
+    python benchmarks/csqa.py --data hf:validation|FILE.jsonl [--train-data hf:train|FILE.jsonl]
+                              [--limit N] [--seed S] [--thresholds 0.3,0.5,0.7]
                               [--budgets 0.07] [--cloud-model M --api-base URL] [--out DIR]
                               [--format letter|explain] [--local-model SPEC] [--modes small,cloud,...]
+
+Data (``collab_core.training.csqa_data``): ``--data`` is the evaluation questions, ``hf:validation`` (CommonsenseQA's
+validation split from the Hugging Face hub, converted once into the cache) or a JSONL file in the same layout;
+``--train-data`` the questions a budget router is calibrated on (default: ``hf:train`` when ``--data`` comes from
+the hub), never the evaluation ones. Without them it says how to get the data.
 
 Without ``--cloud-model`` it starts the stand-in cloud (mlx_lm.server + Qwen2.5-Coder-1.5B-Instruct on
 127.0.0.1) when a mode needs a cloud, and stops it afterwards. Modes, all on the same questions, prompt and
@@ -64,10 +70,9 @@ from collab_core.router import BudgetRouter, ThresholdRouter
 from collab_core.scoring import ConfidenceScorer, LearnedScorer, TokenSignal
 from collab_core.training import calibrate_on
 from collab_core.training.csqa import FORMATS, get_format, load_questions, prompt_text
+from collab_core.training.csqa_data import data_path
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "commonsenseqa_dev_400.jsonl"
-TRAIN_DATA = ROOT.parent / "shared" / "data" / "commonsenseqa_train_2049.jsonl"
 _RESTART = threading.Lock()  # one thread restarts a dead stand-in
 
 
@@ -113,6 +118,13 @@ def seed_generate(lm, client: CloudClient, text: str, threshold: float, max_toke
     return {"text": tok.decode(out), "tokens": len(out), "time_s": time.perf_counter() - t0, **stats}
 
 
+def train_data(args) -> Path:
+    """The calibration questions: ``--train-data``, else CommonsenseQA's training split when ``--data`` comes from
+    the hub (``ConfigError``, saying how to get them, otherwise)."""
+    spec = args.train_data or ("hf:train" if str(args.data_spec).startswith("hf:") else None)
+    return data_path(spec, what="calibration questions (--train-data; never the evaluation ones)")
+
+
 def calibration_scores(lm, args, learned: bool) -> list[float]:
     """The router's scores over the local model's answers to ``--calibration`` training questions (never the
     evaluation ones), kept in ``OUT/calibration-KIND.json``: every budget of one scorer, and every shard, reuses
@@ -122,7 +134,7 @@ def calibration_scores(lm, args, learned: bool) -> list[float]:
     if path.exists():
         return json.loads(path.read_text())
     router = BudgetRouter(0.07, scorer=LearnedScorer(args.router) if learned else None)
-    prompts = [prompt_text(lm, q, args.format) for q in load_questions(TRAIN_DATA, args.calibration, seed=123)]
+    prompts = [prompt_text(lm, q, args.format) for q in load_questions(train_data(args), args.calibration, seed=123)]
     calibrate_on(router, lm, prompts, max_tokens=args.max_tokens, stop=args.stop, batch=args.batch)
     scores = list(router.scores)
     tmp = path.with_suffix(".tmp")
@@ -478,7 +490,12 @@ def run_workers(args, modes: list[str], lm) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--data", default=None,
+                    help="evaluation questions: hf:validation (CommonsenseQA from the Hugging Face hub) or a JSONL "
+                         "file in its layout")
+    ap.add_argument("--train-data", default=None,
+                    help="calibration questions for the budget modes: hf:train or a JSONL file (default: hf:train "
+                         "when --data comes from the hub)")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--thresholds", default="0.5,0.7,0.85")
@@ -523,6 +540,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None,
                     help="results folder (default: benchmarks/results/csqa[-MODEL][-FORMAT])")
     args = ap.parse_args()
+    args.data_spec, args.data = args.data, data_path(args.data, what="evaluation questions (--data)")
     fmt = get_format(args.format)
     args.max_tokens = fmt.max_tokens if args.max_tokens is None else args.max_tokens
     args.stop = fmt.stop if args.stop is None else args.stop

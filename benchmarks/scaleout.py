@@ -97,7 +97,7 @@ def run_mode(mode: str, lm, servers: Servers, args) -> dict:
     if mode == "router":
         import litellm
 
-        cloud = CloudConfig(model=GROUP, router=litellm.Router(model_list=servers.deployments(), **settings))
+        cloud = CloudConfig(model=GROUP, deployments=litellm.Router(model_list=servers.deployments(), **settings))
     else:
         proxy = LiteLLMProxy({"model_list": servers.deployments(), "router_settings": settings,
                               "general_settings": {"disable_spend_logs": True, "disable_error_logs": True},

@@ -26,6 +26,7 @@ import numpy as np
 
 from .errors import ConfigError
 from .scoring import ConfidenceScorer, LearnedScorer, TokenSignal
+from .settings import check_unit
 
 
 class Router:
@@ -90,6 +91,7 @@ class ThresholdRouter(Router):
 
     def __init__(self, threshold: float = 0.5, signal: str = "max_prob", importance: bool = True,
                  scorer=None):
+        check_unit("threshold", threshold)
         self.threshold = threshold
         self.scorer = scorer or ConfidenceScorer(signal, importance)
         self.needs_hidden = getattr(self.scorer, "needs_hidden", False)
@@ -129,8 +131,9 @@ class BudgetRouter(Router):
     def __init__(self, budget: float = 0.07, signal: str = "max_prob", importance: bool = True, scorer=None,
                  window: int = 4096, min_observations: int = 64, initial_threshold: float = 0.6,
                  span_estimate: float = 2.0, burst: float = 1.0):
-        if not 0.0 < budget <= 1.0:
-            raise ConfigError(f"budget must be in (0, 1], not {budget!r}")
+        check_unit("budget", budget)
+        if budget == 0:
+            raise ConfigError("a BudgetRouter needs a budget above 0 (budget=0 is NeverRouter, as make_router gives)")
         if burst < 0:
             raise ConfigError(f"burst must be >= 0 cloud tokens, not {burst!r}")
         self.burst = burst
@@ -207,13 +210,13 @@ class BudgetRouter(Router):
 DEFAULT_VALUE_BUDGET = 0.02
 
 
-def default_router(lm) -> Router:
-    """The router an engine uses when none is named: where a router trained on value labels ships for ``lm``
-    (``training.value_router``), that router holding ``DEFAULT_VALUE_BUDGET``; elsewhere the confidence
-    threshold router at 0.5."""
+def default_router(fingerprint: str | None) -> Router:
+    """The router an engine uses when none is named (no router, threshold or budget): where a router trained on
+    value labels (``training.value_router``) ships for the local model with this ``fingerprint``, that router
+    holding ``DEFAULT_VALUE_BUDGET``; elsewhere the confidence threshold router at 0.5."""
     from .scoring import shipped_router
 
-    found = shipped_router(lm.fingerprint)
+    found = shipped_router(fingerprint) if fingerprint else None
     if found is not None and is_value_router(found):
         return BudgetRouter(DEFAULT_VALUE_BUDGET, scorer=LearnedScorer(found))
     return ThresholdRouter(0.5)
@@ -235,14 +238,25 @@ def make_router(spec: str | Router | None, *, threshold: float | None = None, bu
     """A router from an object, a spec string (``never``, ``threshold:0.5``, ``budget:0.07``,
     ``learned:PATH``, ``learned`` for the shipped one -- with ``budget=`` it holds that budget on the learned
     score) or the
-    ``threshold``/``budget`` shortcuts."""
+    ``threshold``/``budget`` shortcuts. A threshold or budget outside [0, 1] is a ``ConfigError``; a budget
+    of 0 never routes."""
+    check_unit("threshold", threshold)
+    check_unit("budget", budget)
     if isinstance(spec, Router):
         return spec
+    name, _, arg = str(spec).partition(":") if spec is not None else ("", "", "")
+    if name in ("threshold", "budget") and arg:
+        try:
+            value = float(arg)
+        except ValueError:
+            raise ConfigError(f"router {spec!r}: {arg!r} is not a number") from None
+        check_unit(name, value)
+    if budget == 0 or (name == "budget" and arg and float(arg) == 0):
+        return NeverRouter()
     if spec is None:
         if budget is not None:
             return BudgetRouter(budget)
         return ThresholdRouter(0.5 if threshold is None else threshold)
-    name, _, arg = str(spec).partition(":")
     if name == "never":
         return NeverRouter()
     if name == "threshold":

@@ -1,20 +1,32 @@
 """Settings, declared once.
 
-* ``EngineSettings`` -- what an engine is built from: the local model, the cloud (model, endpoint, key,
-  strategy, span, timeout, retries) and the routing (router, threshold, budget, pipeline). The CLI's flags
-  are derived from its fields; the LangChain and LlamaIndex classes expose the same fields, and a test checks
-  that they do, with the same defaults. A new setting is added here first.
+* ``EngineSettings`` -- what an engine is built from, one tree of four groups, each a dataclass declared here:
+
+  - ``LocalSettings`` (``local``): the local model;
+  - ``CloudSettings`` (``cloud``): the cloud's model, endpoint, key, strategy, span, timeout, retries, its
+    LiteLLM deployments, the spending cap and redaction;
+  - ``RoutingSettings`` (``routing``): the routing policy (``router``) and its ``threshold`` / ``budget``;
+  - ``PipelineSettings`` (``engine``): how the engine decodes (``pipeline``, ``max_batch``, ``max_draft``,
+    ``branches``, ``pace``).
+
+  Every setting has one name, the same everywhere: ``Engine(...)`` takes it as a keyword argument, the CLI as
+  ``--the-name`` (``collab run``, ``collab serve``), both adapters as a field; a test keeps them in step, with
+  the same defaults. A new setting is added here first. ``router`` is always the routing policy; a LiteLLM
+  ``Router`` (several deployments of the cloud) is ``deployments``.
 * ``GenerationConfig`` -- per-request options (``max_tokens``, ``stop``, ``local_only``, ...), with
-  ``GenerateOptions``, the same options as typed keyword arguments for ``Engine.stream`` and friends.
+  ``GenerateOptions``, the same options as typed keyword arguments for ``Engine.stream`` and friends. The CLI's
+  generation flags take their defaults from it.
 
 A budget is per engine: a ``BudgetRouter`` holds the routed share over every request its engine serves
-(one adapter instance owns one engine, so two instances never share a budget).
+(one adapter instance owns one engine, so two instances never share a budget). A threshold or a budget outside
+[0, 1] is a ``ConfigError`` wherever it is given (``check_unit``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,38 +47,47 @@ def _setting(default: Any, help: str, **meta: Any) -> Any:
     return field(default=default, metadata={"help": help, **meta})
 
 
-@dataclass(frozen=True)
-class EngineSettings:
-    """Every engine setting, by the names the adapters and the CLI use.
+def check_unit(name: str, value: Any) -> None:
+    """``ConfigError`` unless ``value`` is None or a number in [0, 1] (a threshold, a budget, a share)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or not 0 <= value <= 1:
+        raise ConfigError(f"{name} must be a number in [0, 1], not {value!r}")
 
-    ``api_key`` never appears in a repr, a cache key or a log (``key()`` holds a digest of it).
-    """
+
+@dataclass(frozen=True)
+class LocalSettings:
+    """The ``local`` group: the model that decodes."""
 
     local_model: str | None = _setting(
         None, "local model: qwen2.5-coder-0.5b, an HF repo id, an mlx-lm folder or a .gguf file "
-              "(default: the bundled SmolLM2-135M-Instruct)", group="local")
+              "(default: the bundled SmolLM2-135M-Instruct)")
+
+    def __post_init__(self):
+        pass
+
+
+@dataclass(frozen=True)
+class CloudSettings:
+    """The ``cloud`` group: the model that writes the routed spans, and how it is called.
+
+    ``api_key`` never appears in a repr, a cache key or a log (``EngineSettings.key()`` holds a digest of it).
+    """
+
     cloud_model: str | None = _setting(
         None, "LiteLLM model string of the cloud, e.g. gpt-4o-mini, anthropic/claude-sonnet-4-5, "
               "hosted_vllm/NAME, text-completion-openai/NAME (none: local only)")
     api_base: str | None = _setting(None, "base URL of the cloud API (e.g. http://127.0.0.1:8080/v1)")
     api_key: str | None = field(default=None, repr=False, metadata={
         "help": "cloud API key (default: the provider's usual variable, e.g. OPENAI_API_KEY)", "secret": True})
-    threshold: float | None = _setting(None, "route when the score reaches THRESHOLD (default 0.5)")
-    budget: float | None = _setting(None, "hold the routed share of tokens at or under BUDGET (per engine)")
-    router: Any = _setting(None, "router spec: never | threshold:T | budget:B | learned | learned:PATH "
-                                 "(learned with --budget B holds B on the learned score)")
-    pipeline: str = _setting("async", "async: draft locally while a cloud call is in flight; sync: wait",
-                             choices=PIPELINES)
-    branches: int = _setting(1, "async pipeline: at a routed position, draft from the local model's BRANCHES best "
-                                "candidates at once (one batched forward pass) and keep the one the cloud picks")
+    strategy: str = _setting("auto", "how the cloud continues an answer", choices=("auto", *STRATEGIES))
+    span_tokens: int = _setting(4, "cloud tokens per routed span")
     timeout: float = _setting(10.0, "seconds per cloud call")
     max_retries: int = _setting(2, "retries per cloud call (tenacity; not counting the first try)")
-    span_tokens: int = _setting(4, "cloud tokens per routed span")
-    strategy: str = _setting("auto", "how the cloud continues an answer", choices=("auto", *STRATEGIES))
     cloud_vocab: str | None = _setting(
         None, "the cloud's vocabulary fingerprint (LocalModel.vocab_fingerprint), or 'local' when it uses the local "
               "model's tokenizer: spans then come back as token ids and are spliced token for token")
-    cloud_config: Any = _setting(
+    deployments: Any = _setting(
         None, "a LiteLLM router config file (model_list, router_settings: as `litellm --config` reads it) or a "
               "litellm.Router: several deployments, fallbacks, cooldowns; --cloud-model names its model group "
               "(default: the first). LiteLLM then retries, and --max-retries does not apply")
@@ -78,18 +99,88 @@ class EngineSettings:
               "placeholders restored in the spans) or a function str -> str")
 
     def __post_init__(self):
-        if self.pipeline not in PIPELINES:
-            raise ConfigError(f"pipeline must be one of {PIPELINES}, not {self.pipeline!r}")
-        if self.branches < 1:
-            raise ConfigError(f"branches must be >= 1, not {self.branches}")
-        if self.span_tokens < 1:
-            raise ConfigError(f"span_tokens must be >= 1, not {self.span_tokens}")
-        if self.max_retries < 0:
-            raise ConfigError(f"max_retries must be >= 0, not {self.max_retries}")
+        if self.strategy != "auto" and self.strategy not in STRATEGIES:
+            raise ConfigError(f"strategy must be auto or one of {', '.join(STRATEGIES)}, not {self.strategy!r}")
+        if not isinstance(self.span_tokens, int) or self.span_tokens < 1:
+            raise ConfigError(f"span_tokens must be >= 1, not {self.span_tokens!r}")
+        if not isinstance(self.max_retries, int) or self.max_retries < 0:
+            raise ConfigError(f"max_retries must be >= 0, not {self.max_retries!r}")
         if self.timeout is not None and self.timeout <= 0:
             raise ConfigError(f"timeout must be > 0, not {self.timeout}")
         if self.max_spend_usd is not None and self.max_spend_usd < 0:
             raise ConfigError(f"max_spend_usd must be >= 0, not {self.max_spend_usd}")
+
+
+@dataclass(frozen=True)
+class RoutingSettings:
+    """The ``routing`` group: which tokens go to the cloud."""
+
+    router: Any = _setting(None, "routing policy: never | threshold:T | budget:B | learned | learned:PATH, or a "
+                                 "Router (learned with --budget B holds B on the learned score)")
+    threshold: float | None = _setting(None, "route when the score reaches THRESHOLD, in [0, 1] (default 0.5)")
+    budget: float | None = _setting(None, "hold the routed share of tokens at or under BUDGET, in [0, 1] "
+                                          "(per engine; 0: never route)")
+
+    def __post_init__(self):
+        check_unit("threshold", self.threshold)
+        check_unit("budget", self.budget)
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """The ``engine`` group: how the engine decodes around the cloud's calls."""
+
+    pipeline: str = _setting("async", "async: draft locally while a cloud call is in flight; sync: wait",
+                             choices=PIPELINES)
+    max_batch: int = _setting(8, "concurrent generations decoded together, one forward pass per step for all of "
+                                 "them; a request beyond it waits (1: one at a time)")
+    max_draft: int = _setting(32, "async pipeline: local tokens drafted at most while a cloud call is in flight")
+    branches: int = _setting(1, "async pipeline: at a routed position, draft from the local model's BRANCHES best "
+                                "candidates at once (one batched forward pass) and keep the one the cloud picks")
+    pace: bool = _setting(True, "async pipeline: hold back a draft pass that the span's reply, about to land, would "
+                                "likely make useless (only against a cloud whose latency is steady)")
+
+    def __post_init__(self):
+        if self.pipeline not in PIPELINES:
+            raise ConfigError(f"pipeline must be one of {PIPELINES}, not {self.pipeline!r}")
+        for name in ("max_batch", "branches"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"{name} must be a positive integer, not {v!r}")
+        if isinstance(self.max_draft, bool) or not isinstance(self.max_draft, int) or self.max_draft < 0:
+            raise ConfigError(f"max_draft must be an integer >= 0, not {self.max_draft!r}")
+        if not isinstance(self.pace, bool):
+            raise ConfigError(f"pace must be True or False, not {self.pace!r}")
+
+
+#: The groups of ``EngineSettings``, by name, in the order the CLI shows them.
+GROUPS: dict[str, type] = {"local": LocalSettings, "cloud": CloudSettings, "routing": RoutingSettings,
+                           "engine": PipelineSettings}
+
+
+@dataclass(frozen=True)
+class EngineSettings(PipelineSettings, RoutingSettings, CloudSettings, LocalSettings):
+    """Every engine setting, one tree: the fields of ``GROUPS``' dataclasses, flat, by the names the engine,
+    the adapters and the CLI use (``group(name)`` reads one group back as its own dataclass)."""
+
+    def __post_init__(self):
+        for cls in GROUPS.values():
+            cls.__post_init__(self)
+
+    @classmethod
+    def names(cls, group: str | None = None) -> list[str]:
+        """The settings' names, in declaration order (of one group, or all)."""
+        classes = [GROUPS[group]] if group else GROUPS.values()
+        return [f.name for c in classes for f in dataclasses.fields(c)]
+
+    def group(self, name: str) -> Any:
+        """One group of these settings, as its own dataclass (``settings.group("cloud").span_tokens``)."""
+        cls = GROUPS[name]
+        return cls(**{f.name: getattr(self, f.name) for f in dataclasses.fields(cls)})
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """Every setting by name: ``Engine(**settings.as_kwargs())`` is ``Engine.from_settings(settings)``."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_object(cls, obj: Any, **overrides: Any) -> EngineSettings:
@@ -151,8 +242,7 @@ class GenerationConfig:
             raise ConfigError(f"max_cloud_calls must be >= 0, not {self.max_cloud_calls!r}")
         if self.max_cloud_cost_usd is not None and self.max_cloud_cost_usd < 0:
             raise ConfigError(f"max_cloud_cost_usd must be >= 0, not {self.max_cloud_cost_usd!r}")
-        if isinstance(self.stop, str):
-            self.stop = (self.stop,)
+        self.stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         if self.json_schema is not None and self.tools and self.tool_choice != "none":
             raise ConfigError("a request has either tools or a json_schema, not both")
 

@@ -102,6 +102,12 @@ class CollabLLM(BaseChatModel):
     pipeline: Literal["sync", "async"] = "async"
     branches: int = 1
     """Async pipeline: draft from the local model's ``branches`` best candidates at a routed position at once."""
+    max_batch: int = 8
+    """Concurrent generations decoded together (one forward pass per step); more wait."""
+    max_draft: int = 32
+    """Async pipeline: local tokens drafted at most while a cloud call is in flight."""
+    pace: bool = True
+    """Async pipeline: hold back a draft pass the span's reply, about to land, would likely make useless."""
     temperature: float = 0.0
     max_tokens: int | None = 256
     timeout: float | None = 10.0
@@ -112,7 +118,7 @@ class CollabLLM(BaseChatModel):
     strategy: str = "auto"
     cloud_vocab: str | None = None
     """The cloud's vocabulary fingerprint, or ``"local"``: it shares the local tokenizer (token-exact spans)."""
-    cloud_config: Any = None
+    deployments: Any = None
     """A ``litellm.Router`` or a LiteLLM router config file; ``model`` names its model group (default: the first)."""
     max_spend_usd: float | None = None
     """Stop routing once this instance's engine has spent this many USD on the cloud (over all its requests)."""
@@ -150,7 +156,7 @@ class CollabLLM(BaseChatModel):
 
     @property
     def model_name(self) -> str:
-        return self._engine().model_name if self.cloud_model or self.cloud_config is not None \
+        return self._engine().model_name if self.cloud_model or self.deployments is not None \
             else display_name(self.local_model)
 
     @property

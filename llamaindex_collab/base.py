@@ -147,13 +147,16 @@ class CollabLLM(FunctionCallingLLM):
     api_key: SecretStr | None = Field(
         default=None, exclude=True, repr=False,
         description="Cloud API key; default: the provider's environment variable (read by LiteLLM).")
-    threshold: float | None = Field(default=None, description="Route tokens whose routing score exceeds this.")
-    budget: float | None = Field(default=None, description="Target share of tokens written by the cloud.")
+    threshold: float | None = Field(default=None, description="Route a token whose score reaches this, in [0, 1].")
+    budget: float | None = Field(default=None, description="Target share of tokens written by the cloud, in [0, 1].")
     router: Any = Field(default=None, description="A collab_core Router or a router spec string.")
     pipeline: Literal["sync", "async"] = Field(
         default="async", description="async: keep drafting locally while the cloud works; sync: wait.")
     branches: int = Field(default=1, ge=1, description="Async pipeline: draft from the local model's BRANCHES best "
                                                        "candidates at a routed position at once.")
+    max_batch: int = Field(default=8, description="Concurrent generations decoded together; more wait.")
+    max_draft: int = Field(default=32, description="Async pipeline: tokens drafted at most while the cloud works.")
+    pace: bool = Field(default=True, description="Async pipeline: skip a draft pass a landing reply would waste.")
     temperature: float = Field(default=0.0, ge=0.0, description="Sampling temperature (0: greedy).")
     max_tokens: int = Field(default=256, gt=0, description="Most tokens to generate.")
     timeout: float = Field(default=10.0, gt=0, description="Seconds per cloud call.")
@@ -164,7 +167,7 @@ class CollabLLM(FunctionCallingLLM):
     cloud_vocab: str | None = Field(
         default=None, description="The cloud's vocabulary fingerprint, or 'local': it shares the local tokenizer "
                                   "(spans are spliced token for token).")
-    cloud_config: Any = Field(
+    deployments: Any = Field(
         default=None, description="A litellm.Router or a LiteLLM router config file; cloud_model names its model "
                                   "group (default: the first).")
     max_spend_usd: float | None = Field(

@@ -32,5 +32,5 @@ def test_both_paths_are_reported_side_by_side():
 
 def test_the_chat_path_runs_by_default_and_the_data_path_is_an_argument(tmp_path):
     args = bench.parser().parse_args(["--data", str(tmp_path / "q.jsonl"), "--limit", "0"])
-    assert args.data == tmp_path / "q.jsonl" and args.limit == 0 and args.end_to_end == "restate"
+    assert args.data == str(tmp_path / "q.jsonl") and args.limit == 0 and args.end_to_end == "restate"
     assert bench.parser().parse_args(["--data", "x.jsonl", "--end-to-end", ""]).end_to_end == ""

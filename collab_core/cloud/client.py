@@ -65,7 +65,7 @@ _DEFAULT = {f.name: f.default for f in dataclasses.fields(EngineSettings)}
 class CloudConfig:
     """Where and how the cloud model is called (defaults: ``EngineSettings``').
 
-    ``strategy``: ``"auto"`` or the name of a registered strategy (``strategies``). ``router``: a
+    ``strategy``: ``"auto"`` or the name of a registered strategy (``strategies``). ``deployments``: a
     ``litellm.Router`` or the path of a router config file; ``model`` then names its model group (None: the
     first). ``redact``: ``"default"``, a function ``str -> str`` or a redactor (``cloud.redact``).
     """
@@ -80,13 +80,13 @@ class CloudConfig:
     temperature: float = 0.0
     extra: dict = field(default_factory=dict)  # passed through to litellm (e.g. extra_headers)
     vocab: str | None = None  # the cloud's vocabulary fingerprint, or "local": it is the local model's
-    router: Any = field(default=None, repr=False)  # a litellm.Router or a router config file
+    deployments: Any = field(default=None, repr=False)  # a litellm.Router or a router config file
     redact: Any = None  # None, "default", a function str -> str or a redactor
     prompt_cache: bool = True  # cache_control markers on the stable prefix (Anthropic)
 
     def __post_init__(self):
-        if not self.model and self.router is None:
-            raise CloudConfigError("a cloud needs a model string or a router")
+        if not self.model and self.deployments is None:
+            raise CloudConfigError("a cloud needs a model string or deployments (a litellm.Router)")
         if self.strategy != "auto" and self.strategy not in strategy_names():
             raise CloudConfigError(f"unknown strategy {self.strategy!r}; one of auto, {', '.join(strategy_names())}")
         if self.span_tokens < 1:
@@ -104,17 +104,18 @@ class CloudClient:
 
     def __init__(self, config: CloudConfig):
         self.config = config
-        self.router = None
+        self.deployments = None  # the litellm.Router, when the cloud is one
         self._router_call: RouterCaller | None = None
-        if config.router is not None:
-            self.router = config.router if is_router(config.router) else load_router(config.router)
-            self._router_call = RouterCaller(self.router)
-        self.model = model_group(self.router, config.model) if self.router is not None else config.model
+        if config.deployments is not None:
+            d = config.deployments
+            self.deployments = d if is_router(d) else load_router(d)
+            self._router_call = RouterCaller(self.deployments)
+        self.model = model_group(self.deployments, config.model) if self.deployments is not None else config.model
         self.redactor = make_redactor(config.redact)
         self.strategy = self._auto_strategy() if config.strategy == "auto" else config.strategy  # sets continuation
         self.token_exact = False  # set by bind(): spans come back as the local model's token ids
         # LiteLLM retries (and falls back) itself behind a Router or a proxy: one attempt per span on our side
-        self.litellm_retries = self.router is not None or provider_of(config.model or "") == "litellm_proxy"
+        self.litellm_retries = self.deployments is not None or provider_of(config.model or "") == "litellm_proxy"
         self.cache_markers = config.prompt_cache and self.continuation.chat and all(
             provider_of(m, b) in CACHE_MARKED_PROVIDERS for m, b in self._deployments())
 
@@ -129,8 +130,8 @@ class CloudClient:
 
     def _deployments(self) -> list[tuple[str, str | None]]:
         """(model string, api_base) of what may answer: the Router's deployments, or the one model."""
-        if self.router is not None:
-            return deployment_models(self.router, self.model)
+        if self.deployments is not None:
+            return deployment_models(self.deployments, self.model)
         return [(self.config.model, self.config.api_base)]
 
     def _auto_strategy(self) -> str:
@@ -154,7 +155,7 @@ class CloudClient:
         drafting needs) and a new connection. None where LiteLLM's own handling is kept (other providers, a
         Router, a ``client`` in ``extra``, no key to give it)."""
         cfg = self.config
-        if (self.router is not None or not cfg.api_base or "client" in cfg.extra
+        if (self.deployments is not None or not cfg.api_base or "client" in cfg.extra
                 or provider_of(cfg.model or "") != "text-completion-openai"):
             return None
         key = self._api_key() or os.environ.get("OPENAI_API_KEY")  # where LiteLLM would look for it
@@ -178,7 +179,7 @@ class CloudClient:
         cfg = self.config
         for model, base in self._deployments():
             choose_strategy(model, base)  # raises on an unknown provider
-        if self.router is not None:  # the deployments carry their own keys
+        if self.deployments is not None:  # the deployments carry their own keys
             return
         if cfg.api_key or (cfg.api_base and LOOPBACK.match(cfg.api_base)):
             return
@@ -220,7 +221,7 @@ class CloudClient:
         req = self.redacted(req)
         kw: dict[str, Any] = {"model": self.model, "max_tokens": cfg.span_tokens, "temperature": cfg.temperature,
                               "timeout": cfg.timeout_s}
-        if self.router is None:  # a Router's deployments carry their endpoints, keys and retry settings
+        if self.deployments is None:  # a Router's deployments carry their endpoints, keys and retry settings
             kw.update(num_retries=0, max_retries=0)
             if cfg.api_base:
                 kw["api_base"] = cfg.api_base

@@ -2,8 +2,8 @@
 
 **A Router** (``litellm.Router``, or a router config file in the format ``litellm --config`` reads:
 ``model_list``, ``router_settings``, ``litellm_settings``) spreads spans over several deployments of one model
-group, falls back to other groups, cools a failing deployment down. ``CloudConfig(router=...)`` (or
-``Engine(cloud=router)``, ``--cloud-config router.yaml``) makes it the cloud; ``CloudConfig.model`` names the
+group, falls back to other groups, cools a failing deployment down. ``CloudConfig(deployments=...)`` (or
+``Engine(deployments=router)``, ``--deployments router.yaml``) makes it the cloud; ``CloudConfig.model`` names the
 model group (default: the first one in its model list). Calls go through the Router's async API on one event
 loop thread per client (its sync ``text_completion`` neither retries nor falls back).
 

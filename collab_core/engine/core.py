@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import sys
 import threading
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -25,10 +26,10 @@ from ..cloud.leg import SpendLimit
 from ..errors import ConfigError
 from ..local.batch import BatchScheduler, LaneDecoder, model_lock
 from ..local.decoder import greedy
-from ..local.loading import LocalModel, load_local_model
+from ..local.loading import LocalModel, load_local_model, model_fingerprint
 from ..prompts import Prompt, render_prompt
-from ..router import Router, make_router
-from ..settings import PIPELINES, EngineSettings, GenerateOptions, GenerationConfig
+from ..router import Router, default_router, make_router
+from ..settings import EngineSettings, GenerateOptions, GenerationConfig
 from ..text import common_prefix_len
 from ..threads import ParkedThreads
 from .events import Event, Generation
@@ -40,8 +41,31 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - 3.10
     from typing_extensions import Unpack
 
+_D = EngineSettings()  # the settings' defaults, which the signature of Engine takes as its own
+#: cloud settings -> the CloudConfig fields they set
+_CLOUD_FIELDS = {"cloud_model": "model", "api_base": "api_base", "api_key": "api_key", "strategy": "strategy",
+                 "span_tokens": "span_tokens", "timeout": "timeout_s", "max_retries": "max_retries",
+                 "cloud_vocab": "vocab", "deployments": "deployments", "redact": "redact"}
 _DECODE_THREADS = ParkedThreads("collab-decode")  # async API: decoding threads that never exit (see there)
 _SCHED_GUARD = threading.Lock()
+
+
+def _one(name: str, given: Any, via_cloud: Any) -> Any:
+    """``cloud=`` names the same setting as ``name``: both may be given only alike."""
+    if given is not None and given is not via_cloud and given != via_cloud:
+        raise ConfigError(f"cloud={via_cloud!r} and {name}={given!r} disagree: give one")
+    return via_cloud
+
+
+def cloud_config_of(s: EngineSettings, base: CloudConfig | None = None) -> CloudConfig | None:
+    """The ``CloudConfig`` of ``s``'s cloud group (None: local only). Over ``base``, only the cloud settings
+    that ``s`` sets away from their defaults apply."""
+    if base is None:
+        if not s.cloud_model and s.deployments is None:
+            return None
+        return CloudConfig(**{cfg: getattr(s, name) for name, cfg in _CLOUD_FIELDS.items()})
+    changed = {cfg: getattr(s, name) for name, cfg in _CLOUD_FIELDS.items() if getattr(s, name) != getattr(_D, name)}
+    return dataclasses.replace(base, **changed) if changed else base
 
 
 def make_sampler(cfg: GenerationConfig):
@@ -55,59 +79,69 @@ def make_sampler(cfg: GenerationConfig):
 class Engine:
     """Token-level routing between a local MLX model and a cloud model reached through LiteLLM.
 
+    Every setting of ``EngineSettings`` is a keyword argument here, by its name there (local: ``local_model``;
+    cloud: ``cloud_model``, ``api_base``, ``api_key``, ``strategy``, ``span_tokens``, ``timeout``,
+    ``max_retries``, ``cloud_vocab``, ``deployments``, ``max_spend_usd``, ``redact``; routing: ``router``,
+    ``threshold``, ``budget``; engine: ``pipeline``, ``max_batch``, ``max_draft``, ``branches``, ``pace``), with
+    its default and its help there; ``self.settings`` holds them. Besides them:
+
     Args:
         local_model: a ``LocalModel`` or a spec (``None``: the bundled default); loaded on first use.
-        cloud: a LiteLLM model string, a ``litellm.Router`` or a ``CloudConfig`` (``None``: local only). Unknown
-            model strings and missing keys raise ``CloudConfigError`` here, before any work.
-        api_base, api_key: for a ``cloud`` given as a string.
-        cloud_config: a ``litellm.Router`` or a router config file; ``cloud`` (a string) then names its model
-            group (default: the first). LiteLLM retries and falls back; we make one attempt per span.
-        max_spend_usd: stop routing once this engine has spent this much on the cloud (over all requests);
-            ``spend.spent_usd`` is what it spent. Per request: the ``max_cloud_cost_usd`` option.
-        redact: ``"default"`` or a function over every text sent to the cloud (``collab_core.cloud.redact``).
-        router: a ``Router`` or a spec (``threshold:0.5``, ``budget:0.07``, ``learned``, ``never``);
-            ``threshold``/``budget`` are shortcuts. A budget holds over every request of this engine.
-        pipeline: ``async`` drafts locally while a cloud call is in flight (up to ``max_draft`` tokens, and
-            never past a token the router would send); ``sync`` waits.
-        branches: async pipeline: at a routed position, draft from the local model's ``branches`` best
-            candidates at once (one batched forward pass per step), and keep the draft that starts with the
-            cloud's token. 1: the routed token's draft only.
-        pace: async pipeline: hold back a draft pass that the span's reply, about to land, would likely make
-            useless (``pacing.py``: only against a cloud whose latency is steady to within a pass).
+        cloud: the cloud in one argument: a LiteLLM model string (``cloud_model``), a ``litellm.Router``
+            (``deployments``) or a ``CloudConfig``, whose fields the cloud settings given here override.
+            Unknown model strings and missing keys raise ``CloudConfigError`` here, before any work.
+        router: the routing policy: a ``Router`` or a spec (``threshold:0.5``, ``budget:0.07``, ``learned``,
+            ``never``); ``threshold``/``budget`` (each in [0, 1]) are shortcuts. A budget holds over every request
+            of this engine.
+        deployments: a ``litellm.Router`` or a router config file; ``cloud_model`` then names its model group
+            (default: the first). LiteLLM retries and falls back; we make one attempt per span.
         cache: a ``SpanCache``, ``True`` for an in-memory one, ``False`` for none.
         config: default per-request options (each call may override them).
         want_hidden: keep the last hidden state on every step (a learned router asks for it anyway).
-        max_batch: concurrent generations decoded together, one forward pass per step for all of them
-            (``local/batch.py``); a request beyond it waits for one to finish. 1: one at a time.
+        cloud_config: deprecated name of ``deployments``.
     """
 
     def __init__(self, local_model: LocalModel | str | None = None, *, cloud: CloudConfig | str | Any = None,
-                 api_base: str | None = None, api_key: str | None = None, router: Router | str | None = None,
-                 threshold: float | None = None, budget: float | None = None, pipeline: str = "async",
-                 max_draft: int = 32, branches: int = 1, cache: SpanCache | bool = True, config: GenerationConfig | None = None,
-                 want_hidden: bool = False, cloud_config: Any = None, max_spend_usd: float | None = None,
-                 redact: Any = None, max_batch: int = 8, pace: bool = True):
-        if pipeline not in PIPELINES:
-            raise ConfigError(f"pipeline must be one of {PIPELINES}, not {pipeline!r}")
-        if not isinstance(max_batch, int) or max_batch < 1:
-            raise ConfigError(f"max_batch must be a positive integer, not {max_batch!r}")
+                 cloud_model: str | None = _D.cloud_model, api_base: str | None = _D.api_base,
+                 api_key: str | None = _D.api_key, strategy: str = _D.strategy, span_tokens: int = _D.span_tokens,
+                 timeout: float = _D.timeout, max_retries: int = _D.max_retries,
+                 cloud_vocab: str | None = _D.cloud_vocab, deployments: Any = _D.deployments,
+                 max_spend_usd: float | None = _D.max_spend_usd, redact: Any = _D.redact,
+                 router: Router | str | None = _D.router, threshold: float | None = _D.threshold,
+                 budget: float | None = _D.budget, pipeline: str = _D.pipeline, max_batch: int = _D.max_batch,
+                 max_draft: int = _D.max_draft, branches: int = _D.branches, pace: bool = _D.pace,
+                 cache: SpanCache | bool = True, config: GenerationConfig | None = None, want_hidden: bool = False,
+                 cloud_config: Any = None):
+        if cloud_config is not None:
+            warnings.warn("Engine(cloud_config=...) is now deployments=...", DeprecationWarning, stacklevel=2)
+            deployments = cloud_config if deployments is None else deployments
+        base = None
+        if isinstance(cloud, CloudConfig):
+            base = cloud
+        elif is_router(cloud):
+            deployments = _one("deployments", deployments, cloud)
+        elif cloud is not None:
+            cloud_model = _one("cloud_model", cloud_model, cloud)
+        s = EngineSettings(
+            local_model=local_model, cloud_model=cloud_model, api_base=api_base, api_key=api_key,
+            strategy=strategy, span_tokens=span_tokens, timeout=timeout, max_retries=max_retries,
+            cloud_vocab=cloud_vocab, deployments=deployments, max_spend_usd=max_spend_usd, redact=redact,
+            router=router, threshold=threshold, budget=budget, pipeline=pipeline, max_batch=max_batch,
+            max_draft=max_draft, branches=branches, pace=pace)
+        self.settings = s
         self._local_spec = local_model
         self._lm = local_model if isinstance(local_model, LocalModel) else None
         self.config = config or GenerationConfig()
-        if is_router(cloud):
-            cloud, cloud_config = None, cloud
-        if isinstance(cloud, str) or (cloud is None and cloud_config is not None):
-            cloud = CloudConfig(model=cloud, api_base=api_base, api_key=api_key, router=cloud_config, redact=redact)
-        elif redact is not None and cloud is not None:
-            cloud = dataclasses.replace(cloud, redact=redact)
-        self.cloud: CloudClient | None = CloudClient(cloud) if cloud is not None else None
+        cloud_cfg = cloud_config_of(s, base)
+        self.cloud: CloudClient | None = CloudClient(cloud_cfg) if cloud_cfg is not None else None
         if self.cloud is not None:
             self.cloud.validate()
-        self.router = make_router(router, threshold=threshold, budget=budget)
+        if router is None and threshold is None and budget is None:
+            self.router = default_router(model_fingerprint(local_model))
+        else:
+            self.router = make_router(router, threshold=threshold, budget=budget)
         self.pipeline = pipeline
         self.max_draft = max_draft if pipeline == "async" else 0
-        if not isinstance(branches, int) or branches < 1:
-            raise ConfigError(f"branches must be a positive integer, not {branches!r}")
         self.branches = branches
         self.pacer = Pacer() if pace and pipeline == "async" else None
         self.cache = cache if isinstance(cache, SpanCache) else (SpanCache() if cache else None)
@@ -123,16 +157,9 @@ class Engine:
     @classmethod
     def from_settings(cls, settings: EngineSettings, *, config: GenerationConfig | None = None,
                       cache: SpanCache | bool = True) -> Engine:
-        """The engine ``settings`` describe (the CLI and both adapters build theirs this way)."""
-        s = settings
-        cloud = None
-        if s.cloud_model or s.cloud_config is not None:
-            cloud = CloudConfig(model=s.cloud_model, api_base=s.api_base, api_key=s.api_key, timeout_s=s.timeout,
-                                max_retries=s.max_retries, span_tokens=s.span_tokens, strategy=s.strategy,
-                                vocab=s.cloud_vocab, router=s.cloud_config, redact=s.redact)
-        return cls(s.local_model, cloud=cloud, router=s.router, threshold=s.threshold, budget=s.budget,
-                   pipeline=s.pipeline, config=config, cache=cache, max_spend_usd=s.max_spend_usd,
-                   branches=s.branches)
+        """The engine ``settings`` describe (the CLI and both adapters build theirs this way): every setting
+        reaches the engine, by its name."""
+        return cls(**settings.as_kwargs(), config=config, cache=cache)
 
     @property
     def local_model(self) -> LocalModel:

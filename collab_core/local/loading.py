@@ -54,6 +54,15 @@ def named_model(spec: str | None) -> NamedModel | None:
     return NAMED_MODELS.get(_DEFAULT_NAME if spec in (None, "", DEFAULT_SPEC) else str(spec))
 
 
+def model_fingerprint(spec) -> str | None:
+    """The fingerprint of a local model spec without loading it: a loaded model's own, a named model's weights'
+    SHA-256; None for a folder or file (known once loaded)."""
+    if isinstance(spec, LocalModel):
+        return spec.fingerprint
+    entry = named_model(None if spec is None else str(spec))
+    return f"sha256:{entry.weights.sha256}" if entry is not None else None
+
+
 def display_name(spec: str | os.PathLike | None) -> str:
     """A readable name for a local model spec, without loading it."""
     entry = named_model(None if spec is None else str(spec))

@@ -72,7 +72,7 @@ def test_our_retries_do_not_multiply_the_routers(tiny_lm):
             {"model_name": GROUP, "litellm_params": {"model": "text-completion-openai/fake", "api_base": fc.url,
                                                      "api_key": "sk-fake"}} for fc in (one, two)],
             num_retries=2, allowed_fails=1000, retry_after=0)
-        cfg = CloudConfig(model=GROUP, router=router, max_retries=5)
+        cfg = CloudConfig(model=GROUP, deployments=router, max_retries=5)
         eng = Engine(tiny_lm, cloud=cfg, router=ScheduledRouter([3]), pipeline="sync", cache=False)
         gen = eng.generate(PROMPT, max_tokens=12)
         assert len(one.requests) + len(two.requests) == 3
@@ -102,7 +102,7 @@ def test_fallbacks_across_model_groups(tiny_lm, fleet):
                                                      "api_key": "sk-fake"}},
         *[{**d, "model_name": "backup"} for d in fleet.deployments()]],
         fallbacks=[{"primary": ["backup"]}], num_retries=0)
-    eng = Engine(tiny_lm, cloud=CloudConfig(model="primary", router=router), router=ScheduledRouter([2, 6]),
+    eng = Engine(tiny_lm, cloud=CloudConfig(model="primary", deployments=router), router=ScheduledRouter([2, 6]),
                  pipeline="sync", cache=False)
     gen = eng.generate(PROMPT, max_tokens=12)
     assert gen.stats.cloud_calls == 2 and gen.stats.cloud_failures == 0 and gen.stats.cloud_tokens > 0
@@ -130,14 +130,14 @@ def test_a_router_config_file(tmp_path, fleet, monkeypatch):
     with pytest.raises(CloudConfigError, match="no model_list"):
         load_router(bad)
     with pytest.raises(CloudConfigError, match="no model group 'nope'"):
-        CloudClient(CloudConfig(model="nope", router=router))
+        CloudClient(CloudConfig(model="nope", deployments=router))
 
 
 def test_the_cli_takes_a_router_config(tmp_path, tiny_dir, fleet, monkeypatch, capsys):
     from collab_core.cli import main
 
     path = _config_file(tmp_path, fleet, monkeypatch)
-    code = main(["run", PROMPT, "--local-model", str(tiny_dir), "--cloud-config", path, "--threshold", "0",
+    code = main(["run", PROMPT, "--local-model", str(tiny_dir), "--deployments", path, "--threshold", "0",
                  "--pipeline", "sync", "--max-tokens", "10", "--json"])
     assert code == 0
     stats = json.loads(capsys.readouterr().out)["stats"]
@@ -150,11 +150,11 @@ def test_both_adapters_take_a_router(tmp_path, tiny_dir, fleet, monkeypatch):
     from langchain_collab import CollabLLM as LangChainLLM
     from llamaindex_collab import CollabLLM as LlamaIndexLLM
 
-    lc = LangChainLLM(local_model=str(tiny_dir), cloud_config=_router(fleet), router=ScheduledRouter([1, 3]),
+    lc = LangChainLLM(local_model=str(tiny_dir), deployments=_router(fleet), router=ScheduledRouter([1, 3]),
                       pipeline="sync", max_tokens=8)
     meta = lc.invoke(PROMPT).response_metadata["collab"]
     assert meta["cloud_calls"] == 2 and sum(meta["cloud_deployments"].values()) == 2
-    li = LlamaIndexLLM(local_model=str(tiny_dir), cloud_config=_config_file(tmp_path, fleet, monkeypatch),
+    li = LlamaIndexLLM(local_model=str(tiny_dir), deployments=_config_file(tmp_path, fleet, monkeypatch),
                        router=ScheduledRouter([1, 3]), pipeline="sync", max_tokens=8)
     raw = li.complete(PROMPT).raw["collab"]
     assert raw["cloud_calls"] == 2 and sum(raw["cloud_deployments"].values()) == 2
@@ -163,6 +163,6 @@ def test_both_adapters_take_a_router(tmp_path, tiny_dir, fleet, monkeypatch):
 def test_mixed_deployments_get_a_strategy_they_all_take(fleet):
     router = litellm.Router(model_list=[
         fleet.deployments()[0], {**fleet.deployments("openai/fake")[1]}])
-    assert CloudClient(CloudConfig(model=GROUP, router=router)).strategy == CHAT_PROTOCOL
-    assert CloudClient(CloudConfig(model=GROUP, router=_router(fleet))).strategy == "completion"
-    assert CloudClient(CloudConfig(model=GROUP, router=router, strategy="anchor")).strategy == "anchor"
+    assert CloudClient(CloudConfig(model=GROUP, deployments=router)).strategy == CHAT_PROTOCOL
+    assert CloudClient(CloudConfig(model=GROUP, deployments=_router(fleet))).strategy == "completion"
+    assert CloudClient(CloudConfig(model=GROUP, deployments=router, strategy="anchor")).strategy == "anchor"

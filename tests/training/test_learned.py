@@ -126,7 +126,7 @@ def test_learned_router_drives_the_engine(tiny_lm, router_dir):
                      pipeline="sync", cache=False)
         gen = eng.generate("What is the capital of France?", max_tokens=24)
         never = Engine(tiny_lm, cloud="text-completion-openai/fake", api_base=fc.url, pipeline="sync", cache=False,
-                       router=make_router(f"learned:{path}", threshold=1.01))  # a probability never reaches it
+                       router=make_router(f"learned:{path}", threshold=1.0))  # the top of [0, 1]: no score here reaches it
         quiet = never.generate("What is the capital of France?", max_tokens=24)
     assert gen.stats.cloud_calls > 0 and gen.stats.cloud_failures == 0
     assert quiet.stats.cloud_calls == 0
