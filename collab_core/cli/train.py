@@ -30,8 +30,19 @@ def add_router_parser(sub) -> None:
     r.add_argument("--label", choices=["outcome", "disagree"], default="outcome",
                    help="outcome: CITER's label (the cloud's token turns a wrong answer right); disagree: "
                         "the cloud would write another token")
-    r.add_argument("--epochs", type=int, default=60)
+    r.add_argument("--epochs", type=int, default=None, help="training epochs (default: 60; 20 with --values)")
     r.add_argument("--hidden", type=int, default=64)
+    v = r.add_argument_group("value labels (--values): what a cloud token is worth, by rollout")
+    v.add_argument("--values", action="store_true",
+                   help="collect: value labels (needs --teacher, default 'standin'); train: a router on them, its "
+                        "loss chosen by cross-validation")
+    v.add_argument("--check", default=None,
+                   help="answer check for {id, prompt, answer} rows: contains (default), regex:PATTERN (the last "
+                        "match against the gold answer) or module:function (f(answer, row) -> bool)")
+    v.add_argument("--near", type=int, default=12, help="roll out every disagreement in the answer's last N tokens")
+    v.add_argument("--sample", type=int, default=3, help="... and N more drawn at random from the rest")
+    v.add_argument("--max-batch", type=int, default=8, help="rollouts (and answers) decoded as one batch")
+    v.add_argument("--losses", default="weighted,regression,ranking", help="train: losses to cross-validate")
 
 
 def cmd_router(args: argparse.Namespace) -> int:
@@ -44,11 +55,13 @@ def cmd_router(args: argparse.Namespace) -> int:
     data = data_path(args.data, what="training prompts") if args.action == "collect" else None  # before loading
     lm = load_local_model(args.local_model)
     traces = Path(args.traces) if args.traces else cache_dir() / "router-traces" / lm.fingerprint[7:23]
+    if args.values:
+        return _values(args, lm, data, traces.with_name(traces.name + "-values") if not args.traces else traces)
     if args.action == "train":
         from ..training.train import train_router
 
         out = Path(args.out) if args.out else traces.parent / f"router-{traces.name}"
-        report = train_router(lm, traces, out, label=args.label, epochs=args.epochs, hidden=args.hidden)
+        report = train_router(lm, traces, out, label=args.label, epochs=args.epochs or 60, hidden=args.hidden)
         print(report.table())
         print(f"router written to {out} (use router=\"learned:{out}\")")
         return 0
@@ -95,4 +108,41 @@ def cmd_router(args: argparse.Namespace) -> int:
         col = TraceCollector(lm, client, traces, max_tokens=max_tokens, stop=fmt.stop, on_cloud_error=on_error)
         written = col.run(tasks)
     print(f"{written} new traces ({col.calls} cloud calls) in {traces}")
+    return 0
+
+
+def _values(args: argparse.Namespace, lm, data, traces) -> int:
+    """``--values``: collect value-labelled traces (``training.values``) or train a router on them."""
+    from pathlib import Path
+
+    from ..local.loading import load_local_model
+    from ..training.csqa import answer_slot, get_format
+
+    fmt = get_format(args.format)
+    if args.action == "train":
+        from ..training.value_router import train_value_router
+
+        out = Path(args.out) if args.out else traces.parent / f"router-{traces.name}"
+        report = train_value_router(lm, traces, out, losses=tuple(args.losses.split(",")), hidden=args.hidden,
+                                    epochs=args.epochs or 20, answer_slot=answer_slot if fmt.name == "explain" else None)
+        print(report.table())
+        print(f"router written to {out} (use router=\"learned:{out}\")")
+        return 0
+    from ..training.tasks import load_tasks
+    from ..training.values import ValueCollector
+
+    if args.teacher in (None, "standin"):
+        from ..devtools.standin import prepare_standin
+
+        teacher = load_local_model(str(prepare_standin()))
+    else:
+        teacher = load_local_model(args.teacher)
+    tasks = load_tasks(lm, data, limit=args.limit, fmt=fmt.name, check=args.check)
+    csqa_rows = args.check is None and '"choices"' in Path(data).read_text().split("\n", 1)[0]
+    stop = fmt.stop if csqa_rows else ""  # a user's task: no stop of CommonsenseQA's formats
+    max_tokens = args.max_tokens or (fmt.max_tokens if csqa_rows else 256)
+    col = ValueCollector(lm, teacher, traces, max_tokens=max_tokens, stop=stop, near=args.near,
+                         sample=args.sample, max_batch=args.max_batch, chunk=2 * args.max_batch)
+    written = col.run(tasks)
+    print(f"{written} new value traces ({col.rollouts} rollouts, {col.teacher_passes} teacher passes) in {traces}")
     return 0

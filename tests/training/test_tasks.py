@@ -53,3 +53,22 @@ def test_load_tasks_from_a_users_jsonl(tiny_lm, tmp_path):
         load_tasks(tiny_lm, tmp_path / "bad.jsonl")
     with pytest.raises(ConfigError):
         load_tasks(tiny_lm, tmp_path / "missing.jsonl")
+
+
+def test_collect_and_train_on_your_own_task_from_the_cli(tiny_dir, tmp_path, capsys):
+    """`collab router collect --values` then `collab router train --values` on a user's JSONL with a regex check
+    (the tiny model is its own teacher here: every position agrees, so every label is 0, but the plumbing runs)."""
+    from collab_core.cli import main
+
+    data = tmp_path / "mine.jsonl"
+    data.write_text("\n".join(json.dumps({"id": f"m{i}", "prompt": f"Say {i}.", "answer": str(i)})
+                              for i in range(4)) + "\n")
+    traces, out = tmp_path / "traces", tmp_path / "router"
+    common = ["--local-model", str(tiny_dir), "--traces", str(traces), "--values"]
+    assert main(["router", "collect", *common, "--teacher", str(tiny_dir), "--data", str(data), "--limit", "4",
+                 "--check", r"regex:(\d+)", "--max-tokens", "6", "--max-batch", "2"]) == 0
+    assert len(list(traces.glob("*.npz"))) == 4
+    assert main(["router", "train", *common, "--out", str(out), "--losses", "weighted", "--epochs", "2"]) == 0
+    meta = json.loads((out / "router.json").read_text())
+    assert meta["metrics"]["kind"] == "value" and meta["feature_set"] == "hidden+embed+topk+conf"
+    assert "4 questions" in capsys.readouterr().out
