@@ -279,6 +279,9 @@ class GrammarState:
             raise GrammarError(f"token {token} is not valid here: {self.matcher.get_error()}")
         self.consumed += 1
         self._moves += 1
+        plan = self._plan[1] if self._plan is not None and self._plan[0] == self._moves - 1 else None
+        if plan and plan[0] == token:  # following the plan: the rest of it still completes the structure
+            self._plan = (self._moves, plan[1:])
 
     def rollback(self, n: int) -> None:
         if n <= 0:
