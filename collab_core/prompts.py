@@ -4,8 +4,8 @@ A ``Prompt`` is a string, a chat message list (``{"role", "content"}`` mappings,
 already encoded for the local model. A message list that ends with an assistant message gives the start of the
 answer (a *prefill*): the local model goes on from it, and the cloud sees it as the answer so far. ``render_prompt`` gives the local model's text and ids (through its chat
 template when it has one); ``messages_for`` gives the conversation the chat strategies send to the cloud.
-Message content is text: a string, or a list of OpenAI-style ``{"type": "text"}`` parts; an image or other
-non-text part raises ``UnsupportedInputError``.
+Message content is text: a string, or a list of text parts (``message_text``: OpenAI-style, LangChain or
+LlamaIndex); an image, audio, file or other non-text part raises ``UnsupportedInputError``.
 """
 
 from __future__ import annotations
@@ -35,8 +35,34 @@ def is_token_ids(prompt: Prompt) -> bool:
     return isinstance(prompt, (list, tuple)) and bool(prompt) and isinstance(prompt[0], int)
 
 
+#: Content-part types that are text (OpenAI chat and Responses, Anthropic, LangChain, LlamaIndex ``block_type``).
+TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
+#: Parts that are not content and are left out: tool calls (a message's calls travel in its ``tool_calls``), a
+#: model's reasoning, a cache marker.
+SKIPPED_PARTS = frozenset({"tool_call", "tool_call_chunk", "invalid_tool_call", "tool_use", "function_call",
+                           "server_tool_call", "reasoning", "thinking", "redacted_thinking", "cache"})
+
+
+def _part(part: Any) -> tuple[str | None, Any]:
+    """(type, text) of one content part: a string, a mapping (OpenAI, LangChain's standard blocks: ``type``;
+    LlamaIndex dumped: ``block_type``) or an object with those attributes (a LlamaIndex block)."""
+    if isinstance(part, str):
+        return "text", part
+    if isinstance(part, Mapping):
+        return part.get("type") or part.get("block_type"), part.get("text")
+    kind = getattr(part, "block_type", None) or getattr(part, "type", None)
+    return (kind if isinstance(kind, str) else None), getattr(part, "text", None)
+
+
 def message_text(content: Any) -> str:
-    """A message's content as text: a string, or OpenAI-style parts of which only text is accepted."""
+    """A message's content as text: a string, or a list of content parts of which only text is accepted.
+
+    The one check both adapters and the engine go through (LangChain passes a message's ``content``,
+    LlamaIndex its ``blocks``): parts are OpenAI-style dicts, LangChain's standard content blocks or LlamaIndex
+    blocks. An image, audio, video, file or document part (``image_url``, ``input_audio``, ``file``, ``image``
+    with a url, base64 data or an id, ``ImageBlock``, ``AudioBlock``, ``DocumentBlock``...), or any part of
+    an unknown type, raises ``UnsupportedInputError``: it is never dropped silently. Tool-call and reasoning
+    parts (``SKIPPED_PARTS``) are not content and are left out."""
     if content is None:
         return ""
     if isinstance(content, str):
@@ -44,13 +70,12 @@ def message_text(content: Any) -> str:
     if isinstance(content, (list, tuple)):
         parts = []
         for part in content:
-            if isinstance(part, str):
-                parts.append(part)
-            elif isinstance(part, Mapping) and part.get("type") == "text":
-                parts.append(str(part.get("text") or ""))
-            else:
-                kind = part.get("type") if isinstance(part, Mapping) else type(part).__name__
-                raise UnsupportedInputError(f"the local model takes text only, not {kind!r} content")
+            kind, text = _part(part)
+            if kind in TEXT_PARTS:
+                parts.append(str(text or ""))
+            elif kind not in SKIPPED_PARTS:
+                name = kind if kind is not None else type(part).__name__
+                raise UnsupportedInputError(f"the local model takes text only, not {name!r} content")
         return "\n".join(parts)
     raise UnsupportedInputError(f"the local model takes text only, not {type(content).__name__} content")
 

@@ -4,7 +4,8 @@ Both adapters go through here; neither formats nor parses a tool call itself.
 
 **Tools** are OpenAI-style function specs (``{"type": "function", "function": {"name", "description",
 "parameters"}}``; a bare ``{"name", "parameters"}`` is accepted). **Tool calls** come back as ``ToolCall``
-(id, name, arguments as a dict).
+(id, name, arguments as a dict); ``tool_calls.py`` parses them, and holds the one parser of a call's arguments
+(``call_arguments``), for the calls in a request's messages and those a model writes alike.
 
 **The local model's own format, where it has one** (``tool_format``): when mlx-lm recognises the model's tool
 format (``TokenizerWrapper.has_tool_calling``) and it is the JSON-in-tags format of Qwen2.5 / Hermes
@@ -31,15 +32,15 @@ another call or the end may follow.
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
 from .local.grammar import Constraint, json_constraint, marker_token, tool_constraint
+from .tool_calls import END, GENERIC, START, InvalidToolCall, ToolCall, ToolFormat, call_arguments, call_name
+from .tool_calls import parse_tool_calls as parse_tool_calls
 
-START, END = "<tool_call>", "</tool_call>"
 TOOL_CHOICES = ("auto", "none", "required", "any")
 
 GENERIC_TOOLS_PROMPT = (
@@ -50,42 +51,6 @@ GENERIC_TOOLS_PROMPT = (
 )
 SCHEMA_PROMPT = "Reply with only a JSON value that follows this JSON schema, and nothing else:\n{schema}"
 JSON_PROMPT = "Reply with only a JSON object, and nothing else."
-
-
-@dataclass
-class ToolCall:
-    name: str
-    arguments: dict[str, Any]
-    id: str = field(default_factory=lambda: "call_" + uuid.uuid4().hex[:12])
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "arguments": self.arguments}
-
-    def openai(self) -> dict[str, Any]:
-        """As an OpenAI-style assistant ``tool_calls`` entry (what chat templates read)."""
-        return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
-
-
-@dataclass
-class InvalidToolCall:
-    text: str  # the call's text as written
-    error: str
-    name: str | None = None
-    id: str = field(default_factory=lambda: "call_" + uuid.uuid4().hex[:12])
-
-
-@dataclass(frozen=True)
-class ToolFormat:
-    """How a model writes tool calls: ``native`` (its chat template has a tools section and mlx-lm parses its
-    calls) or ``generic`` (taught in the system message)."""
-
-    kind: str
-    start: str = START
-    end: str = END
-    parser: Any = None  # mlx-lm's parse_tool_call(text, tools) for a native format
-
-
-GENERIC = ToolFormat("generic")
 
 
 def tool_format(lm) -> ToolFormat:
@@ -142,25 +107,12 @@ def constraint(lm, tools: Sequence[Mapping[str, Any]] | None, tool_choice: str |
 
 # -- messages ---------------------------------------------------------------------------------------------------
 def _call_json(call: Mapping[str, Any]) -> str:
-    fn = call.get("function", call)
-    args = fn.get("arguments", fn.get("args", {}))
-    if isinstance(args, str):
-        try:
-            args = json.loads(args)
-        except json.JSONDecodeError:
-            pass
-    return json.dumps({"name": fn.get("name"), "arguments": args}, ensure_ascii=False)
+    return json.dumps({"name": call_name(call), "arguments": call_arguments(call)}, ensure_ascii=False)
 
 
 def _openai_call(call: Mapping[str, Any]) -> dict[str, Any]:
-    fn = call.get("function", call)
-    args = fn.get("arguments", fn.get("args", {}))
-    if isinstance(args, str):
-        try:
-            args = json.loads(args)
-        except json.JSONDecodeError:
-            args = {}
-    return {"id": call.get("id"), "type": "function", "function": {"name": fn.get("name"), "arguments": args}}
+    return {"id": call.get("id"), "type": "function",
+            "function": {"name": call_name(call), "arguments": call_arguments(call)}}
 
 
 def format_call(call: Mapping[str, Any], fmt: ToolFormat = GENERIC) -> str:
@@ -219,68 +171,7 @@ def has_tool_content(messages: Sequence[Mapping[str, Any]]) -> bool:
     return any(m.get("tool_calls") or m.get("role") == "tool" for m in messages)
 
 
-# -- parsing ----------------------------------------------------------------------------------------------------
-def parse_tool_calls(text: str, fmt: ToolFormat = GENERIC, tools: Sequence[Mapping[str, Any]] | None = None
-                     ) -> tuple[str, list[ToolCall], list[InvalidToolCall]]:
-    """(the text outside the calls, the calls, the calls that do not parse). An unclosed call at the end is
-    parsed up to the end of the text. With ``tools``, an answer that is only a bare call object naming one of
-    them (``{"name": ..., "arguments": ...}``, possibly in a code fence: how a cloud model asked in the
-    generic format often answers) is that call."""
-    if tools and fmt.start not in text:
-        bare = _bare_call(text, tools)
-        if bare is not None:
-            return "", [bare], []
-    content, calls, invalid = [], [], []
-    pos = 0
-    while True:
-        i = text.find(fmt.start, pos)
-        if i < 0:
-            content.append(text[pos:])
-            break
-        content.append(text[pos:i])
-        j = text.find(fmt.end, i + len(fmt.start))
-        body = text[i + len(fmt.start): j if j >= 0 else len(text)]
-        pos = len(text) if j < 0 else j + len(fmt.end)
-        try:
-            obj = fmt.parser(body, tools) if fmt.parser is not None else json.loads(body.strip())
-            calls.append(_tool_call(obj))
-        except (ValueError, AttributeError, TypeError) as exc:
-            invalid.append(InvalidToolCall(body.strip(), str(exc),
-                                           name=obj.get("name") if isinstance(locals().get("obj"), dict) else None))
-        if j < 0:
-            break
-    return "".join(content).strip(), calls, invalid
-
-
-def _tool_call(obj: Any) -> ToolCall:
-    """A parsed call object as a ``ToolCall`` (``arguments`` may be a JSON string); ``ValueError``,
-    ``AttributeError`` or ``TypeError`` when it is not one."""
-    name, args = obj.get("name"), obj.get("arguments", obj.get("parameters", {}))
-    if isinstance(args, str):
-        args = json.loads(args)
-    if not isinstance(name, str) or not isinstance(args, dict):
-        raise ValueError("a call is {\"name\": str, \"arguments\": object}")
-    return ToolCall(name, args)
-
-
-def _bare_call(text: str, tools: Sequence[Mapping[str, Any]]) -> ToolCall | None:
-    body = text.strip()
-    if body.startswith("```"):
-        body = body.strip("`").strip()
-        body = body[4:] if body.startswith("json") else body
-    try:
-        obj = json.loads(body)
-    except ValueError:
-        return None
-    names = {t.get("function", t).get("name") for t in tools}
-    if not isinstance(obj, dict) or obj.get("name") not in names:
-        return None
-    try:
-        return _tool_call(obj)
-    except ValueError:
-        return None
-
-
+# -- parsing (the calls themselves: tool_calls.py) ----------------------------------------------------------
 def parse_json(text: str) -> Any:
     """A structured answer's JSON value (``json.JSONDecodeError``, a ``ValueError``, when it is not one)."""
     return json.loads(text.strip())

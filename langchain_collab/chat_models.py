@@ -35,16 +35,18 @@ import collab_core  # noqa: F401  (first: OpenBLAS before mlx on Linux)
 from collab_core.engine import Engine, Event, FinalEvent, TokenEvent
 from collab_core.integration import OwnedEngines, cloud_spans, collab_metadata, usage
 from collab_core.local.loading import display_name
-from collab_core.prompts import chat_role
+from collab_core.prompts import chat_role, message_text
 from collab_core.settings import EngineSettings, generation_options
 from collab_core.tools import Structured, VisibleText
 
 
 def _to_messages(messages: list[BaseMessage]) -> list[dict]:
+    """The messages as the engine's ``{"role", "content"}`` dicts. The content goes through the core's
+    ``message_text``, which refuses an image, audio or file part (``UnsupportedInputError``) rather than
+    dropping it as ``BaseMessage.text`` would."""
     out = []
     for m in messages:
-        content = m.text if hasattr(m, "text") else str(m.content)
-        msg = {"role": chat_role(m.type), "content": content}
+        msg = {"role": chat_role(m.type), "content": message_text(m.content)}
         if isinstance(m, AIMessage) and m.tool_calls:
             msg["tool_calls"] = [{"id": c.get("id"), "type": "function",
                                   "function": {"name": c["name"], "arguments": c["args"]}} for c in m.tool_calls]

@@ -51,16 +51,19 @@ def reconcile(tokenizer, answer: Sequence[int], draft: Sequence[int], text: str,
                           ends_answer)
 
 
-def check_grammar(r: Reconciliation, grammar, answer: Sequence[int], draft: Sequence[int]) -> Reconciliation:
+def check_grammar(r: Reconciliation, grammar, answer: Sequence[int], draft: Sequence[int],
+                  max_tokens: int | None = None) -> Reconciliation:
     """Settle ``r`` against a ``GrammarState`` whose position is ``answer`` + ``draft``; returns the
     reconciliation to apply and leaves the grammar at its end.
 
     The span's longest valid prefix is kept (the rest dropped: the local model, constrained, writes the next
     token itself); a span with no valid token is refused and the draft stands. The draft survives only after a
-    span kept whole, and an end of answer counts only where the grammar is complete.
+    span kept whole, and an end of answer counts only where the grammar is complete. With ``max_tokens``, no
+    more of the span is kept than leaves room to close a forced structure before the limit.
     """
     grammar.rollback(len(draft) + r.replace)
-    n = grammar.valid_prefix(r.cloud)
+    budget = None if max_tokens is None else max_tokens - (len(answer) - r.replace)
+    n = grammar.valid_prefix(r.cloud, budget)
     if n == 0 and r.cloud:
         grammar.consume_all(list(answer[len(answer) - r.replace:]) + list(draft))  # back to answer + draft
         return Reconciliation(0, (), 0, 0, False)

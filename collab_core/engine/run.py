@@ -155,8 +155,8 @@ class Run:
         While a span is in flight the next pass is queued only once the token is read, and only if the span has
         not arrived by then: queued ahead, it would run on a sequence the cloud may have just replaced (a pass
         wasted, and the span's own pass waiting behind it). It costs the draft a thread wake-up per token."""
-        if self.grammar is not None:
-            step = self.dec.constrain(step, self.grammar.allowed())
+        if self.grammar is not None:  # near the token limit, a forced structure is steered to its closing
+            step = self.dec.constrain(step, self.grammar.allowed(self.max_tokens - len(self.answer) - len(self.draft)))
         last = len(self.answer) + len(self.draft) + 1 >= self.max_tokens
         drafting = self.pending is not None
         nxt = self.dec.step(step.token) if not (last or drafting) else None
@@ -308,7 +308,7 @@ class Run:
                       ends_answer=span.ends_answer, max_tokens=self.max_tokens, eos=self.eos,
                       token_ids=span.token_ids)
         if self.grammar is not None:  # the span's valid prefix only
-            r = check_grammar(r, self.grammar, self.answer, [t for t, _, _ in draft])
+            r = check_grammar(r, self.grammar, self.answer, [t for t, _, _ in draft], max_tokens=self.max_tokens)
         self.stats.rollbacks += r.rollbacks
         if self.pacer is not None and len(draft) > 1:  # a pass running when the reply came: was it of use?
             self.pacer.settled(r.keep_from is not None)

@@ -14,7 +14,10 @@ allowed anywhere in free text) or for any JSON object (JSON mode). A ``GrammarSt
   dropped, so the local model, constrained, writes the next token itself. The span's "end of answer" counts
   only when the grammar is complete there.
 
-So with a forced tool call or structured output, a finished answer always parses and validates.
+So with a forced tool call or structured output, a finished answer always parses and validates. And it
+finishes within ``max_tokens``: ``allowed(budget)`` takes the tokens left, and as they run down to what the
+structure needs to close, it allows only the next token of a short valid completion (``closing.py``); a cloud
+span is kept only as far as still leaves that room (``valid_prefix(tokens, budget)``).
 
 Why llguidance (not outlines-core, not xgrammar): ``benchmarks/grammar.py`` measures the per-token cost of
 each on the same schema and tokenizer, as a ratio to unconstrained decoding. llguidance computes each mask
@@ -36,6 +39,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError, GrammarError
+from .closing import SLACK, char_tokens, closing_plan
+
+#: Tokens between looks at the closing plan while the budget is far from it.
+WATCH = 16
 
 
 def closed(schema: Any) -> Any:
@@ -61,6 +68,7 @@ class Constraint:
 
     lark: str
     kind: str = "json"
+    markers: tuple[int, ...] = ()  # single-token markers the grammar matches as tokens (``<[id]>``)
 
     @property
     def forced(self) -> bool:
@@ -126,8 +134,9 @@ def tool_constraint(tools: Sequence[Mapping[str, Any]], *, start: str, end: str,
     open_ = f"<[{start_id}]>" if start_id is not None else q(start)
     close = f"{q(chr(10))} <[{end_id}]>" if end_id is not None else q(chr(10) + end)
     body = f"{q(chr(10))} {_json_rule(schema)} {close}"
+    markers = tuple(t for t in (start_id, end_id) if t is not None)
     if forced:
-        return Constraint(_lark(f"start: {open_} {body}\n"), "tool")
+        return Constraint(_lark(f"start: {open_} {body}\n"), "tool", markers)
     if start_id is not None:  # text cannot spell the marker token: any text, then calls
         return Constraint(_lark(
             f"start: TEXT? calls?\n"
@@ -135,7 +144,7 @@ def tool_constraint(tools: Sequence[Mapping[str, Any]], *, start: str, end: str,
             f"call: {open_} body\n"
             f"body: {body}\n"
             f"TEXT: /(.|\\n)+/\n"
-            f"SEP: /[ \\n]+/\n"), "tools")
+            f"SEP: /[ \\n]+/\n"), "tools", markers)
     s = re.escape(start).replace("/", "\\/")
     return Constraint(_lark(
         f"start: PLAIN | pre_call body (SEP call)* SEP?\n"
@@ -196,28 +205,70 @@ class GrammarState:
         self.constraint = constraint
         self.vocab = _vocab_size(lm)
         self.eos = frozenset(lm.eos_token_ids)
-        tok = grammar_tokenizer(lm)
-        self.matcher = llguidance.LLMatcher(tok, constraint.lark, log_level=0)
+        self.tokenizer = grammar_tokenizer(lm)
+        self.matcher = llguidance.LLMatcher(self.tokenizer, constraint.lark, log_level=0)
         if self.matcher.is_error():
             raise GrammarError(f"bad grammar: {self.matcher.get_error()}")
         self.consumed = 0  # tokens consumed (answer + draft)
+        self._moves = 0  # consumes and rollbacks: the position's version, for the closing plan's cache
+        self._plan: tuple[int, list[int] | None] | None = None  # (version, plan)
+        self._chars: tuple[list[int], dict[int, bytes]] | None = None
+        self._watch_from = 0  # below this many tokens left, the plan is looked at every token
+        self._looked_at = -WATCH  # the position (``_moves``) where it was last looked at
 
     # -- the mask ----------------------------------------------------------------------------------------------
-    def allowed_numpy(self):
-        """(vocab,) bool numpy array: the tokens the grammar accepts next."""
+    def allowed_numpy(self, budget: int | None = None):
+        """(vocab,) bool numpy array: the tokens the grammar accepts next. ``budget``: the tokens the answer may
+        still take, this one included; a forced structure near its end allows only its closing (``closing``)."""
         import numpy as np
 
+        plan = self.closing(budget)
+        if plan:
+            mask = np.zeros(self.vocab, dtype=bool)
+            mask[plan[0]] = True
+            return mask
         bits = np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8)
         mask = np.unpackbits(bits, bitorder="little")[: self.vocab].astype(bool)
         if not mask.any():  # an error state: only the end is left
             mask[sorted(self.eos)] = True
         return mask
 
-    def allowed(self):
+    def allowed(self, budget: int | None = None):
         """The mask as an MLX bool array (what ``StepDecoder.constrain`` takes)."""
         import mlx.core as mx
 
-        return mx.array(self.allowed_numpy())
+        return mx.array(self.allowed_numpy(budget))
+
+    # -- closing before the token limit (closing.py) ----------------------------------------------------------
+    def plan(self) -> list[int] | None:
+        """A short completion from here ([] when complete; None when none is found): cached per position."""
+        if self._plan is None or self._plan[0] != self._moves:
+            if self._chars is None:
+                self._chars = char_tokens(self.tokenizer, self.constraint.markers)
+            self._plan = (self._moves, closing_plan(self.matcher, self.tokenizer, *self._chars))
+        return self._plan[1]
+
+    def closing(self, budget: int | None) -> list[int] | None:
+        """The completion to follow now, or None: a forced structure whose tokens left (``budget``) are down to
+        its closing plan's length plus ``SLACK``. The plan is looked at every ``WATCH`` tokens, and every token
+        once the budget is within ``WATCH`` of it."""
+        if budget is None or not self.constraint.forced:
+            return None
+        if budget > self._watch_from and self._moves - self._looked_at < WATCH:
+            return None
+        plan = self.plan()
+        self._looked_at = self._moves
+        if plan is None:
+            return None
+        self._watch_from = len(plan) + SLACK + WATCH
+        return plan if plan and budget <= len(plan) + SLACK else None
+
+    def fits(self, budget: int) -> bool:
+        """The structure can still be closed within ``budget`` tokens from here (True for free text)."""
+        if not self.constraint.forced:
+            return True
+        plan = self.plan()
+        return plan is None or len(plan) <= budget
 
     # -- following the answer ----------------------------------------------------------------------------------
     def consume(self, token: int) -> None:
@@ -227,6 +278,10 @@ class GrammarState:
         if not self.matcher.consume_token(int(token)):
             raise GrammarError(f"token {token} is not valid here: {self.matcher.get_error()}")
         self.consumed += 1
+        self._moves += 1
+        plan = self._plan[1] if self._plan is not None and self._plan[0] == self._moves - 1 else None
+        if plan and plan[0] == token:  # following the plan: the rest of it still completes the structure
+            self._plan = (self._moves, plan[1:])
 
     def rollback(self, n: int) -> None:
         if n <= 0:
@@ -234,15 +289,27 @@ class GrammarState:
         if n > self.consumed or not self.matcher.rollback(n):
             raise GrammarError(f"cannot roll the grammar back {n} of {self.consumed} tokens")
         self.consumed -= n
+        self._moves += 1
 
     def consume_all(self, tokens: Sequence[int]) -> None:
         for t in tokens:
             self.consume(int(t))
 
-    def valid_prefix(self, tokens: Sequence[int]) -> int:
-        """How many of ``tokens``, from the current position, the grammar accepts."""
+    def valid_prefix(self, tokens: Sequence[int], budget: int | None = None) -> int:
+        """How many of ``tokens``, from the current position, the grammar accepts (``budget``: the tokens the
+        answer may still take; no more are accepted than leave room to close a forced structure)."""
         tokens = [int(t) for t in tokens]
-        return self.matcher.validate_tokens(tokens) if tokens else 0
+        n = self.matcher.validate_tokens(tokens) if tokens else 0
+        if budget is None or not self.constraint.forced:
+            return n
+        while n > 0:
+            self.consume_all(tokens[:n])
+            fits = self.fits(budget - n)
+            self.rollback(n)
+            if fits:
+                break
+            n -= 1
+        return n
 
     @property
     def accepting(self) -> bool:
