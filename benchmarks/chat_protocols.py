@@ -196,7 +196,7 @@ def main() -> None:
     args = parser().parse_args()
     args.data = data_path(args.data, what="CommonsenseQA questions (--data)")
 
-    lm = load_local_model(None)
+    lm = load_local_model("smollm2-135m")
     questions = load_questions(args.data, args.limit, args.seed)
     protocols = [p for p in args.protocols.split(",") if p]
     modes = ["completion"] + [f"chat:{p}" for p in args.end_to_end.split(",") if p]

@@ -33,7 +33,7 @@ def start_server():
     from collab_core.children import spawn_python
     from collab_core.local.loading import load_local_model
 
-    folder = load_local_model(None).path
+    folder = load_local_model("smollm2-135m").path
     (Path.home() / ".cache" / "huggingface" / "hub").mkdir(parents=True, exist_ok=True)  # /v1/models needs it
     server = spawn_python(["-m", "collab_core.devtools.standin_server", "--model", str(folder), "--port", str(PORT)],
                           name="recording server", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -61,7 +61,7 @@ class LocalSettings:
 
     local_model: str | None = _setting(
         None, "local model: qwen2.5-coder-0.5b, an HF repo id, an mlx-lm folder or a .gguf file "
-              "(default: the bundled SmolLM2-135M-Instruct)")
+              "(default: qwen2.5-coder-0.5b, with its learned router)")
 
     def __post_init__(self):
         pass

@@ -92,7 +92,7 @@ class CollabLLM(BaseChatModel):
     """
 
     local_model: str | None = None
-    """Local model: HF repo id, mlx-lm folder or .gguf file (default: the bundled SmolLM2-135M-Instruct)."""
+    """Local model: HF repo id, mlx-lm folder or .gguf file (default: qwen2.5-coder-0.5b, with its learned router)."""
     cloud_model: str | None = Field(default=None, alias="model")
     """LiteLLM model string of the cloud model (``gpt-4o-mini``, ``anthropic/...``, ``hosted_vllm/...``)."""
     api_base: str | None = Field(default=None, alias="base_url")

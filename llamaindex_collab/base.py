@@ -140,7 +140,7 @@ class CollabLLM(FunctionCallingLLM):
 
     local_model: str | None = Field(
         default=None,
-        description="Local model: HF repo id, mlx-lm folder or .gguf file (default: bundled SmolLM2-135M-Instruct).")
+        description="Local model: HF repo id, mlx-lm folder or .gguf file (default: qwen2.5-coder-0.5b, with its learned router).")
     cloud_model: str | None = Field(
         default=None, description="LiteLLM model string of the cloud model (None: local only).")
     api_base: str | None = Field(default=None, description="Base URL of the cloud API.")

