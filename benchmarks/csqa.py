@@ -69,7 +69,7 @@ from collab_core.cloud.client import CloudClient, CloudConfig
 from collab_core.router import BudgetRouter, ThresholdRouter
 from collab_core.scoring import ConfidenceScorer, LearnedScorer, TokenSignal
 from collab_core.training import calibrate_on
-from collab_core.training.csqa import FORMATS, get_format, load_questions, prompt_text
+from collab_core.training.csqa import FORMATS, get_format, load_questions, prompt_text, routed_places
 from collab_core.training.csqa_data import data_path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -230,7 +230,9 @@ def answer_one(mode: str, lm, q: dict, args, engine, client) -> dict:
         row = {"answer": g.text, "tokens": s.total_tokens, "cloud_tokens": s.cloud_tokens,
                "cloud_calls": s.cloud_calls, "cloud_failures": s.cloud_failures, "errors": s.cloud_errors,
                "cloud_in": s.cloud_input_tokens, "cloud_out": s.cloud_output_tokens, "cost": s.cost_usd,
-               "time_s": s.time_total_s, "cloud_ranks": s.cloud_token_ranks, "prompt_tokens": s.prompt_tokens}
+               "time_s": s.time_total_s, "cloud_ranks": s.cloud_token_ranks, "prompt_tokens": s.prompt_tokens,
+               "routed_places": routed_places([(e.text, e.source) for e in g.events
+                                               if getattr(e, "source", None) is not None])}
     elif mode == "cloud":
         from collab_core.cloud.client import SpanRequest
         from collab_core.errors import CloudError
@@ -280,6 +282,8 @@ def summarize(rows: list[dict], modes: list[str]) -> dict:
             "time_per_question_s": sum(r["time_s"] for r in rs) / n,
             "median_answer_tokens": statistics.median(r["tokens"] for r in rs),
             **money(rs),
+            "routed_places": {k: sum(r.get("routed_places", {}).get(k, 0) for r in rs)
+                              for k in ("answer slot", "first sentence", "elsewhere")},
         }
     return out
 

@@ -127,3 +127,13 @@ def test_modes_and_out_folder(tmp_path):
     csqa.check_run_settings(tmp_path, {"format": "letter", "max_tokens": 6})  # same settings: resumes
     with pytest.raises(SystemExit, match="other settings"):
         csqa.check_run_settings(tmp_path, {"format": "explain", "max_tokens": 100})
+
+
+def test_where_routed_tokens_fall():
+    from collab_core.training.csqa import answer_slot, routed_places
+
+    pieces = [("Cats", "local"), (" purr", "cloud"), (".", "local"), (" So the answer is (", "local"),
+              ("C", "cloud"), (").", "local"), (" Done", "cloud")]
+    assert routed_places(pieces) == {"answer slot": 1, "first sentence": 1, "elsewhere": 1}
+    assert routed_places([("No letter here", "cloud")]) == {"answer slot": 0, "first sentence": 1, "elsewhere": 0}
+    assert answer_slot("the answer is (B). The answer is D") == len("the answer is (B). The answer is ")
