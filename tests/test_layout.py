@@ -1,9 +1,12 @@
 """The structure stays as documented: no import cycles in collab_core, the runtime never imports the offline
-packages, and the core knows nothing of LangChain or LlamaIndex."""
+packages, the core knows nothing of LangChain or LlamaIndex, and the layout table of the docs (docs/development.md)
+names every package and module of the tree, read at test time, and nothing that is not there."""
 
 from __future__ import annotations
 
 import ast
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -120,3 +123,63 @@ def test_the_core_knows_no_framework(framework):
                 assert not any(a.name.split(".")[0] == framework for a in node.names), path
             elif isinstance(node, ast.ImportFrom) and node.level == 0:
                 assert (node.module or "").split(".")[0] != framework, path
+
+
+# -- the layout table of the docs ------------------------------------------------------------------------------------
+ROOT = PKG.parent
+LAYOUT_PAGE = ROOT / "docs" / "development.md"
+CODE_DIRS = ("collab_core", "langchain_collab", "llamaindex_collab", "benchmarks", "examples")
+DATA_DIRS = ("collab_core/routers/", "collab_core/server/static/")  # package data, named as folders
+
+
+def layout_rows() -> dict[str, str]:
+    """The layout table's rows: the backticked path of the first column -> the description."""
+    text = LAYOUT_PAGE.read_text()
+    section = text[text.index("## Layout"):]
+    rows = {}
+    for line in section.split("\n"):
+        m = re.match(r"^\| `([^`]+)` \| (.+) \|$", line.strip())
+        if m:
+            rows[m.group(1)] = m.group(2).strip()
+    return rows
+
+
+def tree_entries() -> set[str]:
+    """What the table must name, read from the tree now: every module (``.py``) and package (``dir/``) under the
+    code folders, the package-data folders, and every top-level folder git tracks."""
+    want: set[str] = set(DATA_DIRS)
+    for top in CODE_DIRS:
+        for path in (ROOT / top).rglob("*.py"):
+            if "__pycache__" in path.parts:
+                continue
+            rel = path.relative_to(ROOT)
+            want.add(str(rel))
+            for parent in rel.parents:
+                if str(parent) != ".":
+                    want.add(f"{parent}/")
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    want |= {f"{line.split('/')[0]}/" for line in tracked.split("\n") if "/" in line and not line.startswith(".")}
+    return want
+
+
+def test_the_layout_table_is_found():
+    rows = layout_rows()
+    assert len(rows) > 60 and rows["collab_core/engine/core.py"].startswith("`Engine`")
+    assert all(len(d) > 10 for d in rows.values()), "every row says what it holds"
+
+
+def test_the_layout_table_names_every_package_and_module():
+    missing = sorted(tree_entries() - set(layout_rows()))
+    assert missing == [], f"add rows to the layout table in {LAYOUT_PAGE.relative_to(ROOT)}: {missing}"
+
+
+def test_the_layout_table_names_nothing_that_is_gone():
+    gone = sorted(p for p in layout_rows() if not (ROOT / p.rstrip("/")).exists())
+    assert gone == [], f"rows for paths that no longer exist in {LAYOUT_PAGE.relative_to(ROOT)}: {gone}"
+
+
+def test_the_tree_reader_sees_modules_packages_and_folders():
+    want = tree_entries()
+    assert {"collab_core/", "collab_core/cloud/", "collab_core/cloud/client.py", "langchain_collab/chat_models.py",
+            "benchmarks/csqa.py", "examples/", "tests/", "docs/"} <= want
+    assert not any("__pycache__" in w for w in want)
