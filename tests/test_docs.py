@@ -170,6 +170,7 @@ def test_python_snippets_run(page, smollm, tmp_path, monkeypatch, llamaindex_set
     from collab_core.devtools.fakecloud import FakeCloud
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLLAB_LOCAL_MODEL", "smollm2-135m")  # the default model's code path, on the fast model
     blocks = [s for s in snippets(page) if s.lang == "python" and s.kind in (None, "needs-key: run-with-fake-cloud")]
     ns: dict = {"__name__": "__snippet__"}
     with FakeCloud(reply=" blue") as fake:

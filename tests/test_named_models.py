@@ -19,6 +19,15 @@ def test_names_resolve_to_their_weights():
     assert L.named_model("some/hub-id") is None and L.named_model("model.gguf") is None
 
 
+def test_the_default_can_be_named_by_the_environment(monkeypatch):
+    monkeypatch.setenv(L.DEFAULT_ENV, "smollm2-135m")
+    assert L.named_model(None).weights is W.SMOLLM2_135M and L.named_model("qwen2.5-coder-0.5b").weights is \
+        W.QWEN25_CODER_05B
+    monkeypatch.setenv(L.DEFAULT_ENV, "nope")
+    with pytest.raises(ValueError, match="COLLAB_LOCAL_MODEL"):
+        L.named_model(None)
+
+
 def test_display_names():
     assert L.display_name("qwen2.5-coder-0.5b") == "Qwen2.5-Coder-0.5B-Instruct"
     assert L.display_name(None) == L.display_name("default") == "Qwen2.5-Coder-0.5B-Instruct"

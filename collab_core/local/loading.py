@@ -48,11 +48,21 @@ NAMED_MODELS: dict[str, NamedModel] = {
     "qwen2.5-coder-0.5b": NamedModel(QWEN25_CODER_05B, "Qwen2.5-Coder-0.5B-Instruct"),
 }
 _DEFAULT_NAME = "qwen2.5-coder-0.5b"
+#: Names another default local model (a name in ``NAMED_MODELS``), e.g. ``smollm2-135m`` for fast experiments.
+DEFAULT_ENV = "COLLAB_LOCAL_MODEL"
+
+
+def default_name() -> str:
+    """The default local model's name: ``$COLLAB_LOCAL_MODEL`` when it names a known model, else Qwen2.5-Coder-0.5B."""
+    name = os.environ.get(DEFAULT_ENV, "").strip()
+    if name and name not in NAMED_MODELS:
+        raise ConfigError(f"{DEFAULT_ENV}={name!r} is not a named model: one of {', '.join(NAMED_MODELS)}")
+    return name or _DEFAULT_NAME
 
 
 def named_model(spec: str | None) -> NamedModel | None:
     """The registry entry for ``spec`` (``None`` / ``"default"``: the default model), else ``None``."""
-    return NAMED_MODELS.get(_DEFAULT_NAME if spec in (None, "", DEFAULT_SPEC) else str(spec))
+    return NAMED_MODELS.get(default_name() if spec in (None, "", DEFAULT_SPEC) else str(spec))
 
 
 def model_fingerprint(spec) -> str | None:
@@ -207,7 +217,7 @@ _LOCK = threading.Lock()
 def load_local_model(spec: str | os.PathLike | None = None, *, form: str = "auto",
                      progress: bool = True) -> LocalModel:
     """Load (once per process) the local model for ``spec``; see the module docstring."""
-    key_spec = DEFAULT_SPEC if spec in (None, "", DEFAULT_SPEC) else str(spec)
+    key_spec = default_name() if spec in (None, "", DEFAULT_SPEC) else str(spec)  # the default by its name
     key = (key_spec, form)
     with _LOCK:
         if key not in _CACHE:
