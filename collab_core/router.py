@@ -211,27 +211,31 @@ DEFAULT_VALUE_BUDGET = 0.02
 
 
 def default_router(fingerprint: str | None) -> Router:
-    """The router an engine uses when none is named (no router, threshold or budget): where a router trained on
-    value labels (``training.value_router``) ships for the local model with this ``fingerprint``, that router
-    holding ``DEFAULT_VALUE_BUDGET``; elsewhere the confidence threshold router at 0.5."""
+    """The router an engine uses when none is named (no router, threshold or budget): where the router shipped
+    for the local model with this ``fingerprint`` is meant as its default (``default_budget``), that router holding
+    that budget; elsewhere the confidence threshold router at 0.5."""
     from .scoring import shipped_router
 
     found = shipped_router(fingerprint) if fingerprint else None
-    if found is not None and is_value_router(found):
-        return BudgetRouter(DEFAULT_VALUE_BUDGET, scorer=LearnedScorer(found))
+    budget = default_budget(found) if found is not None else None
+    if budget is not None:
+        return BudgetRouter(budget, scorer=LearnedScorer(found))
     return ThresholdRouter(0.5)
 
 
-def is_value_router(folder) -> bool:
-    """Was the router in ``folder`` trained on value labels (what a cloud token there is worth)?"""
+def default_budget(folder) -> float | None:
+    """The budget a shipped router is meant to hold by default: its ``router.json``'s ``default_budget``, else
+    ``DEFAULT_VALUE_BUDGET`` for a router trained on value labels; None: not a default router."""
     import json
     from pathlib import Path
 
     try:
         meta = json.loads((Path(folder) / "router.json").read_text())
     except (OSError, ValueError):
-        return False
-    return meta.get("metrics", {}).get("kind") == "value"
+        return None
+    if meta.get("default_budget") is not None:
+        return float(meta["default_budget"])
+    return DEFAULT_VALUE_BUDGET if meta.get("metrics", {}).get("kind") == "value" else None
 
 
 def make_router(spec: str | Router | None, *, threshold: float | None = None, budget: float | None = None) -> Router:

@@ -176,3 +176,19 @@ def test_the_budget_is_per_engine_and_per_request_when_served(tiny_lm):
         assert (router.cloud_tokens, router.total_tokens) == (1, first.stats.total_tokens + second.stats.total_tokens)
         served = [eng.generate(p, max_tokens=8, router=request_router(template)) for p in PROMPTS[:2]]
         assert [g.stats.cloud_calls for g in served] == [1, 1]  # per request: each spends its own burst
+
+
+def test_the_default_router_follows_what_ships_for_the_model():
+    """Qwen2.5-Coder-0.5B ships a router meant as its default (``default_budget``): an Engine given no router,
+    threshold or budget holds that budget on the learned score; SmolLM2's shipped router is not a default, and a
+    model without one routes by confidence."""
+    from collab_core.local.loading import model_fingerprint
+    from collab_core.router import default_router
+
+    qwen = default_router(model_fingerprint("qwen2.5-coder-0.5b"))
+    assert isinstance(qwen, BudgetRouter) and qwen.budget == 0.02 and qwen.needs_hidden
+    assert isinstance(default_router(model_fingerprint("smollm2-135m")), ThresholdRouter)
+    assert isinstance(default_router(None), ThresholdRouter) and default_router(None).threshold == 0.5
+    eng = Engine("qwen2.5-coder-0.5b")  # nothing loaded: the router is chosen from the name
+    assert isinstance(eng.router, BudgetRouter) and not eng.loaded
+    assert isinstance(Engine("qwen2.5-coder-0.5b", threshold=0.3).router, ThresholdRouter)
