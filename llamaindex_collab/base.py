@@ -44,7 +44,6 @@ from llama_index.core.base.llms.types import (
     CompletionResponseGen,
     LLMMetadata,
     MessageRole,
-    ToolCallBlock,
 )
 from llama_index.core.bridge.pydantic import Field, PrivateAttr, SecretStr
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
@@ -55,29 +54,10 @@ import collab_core  # noqa: F401  (first: OpenBLAS before mlx on Linux)
 from collab_core.engine import Engine, Event, FinalEvent, Generation, TokenEvent
 from collab_core.integration import OwnedEngines, cloud_spans, collab_metadata, usage
 from collab_core.local.loading import display_name
-from collab_core.prompts import chat_role, message_text
 from collab_core.settings import EngineSettings, generation_options
 from collab_core.tools import VisibleText
 
-
-def to_engine_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
-    """LlamaIndex chat messages as ``{"role", "content"}`` dicts. The blocks go through the core's
-    ``message_text``: an ``ImageBlock``, ``AudioBlock``, ``DocumentBlock`` or other non-text block raises
-    ``UnsupportedInputError``. A message's calls are its ``additional_kwargs["tool_calls"]``, else its
-    ``ToolCallBlock``s."""
-    out = []
-    for m in messages:
-        role = m.role.value if isinstance(m.role, MessageRole) else str(m.role)
-        msg: dict[str, Any] = {"role": chat_role(role), "content": message_text(m.blocks)}
-        calls = m.additional_kwargs.get("tool_calls") or [
-            {"id": b.tool_call_id, "name": b.tool_name, "arguments": b.tool_kwargs}
-            for b in m.blocks if isinstance(b, ToolCallBlock)]
-        if calls:
-            msg["tool_calls"] = list(calls)
-        if msg["role"] == "tool":
-            msg.update({k: m.additional_kwargs[k] for k in ("tool_call_id", "name") if m.additional_kwargs.get(k)})
-        out.append(msg)
-    return out
+from .messages import to_engine_messages
 
 
 class _Chunks:
