@@ -122,7 +122,7 @@ def test_the_wheel_installed_in_a_fresh_venv_runs_collab_local_only(dist, tmp_pa
     assert not any(Path(p).resolve() == ROOT for p in path)
 
     run = subprocess.run([str(venv / "bin" / "collab"), "run", "What is the capital of France?", "--local-only",
-                          "--max-tokens", "8", "--json"], cwd=cwd, env=env, capture_output=True, text=True,
+                          "--local-model", "smollm2-135m", "--max-tokens", "8", "--json"], cwd=cwd, env=env, capture_output=True, text=True,
                          timeout=600)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     out = json.loads(run.stdout)
