@@ -42,6 +42,9 @@ def add_router_parser(sub) -> None:
     v.add_argument("--near", type=int, default=12, help="roll out every disagreement in the answer's last N tokens")
     v.add_argument("--sample", type=int, default=3, help="... and N more drawn at random from the rest")
     v.add_argument("--max-batch", type=int, default=8, help="rollouts (and answers) decoded as one batch")
+    v.add_argument("--span", type=int, default=1,
+                   help="cloud tokens written at a routed position before the local model goes on (the engine's "
+                        "--span-tokens; 2 lets a letter follow the cloud's opening parenthesis)")
     v.add_argument("--losses", default="weighted,regression,ranking", help="train: losses to cross-validate")
 
 
@@ -142,7 +145,7 @@ def _values(args: argparse.Namespace, lm, data, traces) -> int:
     stop = fmt.stop if csqa_rows else ""  # a user's task: no stop of CommonsenseQA's formats
     max_tokens = args.max_tokens or (fmt.max_tokens if csqa_rows else 256)
     col = ValueCollector(lm, teacher, traces, max_tokens=max_tokens, stop=stop, near=args.near,
-                         sample=args.sample, max_batch=args.max_batch, chunk=2 * args.max_batch)
+                         sample=args.sample, max_batch=args.max_batch, chunk=2 * args.max_batch, span=args.span)
     written = col.run(tasks)
     print(f"{written} new value traces ({col.rollouts} rollouts, {col.teacher_passes} teacher passes) in {traces}")
     return 0

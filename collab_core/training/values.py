@@ -7,8 +7,9 @@ shares a tokenizer and whose cloud weights are at hand (the stand-in), ``ValueCo
    the sampled token, the top-k log-probabilities and the confidence summary.
 2. **Teacher pass** -- one forward pass of the cloud model over prompt + answer gives its greedy next token at every
    position (token-exact): ``disagree`` where it differs from the local token.
-3. **Rollouts** -- at a disagreement, the cloud's token replaces the local one and the local model finishes the
-   answer greedily; the answer check says whether the answer went wrong -> right (``value = +1``), right -> wrong
+3. **Rollouts** -- at a disagreement, the cloud's token replaces the local one (with ``span`` > 1, the cloud's
+   next tokens follow it, from the teacher's own KV cache: the engine's ``span_tokens``) and the local model
+   finishes the answer greedily; the answer check says whether the answer went wrong -> right (``value = +1``), right -> wrong
    (``-1``) or neither (``0``). Where the two agree, a cloud token changes nothing: ``value = 0`` with no rollout.
 
 Rollouts are the batched decoder's natural work: each question's rollouts are one job on a lane
@@ -61,13 +62,17 @@ class ValueCollector:
     ``teacher`` is a ``LocalModel`` of the cloud model (it must share the local model's vocabulary)."""
 
     def __init__(self, lm, teacher, out: str | Path, *, max_tokens: int = 100, stop: str = "", near: int = 12,
-                 sample: int = 3, max_batch: int = 8, chunk: int = 8, top_k: int = 5):
+                 sample: int = 3, max_batch: int = 8, chunk: int = 8, top_k: int = 5, span: int = 1):
         if teacher.vocab_fingerprint != lm.vocab_fingerprint:
             raise TraceError(f"token-exact value labels need one tokenizer: {teacher.name} and {lm.name} have "
                              "different vocabularies")
         self.lm, self.teacher, self.out = lm, teacher, Path(out)
         self.max_tokens, self.stop = max_tokens, stop
         self.near, self.sample, self.max_batch, self.chunk, self.top_k = near, sample, max_batch, chunk, top_k
+        if span < 1:
+            raise TraceError(f"span must be >= 1 cloud token, not {span!r}")
+        self.span = span  # cloud tokens written at a routed position (the engine's span_tokens)
+        self._tdec = None
         self.out.mkdir(parents=True, exist_ok=True)
         self.rollouts = 0
         self.teacher_passes = 0
@@ -100,16 +105,37 @@ class ValueCollector:
         text = self.lm.tokenizer.decode(list(ids))
         return text.split(self.stop)[0] if self.stop else text
 
-    def _rollout_job(self, prompt_ids: list[int], answer: list[int], nxt: list[int], where: list[int]):
+    def cloud_spans(self, prompt_ids: list[int], answer: list[int], nxt: list[int], where: list[int]) -> dict:
+        """The span the cloud writes at each position of ``where``: its token there, then (``span`` > 1) its next
+        tokens after it, from the teacher's own KV cache (``where`` runs backwards, so each position only trims the
+        cache and feeds the new tokens); a span stops at the end of the answer."""
+        eos = set(self.lm.eos_token_ids)
+        spans = {}
+        for k in where:
+            span = [nxt[k]]
+            while len(span) < self.span and span[-1] not in eos:
+                span.append(self.teacher_step(list(prompt_ids) + answer[:k] + span))
+            spans[k] = span
+        return spans
+
+    def teacher_step(self, ids: list[int]) -> int:
+        """The teacher's greedy next token after ``ids`` (a decoder of its own, on this thread)."""
+        if self._tdec is None:
+            from ..local.decoder import StepDecoder
+
+            self._tdec = StepDecoder(self.teacher)
+        return self._tdec.prefill(ids).token_id
+
+    def _rollout_job(self, prompt_ids: list[int], answer: list[int], spans: dict[int, list[int]]):
         eos = set(self.lm.eos_token_ids)
 
         def job(dec):
             texts = {}
-            for k in where:  # from the end backwards: short first, the shared prefix stays in the lane's cache
-                if nxt[k] in eos:  # the cloud would end the answer here
-                    texts[k] = self._text(answer[:k])
+            for k, span in spans.items():  # from the end backwards: short first, the shared prefix stays cached
+                if span[-1] in eos:  # the cloud would end the answer inside its span
+                    texts[k] = self._text(answer[:k] + span[:-1])
                     continue
-                alt = answer[:k] + [nxt[k]]
+                alt = answer[:k] + span
                 alt += [t for t, _ in greedy_answer(dec, prompt_ids, alt, max_tokens=self.max_tokens, stop=self.stop)]
                 texts[k] = self._text(alt)
             return texts
@@ -129,7 +155,8 @@ class ValueCollector:
             disagree = (np.array(nxt) != np.array(toks)).astype(np.float32)
             where = pick_rollouts(disagree, task.id, near=self.near, sample=self.sample) if task.check else []
             plans.append((task, p, toks, hid, top, conf, nxt, disagree, where))
-        jobs = [self._rollout_job(p, toks, nxt, where) for (_, p, toks, _, _, _, nxt, _, where) in plans]
+        jobs = [self._rollout_job(p, toks, self.cloud_spans(p, toks, nxt, where))
+                for (_, p, toks, _, _, _, nxt, _, where) in plans]
         order = sorted(range(len(jobs)), key=lambda i: len(plans[i][8]))  # fewest rollouts first
         done = run_lanes(self.lm, [jobs[i] for i in order], max_batch=self.max_batch)
         alts = [None] * len(jobs)
@@ -164,7 +191,8 @@ class ValueCollector:
             "local_ok": np.float32(np.nan if local_ok is None else float(local_ok)),
             "meta": json.dumps({"version": TRACE_VERSION, "id": task.id, "model": self.lm.fingerprint,
                                 "cloud": f"teacher:{Path(self.teacher.name).name}", "local_text": local_text,
-                                "prompt_tokens": len(prompt_ids), "near": self.near, "sample": self.sample}),
+                                "prompt_tokens": len(prompt_ids), "near": self.near, "sample": self.sample,
+                                "span": self.span}),
         }
         tmp = self.out / f".{_safe(task.id)}.tmp.npz"
         np.savez(tmp, **rec)

@@ -142,3 +142,32 @@ def test_routed_gain_counts_the_first_routed_position():
     assert routed_gain(np.array([0.1, 0.9, 0.8, 0.0]), t, 0.5) == {
         "share": 0.5, "up": 1, "down": 1, "unknown_first": 0, "net_per_100": 0.0}
     assert routed_gain(np.array([0.1, 0.9, 0.0, 0.8]), t, 0.5)["unknown_first"] == 1
+
+
+def test_two_token_spans_label_what_the_clouds_next_token_does(tiny_lm, tmp_path):
+    """With span=2 the cloud writes its token and its next one (the teacher's own, after its first) before the local
+    model finishes: a value that needs the second token (a letter after the cloud's "(", say) is labelled."""
+    prompt = "What is the capital of France?"
+    ids, answer = _local_answer(tiny_lm, prompt, 12)
+    first, second = [t for t in range(50, 400) if t not in answer and t not in tiny_lm.eos_token_ids][:2]
+    piece = tiny_lm.tokenizer.decode([second])
+    assert piece not in tiny_lm.tokenizer.decode(answer)
+
+    class TwoTokens(ValueCollector):
+        seen = []
+
+        def teacher_step(self, ids_so_far):
+            self.seen.append(ids_so_far[-1])
+            return second
+
+    teacher = _Teacher(tiny_lm, len(ids), differ=[10], token=first)
+    task = TraceTask("q-2", prompt, check=lambda text: piece in text)
+    one = ValueCollector(tiny_lm, teacher, tmp_path / "one", max_tokens=12, near=4, sample=0)
+    two = TwoTokens(tiny_lm, teacher, tmp_path / "two", max_tokens=12, near=4, sample=0, span=2)
+    one.run([task], progress=False)
+    two.run([task], progress=False)
+    assert TwoTokens.seen == [first]  # asked once, after the cloud's first token
+    v1, v2 = (np.load(tmp_path / n / "q-2.npz")["value"][10] for n in ("one", "two"))
+    assert (v1, v2) == (0.0, 1.0)  # only the 2-token span pays
+    with pytest.raises(TraceError):
+        ValueCollector(tiny_lm, teacher, tmp_path / "x", span=0)
