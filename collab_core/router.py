@@ -165,6 +165,13 @@ class BudgetRouter(Router):
         self._update_threshold()
         return self.threshold
 
+    def expect_span(self, tokens: int) -> None:
+        """The cloud's span length as configured (an engine says so when it binds): the estimate starts there until
+        spans are measured, so a one-token span is not priced as two."""
+        if not self.calls and tokens >= 1:
+            self.span_estimate = float(tokens)
+            self._update_threshold()
+
     def _update_threshold(self) -> None:
         if not self.scores:
             return

@@ -192,3 +192,22 @@ def test_the_default_router_follows_what_ships_for_the_model():
     eng = Engine("qwen2.5-coder-0.5b")  # nothing loaded: the router is chosen from the name
     assert isinstance(eng.router, BudgetRouter) and not eng.loaded
     assert isinstance(Engine("qwen2.5-coder-0.5b", threshold=0.3).router, ThresholdRouter)
+
+
+def test_a_budget_prices_spans_at_the_configured_length(tiny_lm):
+    r = BudgetRouter(0.02)  # span_estimate 2.0 until told or measured
+    r.calibrate([i / 1000 for i in range(1000)])
+    two = r.threshold
+    r.expect_span(1)
+    assert r.span_estimate == 1.0 and r.threshold < two  # the 98th percentile, not the 99th
+    r.account(10, 2, 1)
+    r.expect_span(4)  # measured spans win over the configuration
+    assert r.span_estimate != 4.0
+    from collab_core.cloud.client import CloudConfig
+
+    with FakeCloud() as fc:
+        eng = Engine(tiny_lm, cloud=CloudConfig(model="text-completion-openai/fake", api_base=fc.url, span_tokens=1),
+                     router=BudgetRouter(0.05), pipeline="sync", cache=False)
+        assert eng.router.span_estimate == 2.0
+        eng._bind(eng.router)  # what the first generation does
+    assert eng.router.span_estimate == 1.0

@@ -188,6 +188,9 @@ class Engine:
             self.router.bind(lm)
             if self.cloud is not None:
                 self.cloud.bind(lm.vocab_fingerprint)  # the token-exact path, when the tokenizers match
+                expect = getattr(self.router, "expect_span", None)  # a budget prices spans at their length
+                if expect is not None:
+                    expect(self.cloud.config.span_tokens)
             self._bound = True
         if router is not self.router:
             router.bind(lm)  # a router for one call (binding a bound scorer again is cheap)
