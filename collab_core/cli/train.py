@@ -119,7 +119,7 @@ def _values(args: argparse.Namespace, lm, data, traces) -> int:
     from pathlib import Path
 
     from ..local.loading import load_local_model
-    from ..training.csqa import answer_slot, get_format
+    from ..training.csqa import get_format, piece_places
 
     fmt = get_format(args.format)
     if args.action == "train":
@@ -127,7 +127,7 @@ def _values(args: argparse.Namespace, lm, data, traces) -> int:
 
         out = Path(args.out) if args.out else traces.parent / f"router-{traces.name}"
         report = train_value_router(lm, traces, out, losses=tuple(args.losses.split(",")), hidden=args.hidden,
-                                    epochs=args.epochs or 20, answer_slot=answer_slot if fmt.name == "explain" else None)
+                                    epochs=args.epochs or 20, places=piece_places if fmt.name == "explain" else None)
         print(report.table())
         print(f"router written to {out} (use router=\"learned:{out}\")")
         return 0

@@ -91,25 +91,28 @@ def answer_slot(answer: str) -> int | None:
     return finals[-1].start(1) if finals else None
 
 
-def routed_places(pieces: list[tuple[str, str]]) -> dict[str, int]:
-    """Where an answer's cloud tokens fell, for reports: ``pieces`` are (text, source) per token; each cloud token
-    counts under ``answer slot`` (it wrote the final letter), ``first sentence`` (it starts before the first
-    sentence's end) or ``elsewhere``."""
-    text = "".join(t for t, _ in pieces)
+def piece_places(pieces: list[str]) -> list[str]:
+    """Where each piece of an answer (a token's text) stands, for reports: ``answer slot`` (it writes the final
+    letter), ``first sentence`` (it starts before the first sentence's end) or ``elsewhere``."""
+    text = "".join(pieces)
     slot = answer_slot(text)
     ends = [i for i in range(len(text)) if text[i] in ".!?" and (i + 1 == len(text) or text[i + 1].isspace())]
     first_end = ends[0] if ends else len(text)
-    out = {"answer slot": 0, "first sentence": 0, "elsewhere": 0}
-    at = 0
-    for piece, source in pieces:
-        if source == "cloud":
-            if slot is not None and at <= slot < at + max(1, len(piece)):
-                out["answer slot"] += 1
-            elif at <= first_end:
-                out["first sentence"] += 1
-            else:
-                out["elsewhere"] += 1
+    kinds, at = [], 0
+    for piece in pieces:
+        if slot is not None and at <= slot < at + max(1, len(piece)):
+            kinds.append("answer slot")
+        else:
+            kinds.append("first sentence" if at <= first_end else "elsewhere")
         at += len(piece)
+    return kinds
+
+
+def routed_places(pieces: list[tuple[str, str]]) -> dict[str, int]:
+    """Where an answer's cloud tokens fell: ``pieces`` are (text, source) per token (``piece_places``)."""
+    out = {"answer slot": 0, "first sentence": 0, "elsewhere": 0}
+    for kind, (_, source) in zip(piece_places([t for t, _ in pieces]), pieces):
+        out[kind] += source == "cloud"
     return out
 
 

@@ -196,36 +196,26 @@ class ValueReport:
         return "\n".join(lines)
 
 
-def slot_of(text_prefixes: list[str], where_char: int) -> int:
-    """The token index whose text covers character ``where_char`` (prefix texts, one per token)."""
-    for i, s in enumerate(text_prefixes):
-        if len(s) > where_char:
-            return i
-    return len(text_prefixes) - 1
-
-
-def label_places(lm, t: ValueTraces, answer_slot) -> dict:
-    """For the report only: where the rolled-out labels fall. ``answer_slot(text)`` gives the character offset of
-    the task's answer in an answer text, or None (a report may know the task; the router never does)."""
-    out = {k: {"+1": 0, "-1": 0, "0": 0} for k in ("answer slot", "first sentence", "elsewhere")}
+def label_places(lm, t: ValueTraces, places) -> dict:
+    """For the report only: where the rolled-out labels fall. ``places(pieces)`` names the place of each token's
+    text in an answer (``csqa.piece_places``: a report may know the task; the router never does)."""
+    out: dict[str, dict[str, int]] = {}
     for g in np.unique(t.group):
         idx = np.flatnonzero(t.group == g)
         toks = t.token[idx].tolist()
-        prefixes = [lm.tokenizer.decode(toks[: i + 1]) for i in range(len(toks))]
-        at = answer_slot(t.texts[g])
-        slot = slot_of(prefixes, at) if at is not None else -1
-        first = next((i for i, s in enumerate(prefixes) if ". " in s or s.rstrip().endswith(".")), len(toks))
-        for i, j in enumerate(idx):
+        prefixes = [""] + [lm.tokenizer.decode(toks[: i + 1]) for i in range(len(toks))]
+        kinds = places([prefixes[i + 1][len(prefixes[i]):] for i in range(len(toks))])
+        for kind, j in zip(kinds, idx):
             v = t.value[j]
             if np.isnan(v) or not t.disagree[j]:
                 continue
-            kind = "answer slot" if i == slot else "first sentence" if i <= first else "elsewhere"
-            out[kind]["+1" if v > 0 else "-1" if v < 0 else "0"] += 1
+            row = out.setdefault(kind, {"+1": 0, "-1": 0, "0": 0})
+            row["+1" if v > 0 else "-1" if v < 0 else "0"] += 1
     return out
 
 
 def train_value_router(lm, traces: str | Path, out: str | Path, *, losses=LOSSES, folds: int = 5, hidden: int = 64,
-                       epochs: int = 20, seed: int = 0, answer_slot=None, log=print) -> ValueReport:
+                       epochs: int = 20, seed: int = 0, places=None, log=print) -> ValueReport:
     t = load_value_traces(traces)
     if t.model != lm.fingerprint:
         raise RouterLoadError(f"traces in {traces} were collected with local model {t.model}, not {lm.fingerprint}")
@@ -238,7 +228,7 @@ def train_value_router(lm, traces: str | Path, out: str | Path, *, losses=LOSSES
         "+1 (wrong->right)": int((t.value > 0).sum()), "-1 (right->wrong)": int((t.value < 0).sum()),
         "0 rolled out": int((known & t.disagree & (t.value == 0)).sum()), "0 agree": int((~t.disagree).sum()),
         "unknown (not rolled out)": int((~known).sum())},
-        label_places(lm, t, answer_slot) if answer_slot else {}, float(ok.mean()), float((ok + (best > 0)).mean()))
+        label_places(lm, t, places) if places else {}, float(ok.mean()), float((ok + (best > 0)).mean()))
     conf_score = 1.0 - t.conf[:, 0]
     rep.confidence = [routed_gain(conf_score, t, b) for b in BUDGETS]
     for loss in losses:
