@@ -20,16 +20,6 @@ WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters":
     "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
 
 
-@pytest.fixture(scope="module")
-def tiny_long(tmp_path_factory):
-    from tiny import make_tiny_model
-
-    from collab_core.local.loading import load_local_model
-
-    return load_local_model(str(make_tiny_model(tmp_path_factory.mktemp("m") / "tiny-long",
-                                                max_position_embeddings=2048)))
-
-
 def _ids(lm, text):
     return list(lm.tokenizer.encode(text, add_special_tokens=False))
 

@@ -16,17 +16,6 @@ SCHEMA = {"type": "object", "properties": {"unit": {"enum": ["celsius", "fahrenh
           "required": ["unit", "n"]}
 
 
-@pytest.fixture(scope="module")
-def tiny_long(tmp_path_factory):
-    """The tiny model with room for the schema in its system message (its context is otherwise 256 tokens)."""
-    from tiny import make_tiny_model
-
-    from collab_core.local.loading import load_local_model
-
-    return load_local_model(str(make_tiny_model(tmp_path_factory.mktemp("m") / "tiny-long",
-                                                max_position_embeddings=2048)))
-
-
 def _ids(lm, text):
     return list(lm.tokenizer.encode(text, add_special_tokens=False))
 
