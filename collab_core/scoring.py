@@ -165,21 +165,24 @@ def features(sig: TokenSignal, log_vocab: float) -> np.ndarray:
 
 
 def _rms(v) -> np.ndarray:
-    v = np.asarray(v, dtype=np.float32).reshape(-1)
-    return v / (np.sqrt(np.mean(v * v)) + 1e-6)
+    v = np.asarray(v, dtype=np.float32)
+    return v / (np.sqrt(np.mean(v * v, axis=-1, keepdims=True)) + 1e-6)
 
 
-def value_features(hidden, embedding, top_logprobs, conf: tuple[float, float, float], log_vocab: float,
-                   k: int = TOP_K_FEATURES) -> np.ndarray:
+def value_features(hidden, embedding, top_logprobs, conf, log_vocab: float, k: int = TOP_K_FEATURES) -> np.ndarray:
     """The ``hidden+embed+topk+conf`` layout (value routers): the hidden state and the sampled token's input
     embedding (each RMS-normalised), the top-``k`` log-probabilities (sorted, floored at -30, divided by 10)
-    and [max_prob, entropy/ln(V), margin]."""
-    top = np.full(k, -30.0, np.float32)
-    lp = np.sort(np.asarray(top_logprobs, np.float32).reshape(-1))[::-1][:k]
-    top[: len(lp)] = np.maximum(lp, -30.0)
-    max_prob, entropy, margin = conf
-    return np.concatenate([_rms(hidden), _rms(embedding), top / 10.0,
-                           np.array([max_prob, min(1.0, entropy / log_vocab), margin], np.float32)])
+    and [max_prob, entropy/ln(V), margin] -- for one position (1-D inputs) or many (a row each: training)."""
+    one = np.ndim(hidden) == 1
+    lp = np.atleast_2d(np.asarray(top_logprobs, np.float32))
+    top = np.full((len(lp), k), -30.0, np.float32)
+    ranked = -np.sort(-lp, axis=1)[:, :k]
+    top[:, : ranked.shape[1]] = np.maximum(ranked, -30.0)
+    c = np.atleast_2d(np.asarray(conf, np.float32))
+    confidence = np.stack([c[:, 0], np.minimum(1.0, c[:, 1] / log_vocab), c[:, 2]], axis=1)
+    out = np.concatenate([_rms(np.atleast_2d(hidden)), _rms(np.atleast_2d(embedding)), top / 10.0, confidence],
+                         axis=1).astype(np.float32)
+    return out[0] if one else out
 
 
 def router_mlp(in_dim: int, hidden: int):

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import RouterLoadError, TraceError
-from ..scoring import FEATURE_SETS, TOP_K_FEATURES, log_vocab, router_mlp
+from ..scoring import FEATURE_SETS, log_vocab, router_mlp, value_features
 from .train import save, split_groups
 
 LOSSES = ("weighted", "regression", "ranking")
@@ -86,18 +86,12 @@ def load_value_traces(folder: str | Path) -> ValueTraces:
 
 
 def feature_matrix(lm, t: ValueTraces) -> np.ndarray:
-    """``scoring.value_features`` for every position at once (the same numbers, vectorised)."""
+    """``scoring.value_features`` for every position at once (the input embeddings looked up in blocks)."""
     import mlx.core as mx
-
-    def rms(a):
-        a = a.astype(np.float32)
-        return a / (np.sqrt(np.mean(a * a, axis=1, keepdims=True)) + 1e-6)
 
     emb = np.concatenate([np.array(lm.model.model.embed_tokens(mx.array(t.token[i:i + 4096], dtype=mx.uint32))
                                    .astype(mx.float32)) for i in range(0, len(t.token), 4096)])
-    top = np.maximum(-np.sort(-t.top, axis=1)[:, :TOP_K_FEATURES], -30.0) / 10.0
-    conf = np.stack([t.conf[:, 0], np.minimum(1.0, t.conf[:, 1] / log_vocab(lm)), t.conf[:, 2]], axis=1)
-    return np.concatenate([rms(t.hidden), rms(emb), top, conf], axis=1).astype(np.float32)
+    return value_features(t.hidden, emb, t.top, t.conf, log_vocab(lm))
 
 
 def routed_gain(score: np.ndarray, t: ValueTraces, share: float) -> dict:
