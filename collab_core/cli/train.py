@@ -72,11 +72,12 @@ def cmd_router(args: argparse.Namespace) -> int:
 
     from ..cloud.client import CloudClient, CloudConfig
     from ..training.csqa import get_format
-    from ..training.traces import TraceCollector, jsonl_tasks
+    from ..training.tasks import load_tasks
+    from ..training.traces import TraceCollector
 
     fmt = get_format(args.format)
     max_tokens = fmt.max_tokens if args.max_tokens is None else args.max_tokens
-    tasks = jsonl_tasks(lm, data, args.limit, fmt=fmt.name)
+    tasks = load_tasks(lm, data, limit=args.limit, fmt=fmt.name, need_answer=False)
     if args.teacher:
         from ..training.traces import TeacherForcedCollector
 

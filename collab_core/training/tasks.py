@@ -85,9 +85,10 @@ def answer_check(spec: str | None) -> Check:
 
 
 def load_tasks(lm, path: str | Path, *, limit: int | None = None, seed: int = 7, fmt: str = "explain",
-               check: str | None = None) -> list[TraceTask]:
+               check: str | None = None, need_answer: bool = True) -> list[TraceTask]:
     """Tasks from a JSONL file, shuffled with ``seed``, the first ``limit``: CommonsenseQA rows with their
-    format's check, or ``{id, prompt, answer}`` rows with ``answer_check(check)``."""
+    format's check, or ``{id, prompt, answer}`` rows with ``answer_check(check)``; with ``need_answer=False``,
+    ``{id, prompt}`` rows too (no check: disagreement traces only)."""
     from ..prompts import render_prompt
     from . import csqa
 
@@ -109,8 +110,8 @@ def load_tasks(lm, path: str | Path, *, limit: int | None = None, seed: int = 7,
     fn = answer_check(check)
     tasks = []
     for i, row in enumerate(rows):
-        if "prompt" not in row or "answer" not in row:
+        if "prompt" not in row or (need_answer and "answer" not in row):
             raise ConfigError(f"{p}: row {row.get('id', i)!r} needs 'prompt' and 'answer' (or CommonsenseQA fields)")
         tasks.append(TraceTask(str(row.get("id", i)), render_prompt(lm, row["prompt"])[0],
-                               (lambda a, row=row: bool(fn(a, row)))))
+                               (lambda a, row=row: bool(fn(a, row))) if "answer" in row else None))
     return tasks

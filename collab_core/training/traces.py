@@ -55,21 +55,6 @@ class TraceTask:
     check: Callable[[str], bool] | None = None  # is this answer right? (enables the outcome label)
 
 
-def jsonl_tasks(lm, path: str | Path, limit: int | None = None, seed: int = 7,
-                fmt: str = "letter") -> list[TraceTask]:
-    """Tasks from a JSONL file (shuffled with ``seed``, the first ``limit``): CommonsenseQA rows, with their gold
-    check (use training questions, never the evaluation ones), or ``{"id": ..., "prompt": ...}`` rows
-    (chat-templated, no check)."""
-    from ..prompts import render_prompt
-    from . import csqa
-
-    rows = csqa.load_questions(path, limit, seed)
-    if rows and "choices" in rows[0]:
-        return [TraceTask(q["id"], csqa.prompt_text(lm, q, fmt), (lambda a, q=q: csqa.is_correct(a, q, fmt)))
-                for q in rows]
-    return [TraceTask(str(r.get("id", i)), render_prompt(lm, r["prompt"])[0]) for i, r in enumerate(rows)]
-
-
 def _norm(s: str) -> str:
     return s.lstrip()
 
