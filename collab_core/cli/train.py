@@ -42,9 +42,10 @@ def add_router_parser(sub) -> None:
     v.add_argument("--near", type=int, default=12, help="roll out every disagreement in the answer's last N tokens")
     v.add_argument("--sample", type=int, default=3, help="... and N more drawn at random from the rest")
     v.add_argument("--max-batch", type=int, default=8, help="rollouts (and answers) decoded as one batch")
-    v.add_argument("--span", type=int, default=1,
+    v.add_argument("--span", type=int, default=None,
                    help="cloud tokens written at a routed position before the local model goes on (the engine's "
-                        "--span-tokens; 2 lets a letter follow the cloud's opening parenthesis)")
+                        "--span-tokens). collect: label every span length up to N (default 1); train: learn the "
+                        "value of N-token spans (default: the collector's N)")
     v.add_argument("--losses", default="weighted,regression,ranking", help="train: losses to cross-validate")
 
 
@@ -128,7 +129,8 @@ def _values(args: argparse.Namespace, lm, data, traces) -> int:
 
         out = Path(args.out) if args.out else traces.parent / f"router-{traces.name}"
         report = train_value_router(lm, traces, out, losses=tuple(args.losses.split(",")), hidden=args.hidden,
-                                    epochs=args.epochs or 20, places=piece_places if fmt.name == "explain" else None)
+                                    epochs=args.epochs or 20, places=piece_places if fmt.name == "explain" else None,
+                                    span=args.span)
         print(report.table())
         print(f"router written to {out} (use router=\"learned:{out}\")")
         return 0
@@ -146,7 +148,7 @@ def _values(args: argparse.Namespace, lm, data, traces) -> int:
     stop = fmt.stop if csqa_rows else ""  # a user's task: no stop of CommonsenseQA's formats
     max_tokens = args.max_tokens or (fmt.max_tokens if csqa_rows else 256)
     col = ValueCollector(lm, teacher, traces, max_tokens=max_tokens, stop=stop, near=args.near,
-                         sample=args.sample, max_batch=args.max_batch, chunk=2 * args.max_batch, span=args.span)
+                         sample=args.sample, max_batch=args.max_batch, chunk=2 * args.max_batch, span=args.span or 1)
     written = col.run(tasks)
     print(f"{written} new value traces ({col.rollouts} rollouts, {col.teacher_passes} teacher passes) in {traces}")
     return 0

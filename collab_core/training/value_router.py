@@ -53,7 +53,9 @@ class ValueTraces:
     model: str
 
 
-def load_value_traces(folder: str | Path) -> ValueTraces:
+def load_value_traces(folder: str | Path, span: int | None = None) -> ValueTraces:
+    """Every value trace in ``folder``. ``span`` picks the label: the value of a ``span``-token cloud span
+    (version 3 traces hold one per span length up to the collector's ``span``); by default the collector's own."""
     files = sorted(Path(folder).glob("*.npz"))
     if not files:
         raise TraceError(f"no value traces in {folder}: run `collab router collect --values` first")
@@ -63,8 +65,14 @@ def load_value_traces(folder: str | Path) -> ValueTraces:
     for g, f in enumerate(files):
         d = np.load(f)
         meta = json.loads(str(d["meta"]))
-        if meta.get("version") != 2:
+        if meta.get("version") not in (2, 3):
             raise TraceError(f"{f} is not a value trace (version {meta.get('version')})")
+        value = d["value"]
+        if span is not None and span != meta.get("span", 1):
+            if "value_by_span" not in d or span > d["value_by_span"].shape[1] or span < 1:
+                raise TraceError(f"{f} holds no value for {span}-token spans (collected with span "
+                                 f"{meta.get('span', 1)})")
+            value = d["value_by_span"][:, span - 1]
         models.add(meta["model"])
         n = len(d["token"])
         rolled, dis = d["rolled"], d["disagree"] == 1
@@ -74,7 +82,7 @@ def load_value_traces(folder: str | Path) -> ValueTraces:
         if sampled.any():
             weight[sampled] = rest.sum() / sampled.sum()
         for k, v in (("hidden", d["hidden"]), ("top", d["top_logprobs"]), ("conf", d["conf"]),
-                     ("token", d["token"]), ("value", d["value"]), ("weight", weight), ("disagree", dis),
+                     ("token", d["token"]), ("value", value), ("weight", weight), ("disagree", dis),
                      ("position", np.arange(n)), ("length", np.full(n, n)),
                      ("local_ok", np.full(n, float(d["local_ok"]), np.float32)), ("group", np.full(n, g))):
             cols[k].append(v)
@@ -209,8 +217,9 @@ def label_places(lm, t: ValueTraces, places) -> dict:
 
 
 def train_value_router(lm, traces: str | Path, out: str | Path, *, losses=LOSSES, folds: int = 5, hidden: int = 64,
-                       epochs: int = 20, seed: int = 0, places=None, log=print) -> ValueReport:
-    t = load_value_traces(traces)
+                       epochs: int = 20, seed: int = 0, places=None, span: int | None = None,
+                       log=print) -> ValueReport:
+    t = load_value_traces(traces, span)
     if t.model != lm.fingerprint:
         raise RouterLoadError(f"traces in {traces} were collected with local model {t.model}, not {lm.fingerprint}")
     x = feature_matrix(lm, t)

@@ -19,7 +19,7 @@ costs too much on a CPU, so they are **sampled**: every disagreement among the a
 rollouts are short and the answer is decided), plus up to ``sample`` others drawn uniformly with a seed from the
 question id. The others stay unknown (NaN) and are left out of training; ``rolled`` marks which were run.
 
-One ``.npz`` per question (``TRACE_VERSION`` 2), written once it is complete, so an interrupted run resumes where
+One ``.npz`` per question (``TRACE_VERSION`` 3: with ``value_by_span``, the value of each span length up to ``span``), written once it is complete, so an interrupted run resumes where
 it stopped. Questions are handled in chunks of ``chunk``: answers for the chunk (batched), teacher passes, then
 rollouts (batched).
 """
@@ -40,7 +40,7 @@ from ..local.batch import run_lanes
 from ..local.decoder import greedy_answer
 from .traces import TraceTask, _safe
 
-TRACE_VERSION = 2
+TRACE_VERSION = 3
 
 
 def pick_rollouts(disagree: np.ndarray, task_id: str, *, near: int, sample: int) -> list[int]:
@@ -127,18 +127,30 @@ class ValueCollector:
         return self._tdec.prefill(ids).token_id
 
     def _rollout_job(self, prompt_ids: list[int], answer: list[int], spans: dict[int, list[int]]):
+        """At each position, one answer per span length s = 1..len(span): the cloud's first s tokens, then the
+        local model to the end. A longer span needs no rollout of its own where the local model, after the
+        shorter one, would write the cloud's next token itself (the answer is the same)."""
         eos = set(self.lm.eos_token_ids)
 
         def job(dec):
-            texts = {}
+            out = {}
             for k, span in spans.items():  # from the end backwards: short first, the shared prefix stays cached
-                if span[-1] in eos:  # the cloud would end the answer inside its span
-                    texts[k] = self._text(answer[:k] + span[:-1])
-                    continue
-                alt = answer[:k] + span
-                alt += [t for t, _ in greedy_answer(dec, prompt_ids, alt, max_tokens=self.max_tokens, stop=self.stop)]
-                texts[k] = self._text(alt)
-            return texts
+                texts, nexts, cont = [], [], None
+                for s in range(1, len(span) + 1):
+                    part = span[:s]
+                    if cont and cont[0] == part[-1]:  # the local model would write this cloud token itself
+                        cont = cont[1:]
+                        texts.append(texts[-1])
+                    elif part[-1] in eos:  # the cloud would end the answer inside its span
+                        cont = []
+                        texts.append(self._text(answer[:k] + part[:-1]))
+                    else:
+                        cont = [t for t, _ in greedy_answer(dec, prompt_ids, answer[:k] + part,
+                                                            max_tokens=self.max_tokens, stop=self.stop)]
+                        texts.append(self._text(answer[:k] + part + cont))
+                    nexts.append(cont[0] if cont else -1)
+                out[k] = (texts, nexts, span)
+            return out
         return job
 
     # -- a chunk of questions ---------------------------------------------------------------------------------
@@ -162,22 +174,29 @@ class ValueCollector:
         alts = [None] * len(jobs)
         for i, res in zip(order, done):
             alts[i] = res
-        for plan, texts in zip(plans, alts):
-            self._save(*plan, texts)
-            self.rollouts += len(texts)
+        for plan, rolled_out in zip(plans, alts):
+            self._save(*plan, rolled_out)
+            self.rollouts += sum(len(set(texts)) for texts, _, _ in rolled_out.values())
         return len(plans)
 
-    def _save(self, task, prompt_ids, toks, hid, top, conf, nxt, disagree, where, texts) -> None:
+    def _save(self, task, prompt_ids, toks, hid, top, conf, nxt, disagree, where, rolled_out) -> None:
         n = len(toks)
         local_text = self._text(toks)
         local_ok = task.check(local_text) if task.check else None
+        by_span = np.full((n, self.span), np.nan, np.float32)  # the value of an s-token span, s = 1..span
+        local_next = np.full((n, self.span), -1, np.int64)  # the local token after the cloud's first s tokens
+        cloud_span = np.full((n, self.span), -1, np.int64)  # the cloud's span there
+        by_span[disagree == 0] = 0.0
+        for k, (texts, nexts, span) in rolled_out.items():
+            vals = [float(task.check(t)) - float(local_ok) for t in texts]
+            by_span[k] = vals + vals[-1:] * (self.span - len(vals))  # a span the cloud ended stays ended
+            local_next[k, :len(nexts)] = nexts
+            cloud_span[k, :len(span)] = span
         alt_ok = np.full(n, np.nan, np.float32)
-        value = np.where(disagree == 1, np.nan, 0.0).astype(np.float32)
-        for k, text in texts.items():
-            alt_ok[k] = float(task.check(text))
-            value[k] = alt_ok[k] - float(local_ok)
+        alt_ok[list(rolled_out)] = by_span[list(rolled_out), -1] + float(local_ok or 0)
+        value = by_span[:, -1].copy()
         rolled = np.zeros(n, bool)
-        rolled[list(texts)] = True
+        rolled[list(rolled_out)] = True
         rec = {
             "hidden": np.stack(hid).astype(np.float16),
             "top_logprobs": np.array(top, np.float32),
@@ -187,6 +206,9 @@ class ValueCollector:
             "disagree": disagree,
             "alt_ok": alt_ok,
             "value": value,
+            "value_by_span": by_span,
+            "local_next": local_next,
+            "cloud_span": cloud_span,
             "rolled": rolled,
             "local_ok": np.float32(np.nan if local_ok is None else float(local_ok)),
             "meta": json.dumps({"version": TRACE_VERSION, "id": task.id, "model": self.lm.fingerprint,

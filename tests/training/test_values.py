@@ -169,5 +169,14 @@ def test_two_token_spans_label_what_the_clouds_next_token_does(tiny_lm, tmp_path
     assert TwoTokens.seen == [first]  # asked once, after the cloud's first token
     v1, v2 = (np.load(tmp_path / n / "q-2.npz")["value"][10] for n in ("one", "two"))
     assert (v1, v2) == (0.0, 1.0)  # only the 2-token span pays
+    d = np.load(tmp_path / "two" / "q-2.npz")
+    assert d["value_by_span"][10].tolist() == [0.0, 1.0]  # both span lengths, from one collection
+    assert d["cloud_span"][10].tolist() == [first, second]
+    assert d["local_next"][10, 0] != second  # the local model would not write the cloud's second token itself
+    assert np.isnan(d["value_by_span"][~d["rolled"] & (d["disagree"] == 1)]).all()
+    assert load_value_traces(tmp_path / "two", span=1).value[10] == 0.0  # the 1-token label, picked at load
+    assert load_value_traces(tmp_path / "two").value[10] == 1.0  # the collector's own span by default
+    with pytest.raises(TraceError):
+        load_value_traces(tmp_path / "two", span=3)
     with pytest.raises(TraceError):
         ValueCollector(tiny_lm, teacher, tmp_path / "x", span=0)
