@@ -78,16 +78,22 @@ class ValueCollector:
         self.teacher_passes = 0
 
     # -- phase 1: the local answers, batched ----------------------------------------------------------------
+    def _features(self, step) -> tuple[np.ndarray, np.ndarray, list[float]]:
+        """The router's inputs at one position: hidden state, top-k log-probabilities, confidence summary."""
+        c = step.confidence
+        lp = np.log(np.maximum(np.array(c.top_probs, np.float64), 1e-30))[: self.top_k]
+        return (np.array(step.hidden, dtype=np.float32), np.pad(lp, (0, self.top_k - len(lp)), constant_values=-30.0),
+                [c.max_prob, c.entropy, c.margin])
+
     def _answer_job(self, prompt_ids: list[int]):
         def job(dec):
             toks, hid, top, conf = [], [], [], []
             for tid, step in greedy_answer(dec, prompt_ids, max_tokens=self.max_tokens, stop=self.stop):
-                c = step.confidence
+                h, lp, c = self._features(step)
                 toks.append(tid)
-                hid.append(np.array(step.hidden, dtype=np.float32))
-                lp = np.log(np.maximum(np.array(c.top_probs, np.float64), 1e-30))[: self.top_k]
-                top.append(np.pad(lp, (0, self.top_k - len(lp)), constant_values=-30.0))
-                conf.append([c.max_prob, c.entropy, c.margin])
+                hid.append(h)
+                top.append(lp)
+                conf.append(c)
             return toks, hid, top, conf
         return job
 
@@ -135,7 +141,7 @@ class ValueCollector:
         def job(dec):
             out = {}
             for k, span in spans.items():  # from the end backwards: short first, the shared prefix stays cached
-                texts, nexts, cont = [], [], None
+                texts, nexts, cont, after = [], [], None, None
                 for s in range(1, len(span) + 1):
                     part = span[:s]
                     if cont and cont[0] == part[-1]:  # the local model would write this cloud token itself
@@ -145,11 +151,15 @@ class ValueCollector:
                         cont = []
                         texts.append(self._text(answer[:k] + part[:-1]))
                     else:
-                        cont = [t for t, _ in greedy_answer(dec, prompt_ids, answer[:k] + part,
-                                                            max_tokens=self.max_tokens, stop=self.stop)]
+                        cont = []
+                        for t, step in greedy_answer(dec, prompt_ids, answer[:k] + part, max_tokens=self.max_tokens,
+                                                     stop=self.stop):
+                            if s == 1 and not cont:  # the position a router sees right after a cloud token
+                                after = self._features(step)
+                            cont.append(t)
                         texts.append(self._text(answer[:k] + part + cont))
                     nexts.append(cont[0] if cont else -1)
-                out[k] = (texts, nexts, span)
+                out[k] = (texts, nexts, span, after)
             return out
         return job
 
@@ -176,7 +186,7 @@ class ValueCollector:
             alts[i] = res
         for plan, rolled_out in zip(plans, alts):
             self._save(*plan, rolled_out)
-            self.rollouts += sum(len(set(texts)) for texts, _, _ in rolled_out.values())
+            self.rollouts += sum(len(set(r[0])) for r in rolled_out.values())
         return len(plans)
 
     def _save(self, task, prompt_ids, toks, hid, top, conf, nxt, disagree, where, rolled_out) -> None:
@@ -187,7 +197,8 @@ class ValueCollector:
         local_next = np.full((n, self.span), -1, np.int64)  # the local token after the cloud's first s tokens
         cloud_span = np.full((n, self.span), -1, np.int64)  # the cloud's span there
         by_span[disagree == 0] = 0.0
-        for k, (texts, nexts, span) in rolled_out.items():
+        after = {k: a for k, (_, _, _, a) in rolled_out.items() if a is not None}
+        for k, (texts, nexts, span, _) in rolled_out.items():
             vals = [float(task.check(t)) - float(local_ok) for t in texts]
             by_span[k] = vals + vals[-1:] * (self.span - len(vals))  # a span the cloud ended stays ended
             local_next[k, :len(nexts)] = nexts
@@ -210,6 +221,12 @@ class ValueCollector:
             "local_next": local_next,
             "cloud_span": cloud_span,
             "rolled": rolled,
+            # the position right after the cloud's first token, at each rolled-out k (a routed position's next
+            # step, as the router meets it when it is asked again there); its value is span 2's over span 1's
+            "after_pos": np.array(sorted(after), np.int64),
+            "after_hidden": np.array([after[k][0] for k in sorted(after)], np.float16).reshape(len(after), -1),
+            "after_top": np.array([after[k][1] for k in sorted(after)], np.float32).reshape(len(after), self.top_k),
+            "after_conf": np.array([after[k][2] for k in sorted(after)], np.float32).reshape(len(after), 3),
             "local_ok": np.float32(np.nan if local_ok is None else float(local_ok)),
             "meta": json.dumps({"version": TRACE_VERSION, "id": task.id, "model": self.lm.fingerprint,
                                 "cloud": f"teacher:{Path(self.teacher.name).name}", "local_text": local_text,

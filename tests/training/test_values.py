@@ -174,6 +174,9 @@ def test_two_token_spans_label_what_the_clouds_next_token_does(tiny_lm, tmp_path
     assert d["cloud_span"][10].tolist() == [first, second]
     assert d["local_next"][10, 0] != second  # the local model would not write the cloud's second token itself
     assert np.isnan(d["value_by_span"][~d["rolled"] & (d["disagree"] == 1)]).all()
+    assert 10 in d["after_pos"].tolist()  # the features where a router is asked again, after the cloud's token
+    assert d["after_hidden"].shape == (len(d["after_pos"]), d["hidden"].shape[1])
+    assert d["after_top"].shape == (len(d["after_pos"]), d["top_logprobs"].shape[1])
     assert load_value_traces(tmp_path / "two", span=1).value[10] == 0.0  # the 1-token label, picked at load
     assert load_value_traces(tmp_path / "two").value[10] == 1.0  # the collector's own span by default
     with pytest.raises(TraceError):
