@@ -180,7 +180,7 @@ class ValueCollector:
         jobs = [self._rollout_job(p, toks, self.cloud_spans(p, toks, nxt, where))
                 for (_, p, toks, _, _, _, nxt, _, where) in plans]
         order = sorted(range(len(jobs)), key=lambda i: len(plans[i][8]))  # fewest rollouts first
-        done = run_lanes(self.lm, [jobs[i] for i in order], max_batch=self.max_batch)
+        done = run_lanes(self.lm, [jobs[i] for i in order], max_batch=self.max_batch, want_hidden=True)
         alts = [None] * len(jobs)
         for i, res in zip(order, done):
             alts[i] = res
