@@ -21,76 +21,18 @@ its score quantiles, so that a ``BudgetRouter`` starts calibrated.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import RouterLoadError, TraceError
+from ..errors import RouterLoadError
 from ..scoring import FEATURE_SETS, log_vocab, router_mlp, value_features
 from .train import save, split_groups
+from .value_traces import ValueTraces, load_value_traces, routed_gain
 
 LOSSES = ("weighted", "regression", "ranking")
 BUDGETS = (0.02, 0.07)
-
-
-@dataclass
-class ValueTraces:
-    hidden: np.ndarray  # (n, H) float16
-    top: np.ndarray  # (n, k) top-k log-probabilities
-    conf: np.ndarray  # (n, 3) max_prob, entropy, margin
-    token: np.ndarray
-    value: np.ndarray  # NaN where unknown
-    weight: np.ndarray  # inverse sampling rate of the rolled-out position (1 elsewhere)
-    disagree: np.ndarray
-    position: np.ndarray  # index in the answer
-    length: np.ndarray  # the answer's length, per position
-    local_ok: np.ndarray  # per position
-    group: np.ndarray
-    ids: list[str]
-    texts: list[str]
-    model: str
-
-
-def load_value_traces(folder: str | Path, span: int | None = None) -> ValueTraces:
-    """Every value trace in ``folder``. ``span`` picks the label: the value of a ``span``-token cloud span
-    (version 3 traces hold one per span length up to the collector's ``span``); by default the collector's own."""
-    files = sorted(Path(folder).glob("*.npz"))
-    if not files:
-        raise TraceError(f"no value traces in {folder}: run `collab router collect --values` first")
-    cols: dict[str, list] = {k: [] for k in ("hidden", "top", "conf", "token", "value", "weight", "disagree",
-                                             "position", "length", "local_ok", "group")}
-    ids, texts, models = [], [], set()
-    for g, f in enumerate(files):
-        d = np.load(f)
-        meta = json.loads(str(d["meta"]))
-        if meta.get("version") not in (2, 3):
-            raise TraceError(f"{f} is not a value trace (version {meta.get('version')})")
-        value = d["value"]
-        if span is not None and span != meta.get("span", 1):
-            if "value_by_span" not in d or span > d["value_by_span"].shape[1] or span < 1:
-                raise TraceError(f"{f} holds no value for {span}-token spans (collected with span "
-                                 f"{meta.get('span', 1)})")
-            value = d["value_by_span"][:, span - 1]
-        models.add(meta["model"])
-        n = len(d["token"])
-        rolled, dis = d["rolled"], d["disagree"] == 1
-        weight = np.ones(n, np.float32)
-        rest = dis & (np.arange(n) < n - meta["near"])  # the sampled stretch
-        sampled = rest & rolled
-        if sampled.any():
-            weight[sampled] = rest.sum() / sampled.sum()
-        for k, v in (("hidden", d["hidden"]), ("top", d["top_logprobs"]), ("conf", d["conf"]),
-                     ("token", d["token"]), ("value", value), ("weight", weight), ("disagree", dis),
-                     ("position", np.arange(n)), ("length", np.full(n, n)),
-                     ("local_ok", np.full(n, float(d["local_ok"]), np.float32)), ("group", np.full(n, g))):
-            cols[k].append(v)
-        ids.append(meta["id"])
-        texts.append(meta["local_text"])
-    if len(models) > 1:
-        raise TraceError(f"traces in {folder} come from several local models: {sorted(models)}")
-    return ValueTraces(**{k: np.concatenate(v) for k, v in cols.items()}, ids=ids, texts=texts, model=models.pop())
 
 
 def feature_matrix(lm, t: ValueTraces) -> np.ndarray:
@@ -100,26 +42,6 @@ def feature_matrix(lm, t: ValueTraces) -> np.ndarray:
     emb = np.concatenate([np.array(lm.model.model.embed_tokens(mx.array(t.token[i:i + 4096], dtype=mx.uint32))
                                    .astype(mx.float32)) for i in range(0, len(t.token), 4096)])
     return value_features(t.hidden, emb, t.top, t.conf, log_vocab(lm))
-
-
-def routed_gain(score: np.ndarray, t: ValueTraces, share: float) -> dict:
-    """Route the top ``share`` of all positions (one global threshold); per question, the first routed position
-    decides: net answers gained (+1 / -1 / 0), and how many questions' first routed position had no label."""
-    k = max(1, int(round(share * len(score))))
-    routed = np.zeros(len(score), bool)
-    routed[np.argsort(-score, kind="stable")[:k]] = True
-    up = down = unknown = 0
-    for g in np.unique(t.group):
-        idx = np.flatnonzero((t.group == g) & routed)
-        if not len(idx):
-            continue
-        v = t.value[idx[0]]
-        if np.isnan(v):
-            unknown += 1
-        up, down = up + (v > 0), down + (v < 0)
-    n = len(np.unique(t.group))
-    return {"share": share, "up": int(up), "down": int(down), "unknown_first": unknown,
-            "net_per_100": round(100.0 * (up - down) / n, 2)}
 
 
 def _fit(x, v, w, loss: str, *, hidden=64, epochs=20, lr=1e-3, harm=2.0, seed=0, batch=512):
@@ -180,6 +102,8 @@ class ValueReport:
     cv: dict = field(default_factory=dict)  # loss -> [routed_gain per budget]
     confidence: list = field(default_factory=list)
     chosen: str = ""
+    after: dict = field(default_factory=dict)  # label counts on the after rows (one-token spans, chained)
+    oracle_chained: float | None = None  # the best answer per question with up to two chained cloud tokens
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -187,15 +111,40 @@ class ValueReport:
     def table(self) -> str:
         lines = [f"{self.questions} questions, {self.positions} positions; local accuracy {self.local_accuracy:.3f}, "
                  f"oracle (best single cloud token per answer, from the rollouts) {self.oracle_accuracy:.3f}",
-                 "labels: " + ", ".join(f"{k}={v}" for k, v in self.labels.items()),
-                 "where (+1 / -1 / 0 rolled): " + "; ".join(f"{k}: {v}" for k, v in self.where.items()),
-                 "cross-validated net answers gained per 100 questions (first routed position decides):"]
+                 "labels: " + ", ".join(f"{k}={v}" for k, v in self.labels.items())]
+        if self.after:
+            lines += ["after a cloud token (asked again): " + ", ".join(f"{k}={v}" for k, v in self.after.items()),
+                      f"oracle with a second, chained cloud token: {self.oracle_chained:.3f}"]
+        lines += ["where (+1 / -1 / 0 rolled): " + "; ".join(f"{k}: {v}" for k, v in self.where.items()),
+                  "cross-validated net answers gained per 100 questions (first routed position decides):"]
         for name, rows in [*self.cv.items(), ("confidence", self.confidence)]:
             lines.append(f"  {name:>10}: " + "  ".join(f"{r['share']:.0%}: {r['net_per_100']:+.2f} "
-                                                     f"(+{r['up']}/-{r['down']}, {r['unknown_first']} unknown)"
+                                                     f"(+{r['up']}/-{r['down']}, {r['unknown_first']} unknown, "
+                                                     f"{r.get('tokens_share', 0):.1%} spent first)"
                                                      for r in rows))
         lines.append(f"chosen loss: {self.chosen}")
         return "\n".join(lines)
+
+
+def label_counts(t: ValueTraces, rows: np.ndarray) -> dict:
+    v = (t.value if t.alone is None else t.alone)[rows]  # a row's own token (a chained label counts once)
+    known = ~np.isnan(v)
+    return {"+1 (wrong->right)": int((v > 0).sum()), "-1 (right->wrong)": int((v < 0).sum()),
+            "0 rolled out": int((known & t.disagree[rows] & (v == 0)).sum()),
+            "0 agree": int((~t.disagree[rows]).sum()), "unknown (not rolled out)": int((~known).sum())}
+
+
+def best_value(t: ValueTraces, *, chain: bool) -> np.ndarray:
+    """Per question, the best known value of one cloud position (``chain``: or of one position and, right after
+    it, the next one too)."""
+    alone = t.value if t.alone is None else t.alone
+    v = np.where(np.isnan(alone) | t.after, 0.0, alone)
+    if chain:
+        for i in np.flatnonzero(t.after & ~np.isnan(t.value)):
+            p = t.parent[i]
+            if not np.isnan(alone[p]):
+                v[i] = alone[p] + t.value[i]
+    return np.array([v[t.group == g].max(initial=0.0) for g in np.unique(t.group)])
 
 
 def label_places(lm, t: ValueTraces, places) -> dict:
@@ -203,12 +152,12 @@ def label_places(lm, t: ValueTraces, places) -> dict:
     text in an answer (``csqa.piece_places``: a report may know the task; the router never does)."""
     out: dict[str, dict[str, int]] = {}
     for g in np.unique(t.group):
-        idx = np.flatnonzero(t.group == g)
+        idx = np.flatnonzero((t.group == g) & ~t.after)
         toks = t.token[idx].tolist()
         prefixes = [""] + [lm.tokenizer.decode(toks[: i + 1]) for i in range(len(toks))]
         kinds = places([prefixes[i + 1][len(prefixes[i]):] for i in range(len(toks))])
         for kind, j in zip(kinds, idx):
-            v = t.value[j]
+            v = (t.value if t.alone is None else t.alone)[j]
             if np.isnan(v) or not t.disagree[j]:
                 continue
             row = out.setdefault(kind, {"+1": 0, "-1": 0, "0": 0})
@@ -226,12 +175,12 @@ def train_value_router(lm, traces: str | Path, out: str | Path, *, losses=LOSSES
     known = ~np.isnan(t.value)
     groups = np.unique(t.group)
     ok = np.array([t.local_ok[t.group == g][0] for g in groups])
-    best = np.array([np.nanmax(np.where(known[t.group == g], t.value[t.group == g], 0)) for g in groups])
-    rep = ValueReport(len(groups), len(x), {
-        "+1 (wrong->right)": int((t.value > 0).sum()), "-1 (right->wrong)": int((t.value < 0).sum()),
-        "0 rolled out": int((known & t.disagree & (t.value == 0)).sum()), "0 agree": int((~t.disagree).sum()),
-        "unknown (not rolled out)": int((~known).sum())},
-        label_places(lm, t, places) if places else {}, float(ok.mean()), float((ok + (best > 0)).mean()))
+    rep = ValueReport(len(groups), int((~t.after).sum()), label_counts(t, ~t.after),
+                      label_places(lm, t, places) if places else {}, float(ok.mean()),
+                      float((ok + (best_value(t, chain=False) > 0)).mean()))
+    if t.after.any():
+        rep.after = label_counts(t, t.after)
+        rep.oracle_chained = float((ok + (best_value(t, chain=True) > 0)).mean())
     conf_score = 1.0 - t.conf[:, 0]
     rep.confidence = [routed_gain(conf_score, t, b) for b in BUDGETS]
     for loss in losses:
@@ -245,7 +194,7 @@ def train_value_router(lm, traces: str | Path, out: str | Path, *, losses=LOSSES
         log(f"{loss}: " + ", ".join(f"{r['share']:.0%} {r['net_per_100']:+.2f}" for r in rep.cv[loss]))
     rep.chosen = max(rep.cv, key=lambda k: tuple(r["net_per_100"] for r in rep.cv[k]))
     model = _fit(x[known], t.value[known], t.weight[known], rep.chosen, hidden=hidden, epochs=epochs, seed=seed)
-    quantiles = np.quantile(_score(model, x), np.linspace(0, 1, 1001))
+    quantiles = np.quantile(_score(model, x[~t.after]), np.linspace(0, 1, 1001))  # what a router meets
     save(model, out, model_fingerprint=lm.fingerprint, model_name=lm.name, in_dim=x.shape[1], hidden=hidden,
          metrics={"kind": "value", **rep.as_dict(), "trained": {"epochs": epochs, "seed": seed, "loss": rep.chosen}},
          score_quantiles=[round(float(q), 6) for q in quantiles], feature_set=FEATURE_SETS[1])

@@ -140,7 +140,7 @@ def test_routed_gain_counts_the_first_routed_position():
                     disagree=np.ones(4, bool), position=np.arange(4), length=z + 2, local_ok=z,
                     group=np.array([0, 0, 1, 1]), ids=["a", "b"], texts=["", ""], model="m")
     assert routed_gain(np.array([0.1, 0.9, 0.8, 0.0]), t, 0.5) == {
-        "share": 0.5, "up": 1, "down": 1, "unknown_first": 0, "net_per_100": 0.0}
+        "share": 0.5, "up": 1, "down": 1, "unknown_first": 0, "tokens_share": 0.5, "net_per_100": 0.0}
     assert routed_gain(np.array([0.1, 0.9, 0.0, 0.8]), t, 0.5)["unknown_first"] == 1
 
 
@@ -177,9 +177,65 @@ def test_two_token_spans_label_what_the_clouds_next_token_does(tiny_lm, tmp_path
     assert 10 in d["after_pos"].tolist()  # the features where a router is asked again, after the cloud's token
     assert d["after_hidden"].shape == (len(d["after_pos"]), d["hidden"].shape[1])
     assert d["after_top"].shape == (len(d["after_pos"]), d["top_logprobs"].shape[1])
-    assert load_value_traces(tmp_path / "two", span=1).value[10] == 0.0  # the 1-token label, picked at load
+    assert load_value_traces(tmp_path / "two", span=1).alone[10] == 0.0  # the 1-token label, picked at load
     assert load_value_traces(tmp_path / "two").value[10] == 1.0  # the collector's own span by default
     with pytest.raises(TraceError):
         load_value_traces(tmp_path / "two", span=3)
     with pytest.raises(TraceError):
         ValueCollector(tiny_lm, teacher, tmp_path / "x", span=0)
+
+
+def test_routed_gain_chains_a_second_token_where_the_router_is_asked_again():
+    """A one-token span that buys nothing alone (an opening parenthesis, say) pays when the router, asked again
+    right after the cloud's token, routes that position too: the after row (parent 1) holds what it adds."""
+    from collab_core.training.value_router import ValueTraces
+
+    z = np.zeros(5)
+    t = ValueTraces(hidden=z, top=z, conf=z, token=z, value=np.array([0.0, 0.0, 0.0, 0.0, 1.0]), weight=z + 1,
+                    disagree=np.array([0, 1, 0, 0, 1], bool), position=np.array([0, 1, 2, 3, 2]), length=z + 4,
+                    local_ok=z, group=np.zeros(5, int), ids=["a"], texts=[""], model="m",
+                    parent=np.array([-1, -1, -1, -1, 1]))
+    asked_again = routed_gain(np.array([0.1, 0.9, 0.0, 0.0, 0.95]), t, 0.25)
+    assert (asked_again["up"], asked_again["tokens_share"]) == (1, 0.5)  # two cloud tokens in four
+    alone = routed_gain(np.array([0.1, 0.9, 0.0, 0.0, 0.05]), t, 0.25)
+    assert (alone["up"], alone["tokens_share"]) == (0, 0.25)
+
+
+def test_after_rows_load_with_one_token_labels_and_train(tiny_lm, tmp_path):
+    """Version 3 traces: trained on one-token spans, a trace's after rows join the trajectory rows, labelled by
+    the 2-token value over the 1-token one; trained on 2-token spans, they are left out."""
+    import json
+
+    rng = np.random.default_rng(1)
+    mark, h = 7, tiny_lm.config["hidden_size"]
+    for q in range(24):
+        n = 12
+        token = rng.integers(20, 60, n)
+        k = int(rng.integers(0, n))
+        token[k] = mark  # the cloud writes "(" here: nothing alone, the letter after it pays
+        disagree = (token == mark).astype(np.float32)
+        by_span = np.zeros((n, 2), np.float32)
+        by_span[k] = [0.0, 1.0]
+        np.savez(tmp_path / f"q{q}.npz", hidden=rng.normal(size=(n, h)).astype(np.float16),
+                 top_logprobs=np.full((n, 5), -1.0, np.float32), conf=np.tile([0.5, 1.0, 0.1], (n, 1)).astype(
+                     np.float32), token=token, cloud_token=token, disagree=disagree, alt_ok=by_span[:, 1],
+                 value=by_span[:, 1], value_by_span=by_span, rolled=disagree == 1, local_ok=np.float32(0.0),
+                 cloud_span=np.where(disagree[:, None] == 1, [[3, 9]], -1), local_next=np.where(
+                     disagree[:, None] == 1, [[8, -1]], -1), after_pos=np.array([k]),
+                 after_hidden=rng.normal(size=(1, h)).astype(np.float16) + 3.0,
+                 after_top=np.full((1, 5), -1.0, np.float32), after_conf=np.array([[0.5, 1.0, 0.1]], np.float32),
+                 meta=json.dumps({"version": 3, "id": f"q{q}", "model": tiny_lm.fingerprint, "local_text": "x",
+                                  "near": 5, "sample": 1, "span": 2}))
+    one = load_value_traces(tmp_path, span=1)
+    assert one.after.sum() == 24 and (one.value[one.after] == 1.0).all() and (one.token[one.after] == 8).all()
+    assert (one.alone[~one.after & one.disagree] == 0.0).all()
+    assert (one.parent[one.after] >= 0).all() and (one.token[one.parent[one.after]] == mark).all()
+    two = load_value_traces(tmp_path)
+    assert not two.after.any() and (two.value[two.disagree] == 1.0).all()
+    rep = train_value_router(tiny_lm, tmp_path, tmp_path / "r", losses=("weighted",), folds=3, epochs=30, span=1,
+                             log=lambda *_: None)
+    assert rep.oracle_accuracy == 0.0 and rep.oracle_chained == 1.0
+    assert rep.after["+1 (wrong->right)"] == 24 and rep.positions == 24 * 12
+    assert rep.labels["+1 (wrong->right)"] == 0  # the "(" alone gains nothing ...
+    assert (one.value[one.parent[one.after]] == 1.0).all()  # ... but is worth routing when the letter follows
+    assert rep.cv["weighted"][1]["net_per_100"] >= 80  # learned: route the "(", then the letter after it
