@@ -117,8 +117,11 @@ class BudgetRouter(Router):
     A hard guard keeps the share honest: a span is sent only while the cloud tokens, counting it, stay within
     ``budget`` of the tokens written **plus ``burst`` tokens**. The burst is what lets a 2% budget go to one
     position of a 60-token answer -- its answer slot, say -- even at the answer's start, instead of being
-    spread evenly (without it, nothing could be routed before the 50th token). Over many answers the share
-    converges to the budget; the burst bounds how far ahead of it the router may run.
+    spread evenly (without it, nothing could be routed before the 50th token). It is 2 tokens by default: a
+    routed token and, when the router asked again right after it wants the next one too, that one (the value
+    labels show the pair is what pays where the cloud's first token only opens a parenthesis before its
+    letter). Over many answers the share converges to the budget; the burst bounds how far ahead of it the
+    router may run.
 
     Whose budget: the ledger (tokens written, cloud tokens) is this router object's. An ``Engine`` routes
     every generation with its one router, so the budget is **per engine**: the share over everything it has
@@ -130,7 +133,7 @@ class BudgetRouter(Router):
 
     def __init__(self, budget: float = 0.07, signal: str = "max_prob", importance: bool = True, scorer=None,
                  window: int = 4096, min_observations: int = 64, initial_threshold: float = 0.6,
-                 span_estimate: float = 2.0, burst: float = 1.0):
+                 span_estimate: float = 2.0, burst: float = 2.0):
         check_unit("budget", budget)
         if budget == 0:
             raise ConfigError("a BudgetRouter needs a budget above 0 (budget=0 is NeverRouter, as make_router gives)")

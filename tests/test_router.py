@@ -142,6 +142,23 @@ def test_a_two_percent_budget_goes_to_one_position_anywhere(position):
     assert not strict.should_route(1.0, _sig(position))  # 1 cloud token > 2% of the first 31 tokens
 
 
+@pytest.mark.parametrize("position", [0, 30])
+def test_a_two_percent_budget_chains_a_pair_anywhere_by_default(position):
+    """By default the burst is 2 tokens: a routed token and the one right after it (the router asked again
+    there), anywhere in the first answer; a third in a row waits for the budget."""
+    router = BudgetRouter(0.02, scorer=_AtPosition(-1), span_estimate=1.0)
+    router.calibrate([0.0] * 99 + [1.0])
+    router.account(position, 0, 0)
+    spent = []
+    for k in range(position, position + 3):
+        if router.should_route(1.0, _sig(k)):
+            spent.append(k)
+            router.account(1, 1, 1)
+        else:
+            router.account(1, 0, 0)
+    assert spent == [position, position + 1]
+
+
 def test_the_burst_bounds_how_far_ahead_a_budget_runs():
     router = BudgetRouter(0.02, scorer=_AtPosition(-1), span_estimate=1.0, burst=1.0)
     router.calibrate([0.0, 1.0])
@@ -163,7 +180,7 @@ def test_the_budget_is_per_engine_and_per_request_when_served(tiny_lm):
     from collab_core.cloud.client import CloudConfig
     from collab_core.server.routing import request_router
 
-    router = BudgetRouter(0.02, scorer=_AtPosition(2), span_estimate=1.0)
+    router = BudgetRouter(0.02, scorer=_AtPosition(2), span_estimate=1.0, burst=1.0)
     router.calibrate([0.0] * 99 + [1.0])
     template = router.clone()
     with FakeCloud(reply=" the cat") as fc:
