@@ -44,8 +44,9 @@ def add_router_parser(sub) -> None:
     v.add_argument("--max-batch", type=int, default=8, help="rollouts (and answers) decoded as one batch")
     v.add_argument("--span", type=int, default=None,
                    help="cloud tokens written at a routed position before the local model goes on (the engine's "
-                        "--span-tokens). collect: label every span length up to N (default 1); train: learn the "
-                        "value of N-token spans (default: the collector's N)")
+                        "--span-tokens). collect: label every span length up to N (default 2: a token, and a second "
+                        "one chained after it); train: learn the value of N-token spans (default 1, the engine's: "
+                        "with traces collected at 2 or more, the router also learns where to chain a second)")
     v.add_argument("--losses", default="weighted,regression,ranking", help="train: losses to cross-validate")
 
 
@@ -130,7 +131,7 @@ def _values(args: argparse.Namespace, lm, data, traces) -> int:
         out = Path(args.out) if args.out else traces.parent / f"router-{traces.name}"
         report = train_value_router(lm, traces, out, losses=tuple(args.losses.split(",")), hidden=args.hidden,
                                     epochs=args.epochs or 20, places=piece_places if fmt.name == "explain" else None,
-                                    span=args.span)
+                                    span=args.span or 1)
         print(report.table())
         print(f"router written to {out} (use router=\"learned:{out}\")")
         return 0
@@ -148,7 +149,7 @@ def _values(args: argparse.Namespace, lm, data, traces) -> int:
     stop = fmt.stop if csqa_rows else ""  # a user's task: no stop of CommonsenseQA's formats
     max_tokens = args.max_tokens or (fmt.max_tokens if csqa_rows else 256)
     col = ValueCollector(lm, teacher, traces, max_tokens=max_tokens, stop=stop, near=args.near,
-                         sample=args.sample, max_batch=args.max_batch, chunk=2 * args.max_batch, span=args.span or 1)
+                         sample=args.sample, max_batch=args.max_batch, chunk=2 * args.max_batch, span=args.span or 2)
     written = col.run(tasks)
     print(f"{written} new value traces ({col.rollouts} rollouts, {col.teacher_passes} teacher passes) in {traces}")
     return 0

@@ -224,7 +224,8 @@ class ValueCollector:
             # the position right after the cloud's first token, at each rolled-out k (a routed position's next
             # step, as the router meets it when it is asked again there); its value is span 2's over span 1's
             "after_pos": np.array(sorted(after), np.int64),
-            "after_hidden": np.array([after[k][0] for k in sorted(after)], np.float16).reshape(len(after), -1),
+            "after_hidden": np.array([after[k][0] for k in sorted(after)], np.float16).reshape(len(after),
+                                                                                               len(hid[0])),
             "after_top": np.array([after[k][1] for k in sorted(after)], np.float32).reshape(len(after), self.top_k),
             "after_conf": np.array([after[k][2] for k in sorted(after)], np.float32).reshape(len(after), 3),
             "local_ok": np.float32(np.nan if local_ok is None else float(local_ok)),
