@@ -48,8 +48,9 @@ class Router:
     def observe(self, score: float) -> None:
         """Every scored position (for online calibration)."""
 
-    def account(self, tokens: int, cloud_tokens: int, calls: int) -> None:
-        """Tokens committed to answers since the last call, and how many came from the cloud."""
+    def account(self, tokens: int, cloud_tokens: int, calls: int, runs: int | None = None) -> None:
+        """Tokens committed to answers since the last call, how many came from the cloud, in how many calls,
+        and how many cloud runs (stretches of consecutive cloud tokens) began among them."""
 
     def describe(self) -> str:
         return self.name
@@ -123,6 +124,11 @@ class BudgetRouter(Router):
     letter). Over many answers the share converges to the budget; the burst bounds how far ahead of it the
     router may run.
 
+    Runs: where the router, asked again right after a cloud token (``TokenSignal.after_cloud``), routes that
+    position too, one start costs a *run* of tokens. The threshold is therefore the ``1 - budget / run``
+    quantile (``run`` = cloud tokens per run, measured as the engine accounts for them), and a run's start must
+    leave room within the guard for the whole run, so that the guard does not cut a run that it let start.
+
     Whose budget: the ledger (tokens written, cloud tokens) is this router object's. An ``Engine`` routes
     every generation with its one router, so the budget is **per engine**: the share over everything it has
     written. ``collab serve`` routes each request with a clone of a template router, so there the budget is
@@ -150,6 +156,7 @@ class BudgetRouter(Router):
         self.total_tokens = 0
         self.cloud_tokens = 0
         self.calls = 0
+        self.runs = 0
         self._since_update = 0
         self.calibrated = False
 
@@ -175,10 +182,15 @@ class BudgetRouter(Router):
             self.span_estimate = float(tokens)
             self._update_threshold()
 
+    @property
+    def run_estimate(self) -> float:
+        """Cloud tokens per run: measured once runs are accounted for, the span estimate until then."""
+        return self.cloud_tokens / self.runs if self.runs else self.span_estimate
+
     def _update_threshold(self) -> None:
         if not self.scores:
             return
-        q = 1.0 - min(1.0, self.budget / max(1.0, self.span_estimate))
+        q = 1.0 - min(1.0, self.budget / max(1.0, self.run_estimate))
         self.threshold = float(np.quantile(np.fromiter(self.scores, dtype=np.float64), q))
         self._since_update = 0
 
@@ -191,14 +203,15 @@ class BudgetRouter(Router):
     def should_route(self, score: float, sig: TokenSignal) -> bool:
         if score < self.threshold or score <= 0.0:
             return False
-        # after this span the share would still be within budget, give or take the burst (spans longer than
-        # estimated overshoot)
-        return (self.cloud_tokens + self.span_estimate
-                <= self.budget * (self.total_tokens + self.span_estimate) + self.burst)
+        # after this span (a run's start: after the whole run) the share would still be within budget, give or
+        # take the burst (spans longer than estimated overshoot)
+        need = self.span_estimate if sig.after_cloud else max(self.span_estimate, min(self.run_estimate, self.burst))
+        return self.cloud_tokens + need <= self.budget * (self.total_tokens + need) + self.burst
 
-    def account(self, tokens: int, cloud_tokens: int, calls: int) -> None:
+    def account(self, tokens: int, cloud_tokens: int, calls: int, runs: int | None = None) -> None:
         self.total_tokens += tokens
         self.cloud_tokens += cloud_tokens
+        self.runs += (calls if cloud_tokens else 0) if runs is None else runs
         if calls and cloud_tokens:
             self.calls += calls
             self.span_estimate = 0.8 * self.span_estimate + 0.2 * (cloud_tokens / calls)

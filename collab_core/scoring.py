@@ -82,6 +82,7 @@ class TokenSignal:
     position: int  # index of this token in the answer
     token_id: int  # the local model's proposal
     hidden: Any = None  # last hidden state (MLX or numpy array) when the scorer needs it
+    after_cloud: bool = False  # the answer's previous token came from the cloud: routing here extends a run
 
 
 # -- the confidence scorer -----------------------------------------------------------------------------------

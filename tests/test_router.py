@@ -228,3 +228,41 @@ def test_a_budget_prices_spans_at_the_configured_length(tiny_lm):
         assert eng.router.span_estimate == 2.0
         eng._bind(eng.router)  # what the first generation does
     assert eng.router.span_estimate == 1.0
+
+
+def test_a_run_is_priced_whole_at_its_start_and_not_cut():
+    """Asked again right after a cloud token (``after_cloud``), a router may extend a run; once runs are
+    measured (2 tokens each here), the threshold targets runs, not tokens, and a start needs room for the run."""
+    router = BudgetRouter(0.02, scorer=_AtPosition(-1), span_estimate=1.0)
+    router.calibrate([i / 1000 for i in range(1000)])
+    assert router.threshold == pytest.approx(0.98, abs=1e-3)  # 2% of positions, a token each
+    router.account(100, 2, 2, runs=1)  # one run of two one-token calls
+    assert router.run_estimate == 2.0
+    router.calibrate([])
+    assert router.threshold == pytest.approx(0.99, abs=1e-3)  # a start now costs two tokens: 1% of positions
+    router.account(0, 1, 1, runs=1)  # 3 cloud tokens of 100: room 0.02 * 101 + 2 - 3 = 1.02 for one more token
+    start, after = TokenSignal(_conf(0.1, 0.9), 100, 0), TokenSignal(_conf(0.1, 0.9), 100, 0, after_cloud=True)
+    assert not router.should_route(1.0, start)  # a new run would not fit whole
+    assert router.should_route(1.0, after)  # the run under way may take its next token
+
+
+def test_the_engine_says_which_positions_follow_a_cloud_token_and_counts_runs(tiny_lm):
+    seen = []
+
+    class _Pair(_AtPosition):
+        def __call__(self, sig):
+            seen.append((sig.position, sig.after_cloud))
+            return 1.0 if sig.position in (2, 3) else 0.0
+
+    from collab_core.cloud.client import CloudConfig
+
+    router = BudgetRouter(0.5, scorer=_Pair(None), span_estimate=1.0)
+    router.calibrate([0.0, 1.0])
+    with FakeCloud(reply=" the cat") as fc:
+        cfg = CloudConfig(model="text-completion-openai/fake", api_base=fc.url, span_tokens=1)
+        g = Engine(tiny_lm, cloud=cfg, router=router, pipeline="sync", cache=False).generate(PROMPTS[0],
+                                                                                            max_tokens=8)
+    assert g.stats.cloud_tokens == 2 and g.stats.cloud_calls == 2  # positions 2 and 3: one run of two calls
+    assert (router.runs, router.cloud_tokens, router.run_estimate) == (1, 2, 2.0)
+    assert (3, True) in seen and (2, False) in seen and (4, True) in seen
+    assert not any(after for pos, after in seen if pos in (0, 1, 2))

@@ -190,7 +190,8 @@ class Run:
     def _score_and_route(self, tid: int, conf: Confidence, step: Step) -> tuple[float | None, bool]:
         if self.leg is None or not self.leg.usable():
             return None, False
-        sig = TokenSignal(conf, len(self.answer), tid, step.hidden)
+        sig = TokenSignal(conf, len(self.answer), tid, step.hidden,
+                          after_cloud=bool(self.sources) and self.sources[-1] == "cloud")
         score = self.router.score(sig)
         self.router.observe(score)
         return score, self.router.should_route(score, sig)
@@ -201,7 +202,8 @@ class Run:
         real, if at all, once the span is settled."""
         if not self.leg.usable():
             return False
-        sig = TokenSignal(conf, len(self.answer) + (len(self.draft) if at is None else at), tid, step.hidden)
+        offset = len(self.draft) if at is None else at  # 1: right after the routed position (a cloud token)
+        sig = TokenSignal(conf, len(self.answer) + offset, tid, step.hidden, after_cloud=offset == 1)
         return self.router.should_route(self.router.score(sig), sig)
 
     def _close_draft_before(self, tid: int) -> None:
@@ -369,7 +371,9 @@ class Run:
         total, cloud = len(self.answer), self.sources.count("cloud")
         calls = self.stats.cloud_calls + self.stats.cloud_cache_hits
         t0, c0, k0 = self._accounted
-        self.router.account(total - t0, cloud - c0, calls - k0)
+        src = self.sources
+        runs = sum(1 for i in range(t0, total) if src[i] == "cloud" and (i == 0 or src[i - 1] != "cloud"))
+        self.router.account(total - t0, cloud - c0, calls - k0, runs)
         self._accounted = (total, cloud, calls)
 
     def _finish(self) -> FinalEvent:
