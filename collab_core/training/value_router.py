@@ -196,6 +196,7 @@ def train_value_router(lm, traces: str | Path, out: str | Path, *, losses=LOSSES
     model = _fit(x[known], t.value[known], t.weight[known], rep.chosen, hidden=hidden, epochs=epochs, seed=seed)
     quantiles = np.quantile(_score(model, x[~t.after]), np.linspace(0, 1, 1001))  # what a router meets
     save(model, out, model_fingerprint=lm.fingerprint, model_name=lm.name, in_dim=x.shape[1], hidden=hidden,
-         metrics={"kind": "value", **rep.as_dict(), "trained": {"epochs": epochs, "seed": seed, "loss": rep.chosen}},
+         metrics={"kind": "value", **rep.as_dict(), "trained": {"epochs": epochs, "seed": seed, "loss": rep.chosen,
+                                                             "label_span": span}},
          score_quantiles=[round(float(q), 6) for q in quantiles], feature_set=FEATURE_SETS[1])
     return rep
