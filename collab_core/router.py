@@ -45,8 +45,8 @@ class Router:
     def should_route(self, score: float, sig: TokenSignal) -> bool:
         return score >= self.threshold
 
-    def observe(self, score: float) -> None:
-        """Every scored position (for online calibration)."""
+    def observe(self, score: float, sig: TokenSignal | None = None) -> None:
+        """Every scored position (for online calibration), with its signal where the caller has it."""
 
     def account(self, tokens: int, cloud_tokens: int, calls: int, runs: int | None = None) -> None:
         """Tokens committed to answers since the last call, how many came from the cloud, in how many calls,
@@ -126,8 +126,10 @@ class BudgetRouter(Router):
 
     Runs: where the router, asked again right after a cloud token (``TokenSignal.after_cloud``), routes that
     position too, one start costs a *run* of tokens. The threshold is therefore the ``1 - budget / run``
-    quantile (``run`` = cloud tokens per run, measured as the engine accounts for them), and a run's start must
-    leave room within the guard for the whole run, so that the guard does not cut a run that it let start.
+    quantile (``run`` = cloud tokens per run, measured as the engine accounts for them) of the scores at
+    positions that could start a run (those right after a cloud token are not observed: their tokens are priced
+    in the run), and a run's start must leave room within the guard for the whole run, so that the guard does not
+    cut a run that it let start.
 
     Whose budget: the ledger (tokens written, cloud tokens) is this router object's. An ``Engine`` routes
     every generation with its one router, so the budget is **per engine**: the share over everything it has
@@ -194,7 +196,9 @@ class BudgetRouter(Router):
         self.threshold = float(np.quantile(np.fromiter(self.scores, dtype=np.float64), q))
         self._since_update = 0
 
-    def observe(self, score: float) -> None:
+    def observe(self, score: float, sig: TokenSignal | None = None) -> None:
+        if sig is not None and sig.after_cloud:  # a run's next token, not a start: its cost is in the run's
+            return
         self.scores.append(score)
         self._since_update += 1
         if (self.calibrated or len(self.scores) >= self.min_observations) and self._since_update >= 16:

@@ -244,6 +244,10 @@ def test_a_run_is_priced_whole_at_its_start_and_not_cut():
     start, after = TokenSignal(_conf(0.1, 0.9), 100, 0), TokenSignal(_conf(0.1, 0.9), 100, 0, after_cloud=True)
     assert not router.should_route(1.0, start)  # a new run would not fit whole
     assert router.should_route(1.0, after)  # the run under way may take its next token
+    seen = len(router.scores)
+    router.observe(0.5, after)  # a run's next position: priced in the run, not a start's candidate
+    router.observe(0.5, start)
+    assert len(router.scores) == seen + 1
 
 
 def test_the_engine_says_which_positions_follow_a_cloud_token_and_counts_runs(tiny_lm):

@@ -193,7 +193,7 @@ class Run:
         sig = TokenSignal(conf, len(self.answer), tid, step.hidden,
                           after_cloud=bool(self.sources) and self.sources[-1] == "cloud")
         score = self.router.score(sig)
-        self.router.observe(score)
+        self.router.observe(score, sig)
         return score, self.router.should_route(score, sig)
 
     def _would_route(self, tid: int, conf: Confidence, step: Step, at: int | None = None) -> bool:
