@@ -19,9 +19,9 @@ costs too much on a CPU, so they are **sampled**: every disagreement among the a
 rollouts are short and the answer is decided), plus up to ``sample`` others drawn uniformly with a seed from the
 question id. The others stay unknown (NaN) and are left out of training; ``rolled`` marks which were run.
 
-One ``.npz`` per question (``TRACE_VERSION`` 3: with ``value_by_span``, the value of each span length up to ``span``), written once it is complete, so an interrupted run resumes where
-it stopped. Questions are handled in chunks of ``chunk``: answers for the chunk (batched), teacher passes, then
-rollouts (batched).
+One ``.npz`` per question (``TRACE_VERSION`` 3: ``value_by_span`` holds the value of each span length up to
+``span``), written once it is complete, so an interrupted run resumes where it stopped. Questions are handled in
+chunks of ``chunk``: answers for the chunk (batched), teacher passes, then rollouts (batched).
 """
 
 from __future__ import annotations
@@ -196,6 +196,8 @@ class ValueCollector:
         by_span = np.full((n, self.span), np.nan, np.float32)  # the value of an s-token span, s = 1..span
         local_next = np.full((n, self.span), -1, np.int64)  # the local token after the cloud's first s tokens
         cloud_span = np.full((n, self.span), -1, np.int64)  # the cloud's span there
+        # where the two agree the cloud's first token changes nothing: 0 for every span length (for s > 1 an
+        # approximation -- the rest of the span would be the next position's own question)
         by_span[disagree == 0] = 0.0
         after = {k: a for k, (_, _, _, a) in rolled_out.items() if a is not None}
         for k, (texts, nexts, span, _) in rolled_out.items():
