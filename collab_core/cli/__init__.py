@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="a few answers routed to the stand-in cloud on loopback, beside local only")
     d.add_argument("--local-model", default="qwen2.5-coder-0.5b", help="the local model (default: %(default)s)")
-    d.add_argument("--budget", type=float, default=0.07, help="routed share of tokens (default: %(default)s)")
+    d.add_argument("--budget", type=float, default=0.02, help="routed share of tokens (default: %(default)s, the "
+                   "shipped learned router's default)")
     d.add_argument("--max-tokens", type=int, default=96)
     d.add_argument("--serve", action="store_true",
                    help="then serve the page (routed beside local only) until Ctrl-C, and print its address")

@@ -20,6 +20,7 @@ from pathlib import Path
 from ..engine import Engine, FinalEvent
 from ..prompts import render_prompt
 from ..router import BudgetRouter
+from ..scoring import ConfidenceScorer
 from ..settings import EngineSettings, GenerationConfig
 from ..training import calibrate_on
 from ..training.csqa import get_format, prompt_text
@@ -62,14 +63,17 @@ class Tally:
     cloud_only_out: int = 0
 
 
-def _stream(out, label: str, events, colour: bool) -> FinalEvent:
+def _stream(out, label: str, events, colour: bool) -> tuple[str, FinalEvent]:
+    """Print a stream; return its whole text (the final event holds only the tail) and its final event."""
     from rich.text import Text
 
     out.print(Text(f"{label:<11}", style="dim"), end="")
+    pieces = []
     for ev in events:
+        pieces.append(ev.text)
         if isinstance(ev, FinalEvent):
             out.print(Text(ev.text))
-            return ev
+            return "".join(pieces), ev
         out.print(Text(ev.text, style="bold magenta" if colour and ev.source == "cloud" else ""), end="")
     raise AssertionError("a stream ends with its FinalEvent")  # pragma: no cover
 
@@ -116,7 +120,8 @@ def run_demo(out, *, local_model: str = LOCAL_MODEL, budget: float = BUDGET, max
         alone = Engine(routed.local_model, config=config)  # the same loaded model, no cloud
         alone.generate("Hi", max_tokens=1)  # the local model's first pass, not counted either
         lm = routed.local_model
-        if isinstance(routed.router, BudgetRouter) and not routed.router.calibrated:  # a confidence budget
+        if isinstance(routed.router, BudgetRouter) and isinstance(routed.router.scorer, ConfidenceScorer):
+            # a confidence budget (a learned router brings the score quantiles it was trained with)
             t1 = time.perf_counter()
             calibrate_on(routed.router, lm, [render_prompt(lm, q)[0] for q in CALIBRATION], max_tokens=40)
             out.print(Text(f"budget router calibrated on {len(CALIBRATION)} other prompts in "
@@ -135,12 +140,12 @@ def run_demo(out, *, local_model: str = LOCAL_MODEL, budget: float = BUDGET, max
             out.print(Text(f"\n> {title}", style="bold"))
             chat = q is None  # a graded question's prompt is already templated, with the format's prefill
             routed.prewarm(prompt, chat=chat)  # the stand-in reads the question while the local model answers
-            local = _stream(out, "local only", alone.stream(prompt, chat=chat), colour=False)
-            final = _stream(out, "routed", routed.stream(prompt, chat=chat), colour=True)
+            local_text, local = _stream(out, "local only", alone.stream(prompt, chat=chat), colour=False)
+            routed_text, final = _stream(out, "routed", routed.stream(prompt, chat=chat), colour=True)
             s = final.stats
             verdict = ""
             if q is not None:
-                was, now = (fmt.extract(x.text, q) == q["answerKey"] for x in (local, final))
+                was, now = (fmt.extract(text, q) == q["answerKey"] for text in (local_text, routed_text))
                 t.graded += 1
                 t.up += now and not was
                 t.down += was and not now

@@ -49,3 +49,19 @@ def test_the_demo_questions_are_the_benchmarks_first_five_after_its_seed_0_shuff
         pytest.skip("the shared validation questions are not in this checkout's parent folder")
     assert rows == load_questions(shared, 5, seed=0)
     assert DEMO_QUESTIONS.name == "demo_questions.jsonl"
+
+
+def test_the_demo_grades_the_whole_streamed_answer_not_the_final_events_tail():
+    """A stream's FinalEvent holds only the text not yet emitted; grading must read every piece."""
+    from collab_core.devtools.demo import _stream
+    from collab_core.engine import FinalEvent, TokenEvent
+    from collab_core.training.csqa import get_format
+
+    events = [TokenEvent(token=1, text="Therefore, the answer is", source="local", confidence=None, score=None),
+              TokenEvent(token=2, text=" (", source="cloud", confidence=None, score=None),
+              TokenEvent(token=3, text="B", source="cloud", confidence=None, score=None),
+              FinalEvent(text=").", finish_reason="stop", stats=None, structured=None)]
+    text, final = _stream(Console(file=io.StringIO()), "routed", iter(events), colour=True)
+    assert text == "Therefore, the answer is (B)." and final is events[-1]
+    assert get_format("explain").extract(text, ROW) == "B"
+    assert get_format("explain").extract(final.text, ROW) != "B"  # the tail alone would grade it wrong

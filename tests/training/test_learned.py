@@ -235,10 +235,15 @@ def test_a_router_ships_for_the_seed_like_local_model():
 
     path = S.shipped_router("sha256:" + QWEN25_CODER_05B.sha256)  # the fingerprint of the named model's GGUF
     assert path is not None and path.name == "qwen2.5-coder-0.5b-instruct"
-    meta = json.loads((path / "router.json").read_text())
-    assert meta["in_dim"] == 896 + 3 and meta["metrics"]["folds"] == 5 and len(meta["score_quantiles"]) == 201
-    assert meta["metrics"]["label"] == "disagree" and meta["metrics"]["prompts"] >= 100
-    assert not any("/" in c for c in meta["metrics"]["cloud"])  # no local paths in a shipped file
+    text = (path / "router.json").read_text()
+    meta = json.loads(text)
+    # a value router: hidden state + token embedding (896 each), top-5 log-probs, confidence summary
+    assert meta["in_dim"] == 896 + 896 + 5 + 3 and meta["feature_set"] == "hidden+embed+topk+conf"
+    m = meta["metrics"]
+    assert m["kind"] == "value" and m["questions"] >= 100 and m["chosen"] in m["cv"]
+    assert m["trained"]["label_span"] == 1 and m["after"]  # one-token spans, chained where a second pays
+    assert len(meta["score_quantiles"]) == 1001
+    assert "/root" not in text and "/work" not in text and "/home" not in text  # no local paths in a shipped file
 
 
 def test_train_router_cross_validates_and_writes_a_loadable_router(tiny_lm, tmp_path):
