@@ -127,7 +127,7 @@ class ValueReport:
 
 
 def label_counts(t: ValueTraces, rows: np.ndarray) -> dict:
-    v = (t.value if t.alone is None else t.alone)[rows]  # a row's own token (a chained label counts once)
+    v = t.own_value[rows]  # a row's own token (a chained label counts once)
     known = ~np.isnan(v)
     return {"+1 (wrong->right)": int((v > 0).sum()), "-1 (right->wrong)": int((v < 0).sum()),
             "0 rolled out": int((known & t.disagree[rows] & (v == 0)).sum()),
@@ -137,7 +137,7 @@ def label_counts(t: ValueTraces, rows: np.ndarray) -> dict:
 def best_value(t: ValueTraces, *, chain: bool) -> np.ndarray:
     """Per question, the best known value of one cloud position (``chain``: or of one position and, right after
     it, the next one too)."""
-    alone = t.value if t.alone is None else t.alone
+    alone = t.own_value
     v = np.where(np.isnan(alone) | t.after, 0.0, alone)
     if chain:
         for i in np.flatnonzero(t.after & ~np.isnan(t.value)):
@@ -151,13 +151,14 @@ def label_places(lm, t: ValueTraces, places) -> dict:
     """For the report only: where the rolled-out labels fall. ``places(pieces)`` names the place of each token's
     text in an answer (``csqa.piece_places``: a report may know the task; the router never does)."""
     out: dict[str, dict[str, int]] = {}
+    own = t.own_value
     for g in np.unique(t.group):
         idx = np.flatnonzero((t.group == g) & ~t.after)
         toks = t.token[idx].tolist()
         prefixes = [""] + [lm.tokenizer.decode(toks[: i + 1]) for i in range(len(toks))]
         kinds = places([prefixes[i + 1][len(prefixes[i]):] for i in range(len(toks))])
         for kind, j in zip(kinds, idx):
-            v = (t.value if t.alone is None else t.alone)[j]
+            v = own[j]
             if np.isnan(v) or not t.disagree[j]:
                 continue
             row = out.setdefault(kind, {"+1": 0, "-1": 0, "0": 0})

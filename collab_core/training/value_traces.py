@@ -47,6 +47,11 @@ class ValueTraces:
     alone: np.ndarray | None = None  # the value of the row's one cloud token with nothing routed after it
 
     @property
+    def own_value(self) -> np.ndarray:
+        """Each row's value with only its own cloud token routed (``alone`` where a chained label replaced it)."""
+        return self.value if self.alone is None else self.alone
+
+    @property
     def after(self) -> np.ndarray:
         return np.zeros(len(self.token), bool) if self.parent is None else self.parent >= 0
 
@@ -67,8 +72,9 @@ def _after_rows(d, weight: np.ndarray, offset: int) -> dict:
     cloud2, local2 = d["cloud_span"][k, 1], d["local_next"][k, 0]
     dis = (cloud2 >= 0) & (cloud2 != local2)
     by = d["value_by_span"][k]
+    value = np.where(dis, by[:, 1] - by[:, 0], 0.0)  # nothing chains after an after row: its own value is its label
     return {"hidden": d["after_hidden"], "top": d["after_top"], "conf": d["after_conf"],
-            "token": np.where(local2 >= 0, local2, d["token"][k]), "value": np.where(dis, by[:, 1] - by[:, 0], 0.0),
+            "token": np.where(local2 >= 0, local2, d["token"][k]), "value": value, "alone": value,
             "weight": weight[k], "disagree": dis, "position": k + 1, "parent": offset + k}
 
 
@@ -106,7 +112,6 @@ def load_value_traces(folder: str | Path, span: int | None = None, *, after: boo
                 chained = value.copy()
                 chained[k] = np.maximum(d["value_by_span"][k, 0], d["value_by_span"][k, 1])
                 rows[0]["value"] = chained
-                rows[-1]["alone"] = rows[-1]["value"]
         for r in filter(None, rows):
             m = len(r["token"])
             r.update(length=np.full(m, n), local_ok=np.full(m, float(d["local_ok"]), np.float32),
@@ -128,7 +133,7 @@ def routed_gain(score: np.ndarray, t: ValueTraces, share: float) -> dict:
     two tokens together. Returns net answers gained (+1 / -1 / 0) per 100 questions, the cloud tokens this spent
     per answer token (``tokens_share``), and how many questions' first routed position had no label."""
     traj = ~t.after
-    alone = t.value if t.alone is None else t.alone
+    alone = t.own_value
     k = max(1, int(round(share * traj.sum())))
     cut = np.sort(score[traj])[::-1][k - 1]
     routed = traj & (score >= cut)
