@@ -169,6 +169,33 @@ class StepDecoder:
         self.reset()
         return ids
 
+    def greedy_along(self, ids: Sequence[int], start: int) -> list[int]:
+        """Teacher forcing: read ``ids`` into the cache (after the prefix it already holds) and return the greedy
+        next token after each of ``ids[:start]``, ``ids[:start + 1]``, ..., ``ids[:-1]``, from the same pass. The
+        cache then holds ``ids``, so a later ``prefill`` of a prefix of them only trims it."""
+        import mlx.core as mx
+
+        ids = list(ids)
+        if not 0 < start < len(ids):
+            raise ConfigError(f"start must be inside the sequence (0 < start < {len(ids)}), not {start!r}")
+        rest = self._keep_prefix(ids)
+        if len(ids) - len(rest) > start - 1:  # the first prediction needed lies inside the kept prefix
+            self.reset()
+            rest = ids
+        first = len(ids) - len(rest)  # the position of rest[0] in ids
+        arr, out = mx.array(rest, dtype=mx.uint32), []
+        with mx.stream(self._stream):
+            for s in range(0, len(rest), self.prefill_step_size):
+                logits = self.model(arr[s:s + self.prefill_step_size][None], cache=self.cache)
+                # the logits at position i of ids predict the token after ids[:i + 1]; keep i >= start - 1
+                keep = logits[0, max(start - 1 - first - s, 0):]
+                if keep.shape[0]:
+                    out.append(mx.argmax(keep, axis=-1))
+                mx.eval(out[-1:], [c.state for c in self.cache])
+        self._tokens.extend(rest)
+        self._steps.clear()
+        return mx.concatenate(out).tolist()[:len(ids) - start]
+
     def step(self, token) -> Step:
         """Append one token (an int, or a lazy MLX scalar from the previous Step)."""
         import mlx.core as mx

@@ -99,12 +99,10 @@ class ValueCollector:
 
     # -- phase 2: the teacher's next token at every position -----------------------------------------------
     def teacher_next(self, prompt_ids: list[int], answer: list[int]) -> list[int]:
-        import mlx.core as mx
-
-        logits = self.teacher.model(mx.array(list(prompt_ids) + list(answer))[None])
-        nxt = mx.argmax(logits[0, len(prompt_ids) - 1: len(prompt_ids) + len(answer) - 1], axis=-1)
+        """The teacher's greedy token at every position of the answer, from one teacher-forced pass through its
+        own decoder: the pass leaves the answer in the decoder's cache, so the spans after it only trim it."""
         self.teacher_passes += 1
-        return nxt.tolist()
+        return self._teacher().greedy_along(list(prompt_ids) + list(answer), len(prompt_ids))
 
     # -- phase 3: rollouts, batched --------------------------------------------------------------------------
     def _text(self, ids) -> str:
@@ -126,11 +124,14 @@ class ValueCollector:
 
     def teacher_step(self, ids: list[int]) -> int:
         """The teacher's greedy next token after ``ids`` (a decoder of its own, on this thread)."""
+        return self._teacher().prefill(ids).token_id
+
+    def _teacher(self):
         if self._tdec is None:
             from ..local.decoder import StepDecoder
 
             self._tdec = StepDecoder(self.teacher)
-        return self._tdec.prefill(ids).token_id
+        return self._tdec
 
     def _rollout_job(self, prompt_ids: list[int], answer: list[int], spans: dict[int, list[int]]):
         """At each position, one answer per span length s = 1..len(span): the cloud's first s tokens, then the

@@ -122,3 +122,22 @@ def test_encode_prompt_uses_chat_template(tiny_lm):
     assert tiny_lm.tokenizer.decode(encode_prompt(tiny_lm, "hi", chat=False)) == "hi"
     sys_ids = encode_prompt(tiny_lm, "hi", system="Be brief.")
     assert tiny_lm.tokenizer.decode(sys_ids).startswith("<|im_start|>system\nBe brief.<|im_end|>")
+
+
+def test_greedy_along_is_teacher_forcing_and_leaves_the_sequence_cached(tiny_lm):
+    ids = encode_prompt(tiny_lm, PROMPT)
+    answer = _greedy_tokens(StepDecoder(tiny_lm), ids, 12)
+    answer[5] = (answer[5] + 7) % 1000  # off the greedy path, so later predictions are forced, not generated
+    seq = ids + answer
+    ref = [StepDecoder(tiny_lm).prefill(seq[:j]).token_id for j in range(len(ids), len(seq))]
+    dec = StepDecoder(tiny_lm, prefill_step_size=8)  # chunked, and the prompt spans several chunks
+    assert dec.greedy_along(seq, len(ids)) == ref
+    assert dec.tokens == seq
+    before = dec.passes
+    assert dec.prefill(seq[:len(ids) + 3]).token_id == ref[3]  # a prefix only trims the cache
+    assert dec.passes == before + 1
+    # a second sequence sharing the prompt: the kept prefix stops short of the first prediction it needs
+    other = ids + answer[:2]
+    assert dec.greedy_along(other, len(ids)) == ref[:2]
+    with pytest.raises(Exception, match="start must be inside"):
+        dec.greedy_along(seq, len(seq))

@@ -20,21 +20,27 @@ from collab_core.training.values import ValueCollector, pick_rollouts
 
 class _Teacher:
     """A 'cloud model' that writes the local model's own next token everywhere except at answer positions
-    ``differ`` (where it writes ``token``): token-exact disagreements we choose."""
+    ``differ`` (where it writes ``token``): token-exact disagreements we choose. Its model is causal and keeps a
+    KV cache (the local model's, run alongside), as the collector's teacher decoder needs."""
 
     def __init__(self, lm, prompt_len, differ, token):
         self.vocab_fingerprint, self.name = lm.vocab_fingerprint, "fake-teacher"
-        self.prompt_len, self.differ, self.token, self.vocab = prompt_len, set(differ), token, lm.config["vocab_size"]
+        self.prompt_len, self.differ, self.token, self.real = prompt_len, set(differ), token, lm.model
+        self.layers = lm.model.layers  # the cache is made per layer
 
-    def model(self, x):
+    @property
+    def model(self):
+        return self
+
+    def __call__(self, x, cache=None):
         import mlx.core as mx
 
-        ids = np.array(x[0]).tolist()
-        logits = np.zeros((1, len(ids), self.vocab), np.float32)
-        for i in range(len(ids) - 1):
-            k = i + 1 - self.prompt_len  # the answer position predicted at row i
-            logits[0, i, self.token if k in self.differ else ids[i + 1]] = 10.0
-        return mx.array(logits)
+        start = cache[0].offset if cache else 0
+        logits = self.real(x, cache=cache)
+        rows = [start + i + 1 - self.prompt_len for i in range(x.shape[1])]  # the answer position each row predicts
+        force = mx.array([k in self.differ for k in rows])[None, :, None]
+        hot = mx.zeros((logits.shape[-1],)).at[self.token].add(1e4)
+        return mx.where(force, hot, logits)
 
 
 def test_pick_rollouts_keeps_the_tail_and_samples_the_rest():
