@@ -165,6 +165,7 @@ def run_mode(mode: str, lm, questions, args, cloud_cfg, done: set, rows_file, st
     elif mode == "cloud" or mode.startswith("seed:"):
         # the cloud alone writes whole answers, concurrently: a whole answer gets the long timeout
         client = CloudClient(dataclasses.replace(cloud_cfg, span_tokens=args.max_tokens if mode == "cloud" else 1,
+                                                 spare_tokens=0,
                                                  timeout_s=args.answer_timeout if mode == "cloud" else 120))
     elif mode.startswith("threshold:"):
         engine = Engine(lm, cloud=cloud_cfg, router=mode, pipeline=args.pipeline, cache=False, **batch)
@@ -228,7 +229,8 @@ def answer_one(mode: str, lm, q: dict, args, engine, client) -> dict:
         g = engine.generate(text, chat=False, max_tokens=args.max_tokens, stop=[args.stop] if args.stop else [])
         s = g.stats
         row = {"answer": g.text, "tokens": s.total_tokens, "cloud_tokens": s.cloud_tokens,
-               "cloud_calls": s.cloud_calls, "cloud_failures": s.cloud_failures, "errors": s.cloud_errors,
+               "cloud_calls": s.cloud_calls, "spare_tokens": s.cloud_spare_tokens, "cloud_failures": s.cloud_failures,
+               "errors": s.cloud_errors,
                "cloud_in": s.cloud_input_tokens, "cloud_out": s.cloud_output_tokens, "cost": s.cost_usd,
                "time_s": s.time_total_s, "cloud_ranks": s.cloud_token_ranks, "prompt_tokens": s.prompt_tokens,
                "routed_places": routed_places([(e.text, e.source) for e in g.events
@@ -275,6 +277,7 @@ def summarize(rows: list[dict], modes: list[str]) -> dict:
             "invalid_rate": sum(r["pred"] is None for r in rs) / n,
             "routed_share": sum(r["cloud_tokens"] for r in rs) / toks if toks else 0.0,
             "cloud_calls": sum(r["cloud_calls"] for r in rs),
+            "spare_tokens_used": sum(r.get("spare_tokens", 0) for r in rs),  # cloud tokens that needed no call
             "cloud_failures": sum(r["cloud_failures"] for r in rs),
             "cloud_tokens_in": sum(r["cloud_in"] for r in rs),
             "cloud_tokens_out": sum(r["cloud_out"] for r in rs),
@@ -520,6 +523,9 @@ def main() -> None:
     ap.add_argument("--calibration", type=int, default=40, help="training questions for budget calibration")
     ap.add_argument("--pipeline", default="async")
     ap.add_argument("--span-tokens", type=int, default=2, help="cloud tokens per routed span")
+    ap.add_argument("--spare-tokens", type=int, default=1,
+                    help="token-exact clouds: tokens each call asks for beyond its span, used without a call where the "
+                         "router routes the next position (0: one call per routed span, as the runs before it)")
     ap.add_argument("--cloud-vocab", default=None,
                     help="the cloud's vocabulary fingerprint, 'local', or 'standin' (the stand-in's): token-exact "
                          "spans when it matches the local model's (default: text spans)")
@@ -558,10 +564,12 @@ def main() -> None:
         k, n = (int(x) for x in args.shard.split("/"))
         questions = questions[k::n]
     args.out.mkdir(parents=True, exist_ok=True)
-    check_run_settings(args.out, {"local": lm.name, "fingerprint": lm.fingerprint, "format": args.format,
-                                  "max_tokens": args.max_tokens, "stop": args.stop, "data": str(args.data),
-                                  "seed": args.seed, "span_tokens": args.span_tokens,
-                                  "cloud_vocab": args.cloud_vocab})
+    settings = {"local": lm.name, "fingerprint": lm.fingerprint, "format": args.format,
+                "max_tokens": args.max_tokens, "stop": args.stop, "data": str(args.data), "seed": args.seed,
+                "span_tokens": args.span_tokens, "cloud_vocab": args.cloud_vocab}
+    if args.spare_tokens:  # (folders made before spare tokens existed hold rows made with none)
+        settings["spare_tokens"] = args.spare_tokens
+    check_run_settings(args.out, settings)
     rows_path = args.out / "rows.jsonl"
     rows = [json.loads(x) for x in rows_path.read_text().splitlines()] if rows_path.exists() else []
     done = {(r["mode"], r["id"]) for r in rows}
@@ -581,6 +589,7 @@ def main() -> None:
 
         vocab = (standin or StandinCloud(progress=False)).vocab
     cloud_cfg = CloudConfig(model=args.cloud_model, api_base=args.api_base, span_tokens=args.span_tokens,
+                            spare_tokens=args.spare_tokens,
                             timeout_s=120, vocab=vocab) if args.cloud_model else None  # small only: no cloud
     try:
         if args.workers > 1 and not args.shard:

@@ -82,6 +82,10 @@ class CloudSettings:
         "help": "cloud API key (default: the provider's usual variable, e.g. OPENAI_API_KEY)", "secret": True})
     strategy: str = _setting("auto", "how the cloud continues an answer", choices=("auto", *STRATEGIES))
     span_tokens: int = _setting(4, "cloud tokens per routed span")
+    spare_tokens: int = _setting(
+        1, "token-exact clouds: ask each call for this many tokens beyond the span; the engine keeps them aside and "
+           "uses them without a call if the router routes the positions right after the span (a pair for one "
+           "call). A text cloud is asked for the span only")
     timeout: float = _setting(10.0, "seconds per cloud call")
     max_retries: int = _setting(2, "retries per cloud call (tenacity; not counting the first try)")
     cloud_vocab: str | None = _setting(
@@ -103,6 +107,8 @@ class CloudSettings:
             raise ConfigError(f"strategy must be auto or one of {', '.join(STRATEGIES)}, not {self.strategy!r}")
         if not isinstance(self.span_tokens, int) or self.span_tokens < 1:
             raise ConfigError(f"span_tokens must be >= 1, not {self.span_tokens!r}")
+        if not isinstance(self.spare_tokens, int) or self.spare_tokens < 0:
+            raise ConfigError(f"spare_tokens must be >= 0, not {self.spare_tokens!r}")
         if not isinstance(self.max_retries, int) or self.max_retries < 0:
             raise ConfigError(f"max_retries must be >= 0, not {self.max_retries!r}")
         if self.timeout is not None and self.timeout <= 0:

@@ -13,6 +13,7 @@ class GenerationStats:
     cloud_calls: int = 0
     cloud_failures: int = 0  # calls that failed or missed the deadline (the local token was used)
     cloud_cache_hits: int = 0
+    cloud_spare_tokens: int = 0  # cloud tokens a call sent beyond its span and the router then routed (no call)
     cloud_input_tokens: int = 0  # as billed by the provider
     cloud_output_tokens: int = 0
     cloud_cached_input_tokens: int = 0  # input tokens the provider read from its prompt cache (billed cheaper)

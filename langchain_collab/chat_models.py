@@ -117,6 +117,8 @@ class CollabLLM(BaseChatModel):
     stop: list[str] | None = Field(default=None, alias="stop_sequences")
     streaming: bool = False
     span_tokens: int = 4
+    spare_tokens: int = 1
+    """Token-exact clouds: tokens asked for beyond each span, used without a call if the next positions route."""
     strategy: str = "auto"
     cloud_vocab: str | None = None
     """The cloud's vocabulary fingerprint, or ``"local"``: it shares the local tokenizer (token-exact spans)."""

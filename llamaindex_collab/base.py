@@ -143,6 +143,8 @@ class CollabLLM(FunctionCallingLLM):
     max_retries: int = Field(default=2, ge=0, description="Retries per cloud call.")
     stop: list[str] | None = Field(default=None, description="Stop sequences (not included in the output).")
     span_tokens: int = Field(default=4, gt=0, description="Tokens the cloud writes per routed position.")
+    spare_tokens: int = Field(default=1, ge=0, description="Token-exact clouds: tokens asked for beyond each span, "
+                              "used without a call if the router routes the positions right after it.")
     strategy: str = Field(default="auto", description="How the cloud continues the answer (see collab_core.cloud.client).")
     cloud_vocab: str | None = Field(
         default=None, description="The cloud's vocabulary fingerprint, or 'local': it shares the local tokenizer "

@@ -72,7 +72,7 @@ def test_cli_builds_the_engine_from_its_flags():
 # -- one tree, every setting reached under its one name ----------------------------------------------------
 #: a value away from its default for every setting (the LiteLLM deployments as the CLI takes them: a file)
 OTHER = {"local_model": "some/model", "cloud_model": "text-completion-openai/fake",
-         "api_base": "http://127.0.0.1:9/v1", "api_key": "sk-test", "strategy": "completion", "span_tokens": 3,
+         "api_base": "http://127.0.0.1:9/v1", "api_key": "sk-test", "strategy": "completion", "span_tokens": 3, "spare_tokens": 2,
          "timeout": 7.0, "max_retries": 1, "cloud_vocab": "local", "deployments": "router.yaml",
          "max_spend_usd": 1.5, "redact": "default", "router": "threshold:0.3", "threshold": 0.4, "budget": 0.2,
          "pipeline": "sync", "max_batch": 3, "max_draft": 5, "branches": 2, "pace": False}
@@ -112,10 +112,10 @@ def test_from_settings_reaches_every_setting(tiny_dir):
     eng = Engine.from_settings(s)
     assert eng.settings == s
     cfg = eng.cloud.config
-    assert (cfg.model, cfg.api_base, cfg.api_key, cfg.strategy, cfg.span_tokens, cfg.timeout_s, cfg.max_retries,
-            cfg.vocab, cfg.deployments, cfg.redact) == tuple(vals[n] for n in (
-                "cloud_model", "api_base", "api_key", "strategy", "span_tokens", "timeout", "max_retries",
-                "cloud_vocab", "deployments", "redact"))
+    assert (cfg.model, cfg.api_base, cfg.api_key, cfg.strategy, cfg.span_tokens, cfg.spare_tokens, cfg.timeout_s,
+            cfg.max_retries, cfg.vocab, cfg.deployments, cfg.redact) == tuple(vals[n] for n in (
+                "cloud_model", "api_base", "api_key", "strategy", "span_tokens", "spare_tokens", "timeout",
+                "max_retries", "cloud_vocab", "deployments", "redact"))
     assert eng.cloud.deployments is vals["deployments"] and eng.spend.limit_usd == 1.5
     assert eng.router.describe() == "threshold:0.3"  # the router spec wins over the threshold shortcut
     assert (eng.pipeline, eng.max_batch, eng.branches, eng.pacer) == ("sync", 3, 2, None)

@@ -75,6 +75,7 @@ class CloudConfig:
     api_key: str | None = field(default=None, repr=False)
     strategy: str = _DEFAULT["strategy"]
     span_tokens: int = _DEFAULT["span_tokens"]  # cloud tokens per call (cut back to a word boundary)
+    spare_tokens: int = _DEFAULT["spare_tokens"]  # token-exact only: asked for beyond the span, kept aside
     timeout_s: float = _DEFAULT["timeout"]  # per call
     max_retries: int = _DEFAULT["max_retries"]  # tenacity retries per call (not counting the first try)
     temperature: float = 0.0
@@ -91,6 +92,8 @@ class CloudConfig:
             raise CloudConfigError(f"unknown strategy {self.strategy!r}; one of auto, {', '.join(strategy_names())}")
         if self.span_tokens < 1:
             raise CloudConfigError("span_tokens must be >= 1")
+        if self.spare_tokens < 0:
+            raise CloudConfigError("spare_tokens must be >= 0")
 
 
 def span_key(*parts) -> str:
@@ -199,11 +202,18 @@ class CloudClient:
         return None
 
     # -- request shaping -------------------------------------------------------------------------------
+    @property
+    def asked_tokens(self) -> int:
+        """Tokens each call asks for: the span, and the spare tokens where spans come back as token ids (a text
+        span cannot be cut at the cloud's token boundaries, so a text cloud is asked for the span only)."""
+        cc = self.config
+        return cc.span_tokens + (cc.spare_tokens if self.token_exact else 0)
+
     def cache_key(self, req: SpanRequest) -> str:
         """The span cache's key for ``req``: everything that shapes the cloud's answer, nothing else."""
         cc = self.config
         context, answer, hint = self.continuation.cache_parts(req)
-        return span_key(self.model, cc.api_base, self.strategy, cc.span_tokens, cc.temperature, self.token_exact,
+        return span_key(self.model, cc.api_base, self.strategy, self.asked_tokens, cc.temperature, self.token_exact,
                         context, answer, hint)
 
     def redacted(self, req: SpanRequest) -> SpanRequest:
@@ -219,7 +229,7 @@ class CloudClient:
         been through the redactor."""
         cfg = self.config
         req = self.redacted(req)
-        kw: dict[str, Any] = {"model": self.model, "max_tokens": cfg.span_tokens, "temperature": cfg.temperature,
+        kw: dict[str, Any] = {"model": self.model, "max_tokens": self.asked_tokens, "temperature": cfg.temperature,
                               "timeout": cfg.timeout_s}
         if self.deployments is None:  # a Router's deployments carry their endpoints, keys and retry settings
             kw.update(num_retries=0, max_retries=0)

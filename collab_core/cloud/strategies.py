@@ -21,7 +21,8 @@ continuing the answer is a failed call (``strategy.not_a_continuation``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..errors import CloudConfigError
@@ -49,6 +50,17 @@ class CloudSpan:
     def ends_answer(self) -> bool:
         """Whether the span ends the answer: its strategy's say (a stop inside it, for an unknown one)."""
         return _REGISTRY.get(self.strategy, _PLAIN).ends_answer(self)
+
+    def split(self, n: int, decode: Callable[[list[int]], str]) -> tuple[CloudSpan, CloudSpan | None]:
+        """(its first ``n`` tokens, the rest as a span of its own or None). Only a span of token ids splits; the
+        first part keeps what the call cost, and ends the answer only if the cloud stopped inside it."""
+        ids = self.token_ids
+        if ids is None or len(ids) <= n:
+            return self, None
+        head = replace(self, text=decode(ids[:n]), token_ids=ids[:n], finish_reason="length")
+        rest = CloudSpan(decode(ids[n:]), self.finish_reason, strategy=self.strategy, token_ids=ids[n:],
+                         deployment=self.deployment)
+        return head, rest
 
 
 def _respace(text: str, answer: str, req: SpanRequest, always: bool) -> str:

@@ -39,8 +39,10 @@ FAULTS = ("401", "429", "500", "503", "timeout", "garbled", "empty", "cut", "noc
 
 class FakeCloud:
     def __init__(self, reply: Callable[[dict], str] | str = " the", latency_s: float = 0.0,
-                 finish_reason: str = "length", timeout_sleep_s: float = 5.0, port: int = 0, jitter_s: float = 0.0):
+                 finish_reason: str = "length", timeout_sleep_s: float = 5.0, port: int = 0, jitter_s: float = 0.0,
+                 tokenizer=None):
         self.port = port
+        self.tokenizer = tokenizer  # given: a completion carries its token ids (as mlx_lm.server's logprobs do)
         self.reply = reply if callable(reply) else (lambda body, _r=reply: _r)
         self.latency_s = latency_s
         self.jitter_s = jitter_s  # latency spread: uniform in latency_s +- jitter_s, drawn from the request's bytes
@@ -152,9 +154,14 @@ class FakeCloud:
                     "model": body.get("model", "fake"),
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                                  "finish_reason": finish}], "usage": usage}
+        logprobs = None
+        if self.tokenizer is not None:  # the reply's tokens, at most max_tokens of them
+            ids = list(self.tokenizer.encode(text, add_special_tokens=False))[:body.get("max_tokens") or None]
+            text = self.tokenizer.decode(ids)
+            logprobs = {"content": [{"id": i, "token": self.tokenizer.decode([i]), "logprob": 0.0} for i in ids]}
         return {"id": "cmpl-fake", "object": "text_completion", "created": int(time.time()),
                 "model": body.get("model", "fake"),
-                "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}],
+                "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": logprobs}],
                 "usage": usage}
 
     def stop(self) -> None:

@@ -94,6 +94,8 @@ class Run:
         self.draft_closed = False  # the draft hit EOS or the token limit: wait for the cloud
         self.branches: list[Branch] = []  # drafts from the routed position's other candidates (``branches``)
         self.pending: Pending | None = None
+        self.span_tokens = cloud.config.span_tokens if cloud is not None else 1
+        self.spare: tuple[int, CloudSpan] | None = None  # (answer length it continues, the last call's spare tokens)
         self.finish = "length"
         self._first = True
         self._accounted = (0, 0, 0)
@@ -214,7 +216,13 @@ class Run:
         self.draft_closed = True
 
     def _send(self, tid: int) -> None:
-        """Ask the cloud to continue the committed answer (the local token ``tid`` becomes the first draft)."""
+        """Ask the cloud to continue the committed answer (the local token ``tid`` becomes the first draft) --
+        or, where the last call's spare tokens continue the answer as it stands, take them, with no call."""
+        spare, self.spare = self.spare, None
+        if spare is not None and spare[0] == len(self.answer):
+            self.stats.cloud_spare_tokens += min(self.span_tokens, len(spare[1].token_ids))
+            self.pending = Pending(None, spare[1], None, len(self.answer), time.perf_counter())
+            return
         partial = self.lm.tokenizer.decode(self.answer) if self.answer else ""
         word_start = self.lm.tokenizer.decode([tid])[:1].isspace()
         req = dataclasses.replace(self.request, partial=partial, word_start=word_start)
@@ -229,8 +237,8 @@ class Run:
     def _fork_branches(self, conf: Confidence, score: float | None, at: Step) -> None:
         """Fork a branch for each of the local model's next-best candidates at the routed position (the cache
         holds the routed token: one back). They decode in the same batched rounds as the trunk's draft."""
-        if self.n_branches <= 1 or self.grammar is not None or not self.dec.can_fork:
-            return
+        if self.n_branches <= 1 or self.grammar is not None or not self.dec.can_fork or self.pending.future is None:
+            return  # (a span already here, from the cache or a spare, is settled next: no draft to race it)
         for cand in conf.top_ids[1:self.n_branches]:
             if cand in self.eos:
                 continue
@@ -288,10 +296,15 @@ class Run:
         self._pass_from = None
         if self.pacer is not None and span is not None and pending.arrived is not None:
             self.pacer.arrived(pending.arrived - pending.submitted)
+        rest = None
+        if span is not None:  # spare tokens beyond the span wait for the router's say at the next positions
+            span, rest = span.split(self.span_tokens, self.lm.tokenizer.decode)
         draft, adopted = self._pick_branch(span, draft)
         if adopted is not None:
             step = adopted
         target, events = self._apply(span, pending, draft)
+        if rest is not None and self.finish != "stop" and self.answer[pending.answer_len:] == span.token_ids:
+            self.spare = (len(self.answer), rest)
         self.stats.time_spans_s += time.perf_counter() - pending.submitted
         yield from events
         step = self._sync_cache(target, step)

@@ -48,9 +48,10 @@ def test_completion_strategy_loopback(smollm, pipeline):
 
 def test_token_exact_completion_loopback(smollm):
     """Cloud and local share a tokenizer (here both SmolLM2): spans come back as token ids and are spliced token
-    for token -- a span of one token is exactly one cloud token, with no word boundary to guess."""
+    for token -- a span of one token is exactly one cloud token, with no word boundary to guess. No spare tokens
+    (``tests/engine/test_spare.py``): one call per routed position, as recorded."""
     cfg = CloudConfig(model="text-completion-openai/default_model", api_base=LOOPBACK_BASE, span_tokens=1,
-                      vocab=smollm.vocab_fingerprint)
+                      spare_tokens=0, vocab=smollm.vocab_fingerprint)
     eng = Engine(smollm, cloud=cfg, router=ScheduledRouter([4, 5, 6]), pipeline="sync", cache=False)
     with use_cassette("loopback_token_exact") as cass:
         gen = eng.generate(QUESTION, max_tokens=24)
