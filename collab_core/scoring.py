@@ -46,6 +46,12 @@ class Confidence:
     top_ids: tuple[int, ...] = field(default=())
     top_probs: tuple[float, ...] = field(default=())
 
+    @property
+    def top_logprobs(self) -> list[float]:
+        """The top candidates' log-probabilities (a probability under 1e-30 counts as 1e-30): a router's input, the
+        same in the trace collector and in serving."""
+        return [math.log(max(p, 1e-30)) for p in self.top_probs]
+
 
 def summary_graph(logprobs, k: int):
     """MLX ops: (packed [entropy, top-k logprobs...], top-k ids) for a (vocab,) log-prob vector -- or, for a
@@ -281,8 +287,7 @@ class LearnedScorer:
         if self._embed is None:
             return features(sig, self._log_vocab)
         c = sig.confidence
-        top = [math.log(max(p, 1e-30)) for p in c.top_probs]
-        return value_features(sig.hidden, self.embedding(sig.token_id), top, (c.max_prob, c.entropy, c.margin),
+        return value_features(sig.hidden, self.embedding(sig.token_id), c.top_logprobs, (c.max_prob, c.entropy, c.margin),
                               self._log_vocab)
 
     @property

@@ -81,7 +81,7 @@ class ValueCollector:
     def _features(self, step) -> tuple[np.ndarray, np.ndarray, list[float]]:
         """The router's inputs at one position: hidden state, top-k log-probabilities, confidence summary."""
         c = step.confidence
-        lp = np.log(np.maximum(np.array(c.top_probs, np.float64), 1e-30))[: self.top_k]
+        lp = np.array(c.top_logprobs, np.float64)[: self.top_k]
         return (np.array(step.hidden, dtype=np.float32), np.pad(lp, (0, self.top_k - len(lp)), constant_values=-30.0),
                 [c.max_prob, c.entropy, c.margin])
 
