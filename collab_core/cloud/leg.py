@@ -112,8 +112,9 @@ class CloudLeg:
     def _lookup(self, req: SpanRequest) -> tuple[str, CloudSpan | None]:
         key = self.client.cache_key(req)
         span = self.cache.get(key) if self.cache is not None else None
-        if span is not None:
-            self.stats.cloud_cache_hits += 1
+        if span is not None:  # an answer as a call's is: it breaks a run of failures (a run that found the span
+            self.stats.cloud_cache_hits += 1  # cached meets the breaker's decisions of one that called)
+            self.failures_in_row = 0
         return key, span
 
     def _received(self, span: CloudSpan, key: str | None, waited: float) -> None:

@@ -156,6 +156,21 @@ def test_a_success_resets_the_failure_count():
     assert stats.cloud_failures == 4
 
 
+def test_a_cache_hit_resets_the_failure_count_as_the_call_it_saves_did():
+    """A request run again with the first run's spans cached meets the same breaker: the soak's solo runs switched
+    the cloud off after three failures that its concurrent run had met with successful calls in between."""
+    client = StubClient(flaky(), SPAN, flaky(), SPAN, flaky())
+    first, cache, _ = leg_with(client)
+    for partial in "abcde":
+        first.call(request(partial))
+    again, _, stats = leg_with(StubClient(flaky(), flaky(), flaky()), cache=cache)
+    for partial in "abcde":  # b and d from the cache, a, c and e fail again
+        again.call(request(partial))
+    assert (stats.cloud_cache_hits, stats.cloud_failures) == (2, 3)
+    assert again.failures_in_row == first.failures_in_row == 1
+    assert again.off_reason is None and again.usable()
+
+
 @pytest.mark.parametrize("kind", ["AuthenticationError", "PermissionDeniedError", "NotFoundError"])
 def test_a_fatal_error_switches_the_cloud_off_at_once(kind):
     client = StubClient(flaky(kind, retryable=False))
