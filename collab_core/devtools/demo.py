@@ -51,6 +51,7 @@ class Tally:
     tokens: int = 0
     cloud_tokens: int = 0
     calls: int = 0
+    spare: int = 0  # cloud tokens that came as a call's spare tokens (no call of their own)
     failures: int = 0
     cloud_in: int = 0
     cloud_out: int = 0
@@ -156,6 +157,7 @@ def run_demo(out, *, local_model: str = LOCAL_MODEL, budget: float = BUDGET, max
             t.tokens += s.total_tokens
             t.cloud_tokens += s.cloud_tokens
             t.calls += s.cloud_calls
+            t.spare += s.cloud_spare_tokens
             t.failures += s.cloud_failures
             t.cloud_in += s.cloud_input_tokens
             t.cloud_out += s.cloud_output_tokens
@@ -175,7 +177,8 @@ def _summary(out, t: Tally, n_prompts: int) -> None:
     share = t.cloud_tokens / t.tokens if t.tokens else 0.0
     out.print(Text(
         f"\nrouting changed {t.up + t.down} of {t.graded} graded answers ({t.up} wrong->right, {t.down} "
-        f"right->wrong); routed {share:.1%} of {t.tokens} tokens in {t.calls} cloud calls ({t.failures} failed); "
+        f"right->wrong); routed {share:.1%} of {t.tokens} tokens in {t.calls} cloud calls ({t.failures} failed, "
+        f"{t.spare} tokens from their spares); "
         f"cloud tokens in/out {t.cloud_in}/{t.cloud_out}, against ~{t.cloud_only_in}/{t.cloud_only_out} for "
         f"cloud-only answers (+{n_prompts} prewarm calls); {t.time_s:.1f} s routed against {t.local_time_s:.1f} s "
         "local only", style="bold"))

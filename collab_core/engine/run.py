@@ -220,7 +220,7 @@ class Run:
         or, where the last call's spare tokens continue the answer as it stands, take them, with no call."""
         spare, self.spare = self.spare, None
         if spare is not None and spare[0] == len(self.answer):
-            self.stats.cloud_spare_tokens += min(self.span_tokens, len(spare[1].token_ids))
+            self.stats.cloud_spare_tokens += sum(t not in self.eos for t in spare[1].token_ids[:self.span_tokens])
             self.pending = Pending(None, spare[1], None, len(self.answer), time.perf_counter())
             return
         partial = self.lm.tokenizer.decode(self.answer) if self.answer else ""
