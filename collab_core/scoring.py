@@ -287,8 +287,8 @@ class LearnedScorer:
         if self._embed is None:
             return features(sig, self._log_vocab)
         c = sig.confidence
-        return value_features(sig.hidden, self.embedding(sig.token_id), c.top_logprobs, (c.max_prob, c.entropy, c.margin),
-                              self._log_vocab)
+        return value_features(sig.hidden, self.embedding(sig.token_id), c.top_logprobs,
+                              (c.max_prob, c.entropy, c.margin), self._log_vocab)
 
     @property
     def calibration_scores(self) -> list[float] | None:

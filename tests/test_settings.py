@@ -72,8 +72,8 @@ def test_cli_builds_the_engine_from_its_flags():
 # -- one tree, every setting reached under its one name ----------------------------------------------------
 #: a value away from its default for every setting (the LiteLLM deployments as the CLI takes them: a file)
 OTHER = {"local_model": "some/model", "cloud_model": "text-completion-openai/fake",
-         "api_base": "http://127.0.0.1:9/v1", "api_key": "sk-test", "strategy": "completion", "span_tokens": 3, "spare_tokens": 2,
-         "timeout": 7.0, "max_retries": 1, "cloud_vocab": "local", "deployments": "router.yaml",
+         "api_base": "http://127.0.0.1:9/v1", "api_key": "sk-test", "strategy": "completion", "span_tokens": 3,
+         "spare_tokens": 2, "timeout": 7.0, "max_retries": 1, "cloud_vocab": "local", "deployments": "router.yaml",
          "max_spend_usd": 1.5, "redact": "default", "router": "threshold:0.3", "threshold": 0.4, "budget": 0.2,
          "pipeline": "sync", "max_batch": 3, "max_draft": 5, "branches": 2, "pace": False}
 

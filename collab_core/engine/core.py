@@ -44,8 +44,8 @@ else:  # pragma: no cover - 3.10
 _D = EngineSettings()  # the settings' defaults, which the signature of Engine takes as its own
 #: cloud settings -> the CloudConfig fields they set
 _CLOUD_FIELDS = {"cloud_model": "model", "api_base": "api_base", "api_key": "api_key", "strategy": "strategy",
-                 "span_tokens": "span_tokens", "spare_tokens": "spare_tokens", "timeout": "timeout_s", "max_retries": "max_retries",
-                 "cloud_vocab": "vocab", "deployments": "deployments", "redact": "redact"}
+                 "span_tokens": "span_tokens", "spare_tokens": "spare_tokens", "timeout": "timeout_s",
+                 "max_retries": "max_retries", "cloud_vocab": "vocab", "deployments": "deployments", "redact": "redact"}
 _DECODE_THREADS = ParkedThreads("collab-decode")  # async API: decoding threads that never exit (see there)
 _SCHED_GUARD = threading.Lock()
 
@@ -81,8 +81,8 @@ class Engine:
 
     Every setting of ``EngineSettings`` is a keyword argument here, by its name there (local: ``local_model``;
     cloud: ``cloud_model``, ``api_base``, ``api_key``, ``strategy``, ``span_tokens``, ``spare_tokens``,
-    ``timeout``, ``max_retries``, ``cloud_vocab``, ``deployments``, ``max_spend_usd``, ``redact``; routing: ``router``,
-    ``threshold``, ``budget``; engine: ``pipeline``, ``max_batch``, ``max_draft``, ``branches``, ``pace``), with
+    ``timeout``, ``max_retries``, ``cloud_vocab``, ``deployments``, ``max_spend_usd``, ``redact``; routing:
+    ``router``, ``threshold``, ``budget``; engine: ``pipeline``, ``max_batch``, ``max_draft``, ``branches``, ``pace``), with
     its default and its help there; ``self.settings`` holds them. Besides them:
 
     Args:
@@ -125,8 +125,8 @@ class Engine:
             cloud_model = _one("cloud_model", cloud_model, cloud)
         s = EngineSettings(
             local_model=local_model, cloud_model=cloud_model, api_base=api_base, api_key=api_key,
-            strategy=strategy, span_tokens=span_tokens, spare_tokens=spare_tokens, timeout=timeout, max_retries=max_retries,
-            cloud_vocab=cloud_vocab, deployments=deployments, max_spend_usd=max_spend_usd, redact=redact,
+            strategy=strategy, span_tokens=span_tokens, spare_tokens=spare_tokens, timeout=timeout,
+            max_retries=max_retries, cloud_vocab=cloud_vocab, deployments=deployments, max_spend_usd=max_spend_usd, redact=redact,
             router=router, threshold=threshold, budget=budget, pipeline=pipeline, max_batch=max_batch,
             max_draft=max_draft, branches=branches, pace=pace)
         self.settings = s

@@ -31,7 +31,8 @@ def test_the_demo_prints_local_and_routed_answers_and_a_summary(tiny_dir):
     assert "[gold: B]" in text and re.search(r"local (right|wrong), routed (right|wrong);", text)
     assert tally.graded == 1 and tally.up + tally.down <= 1
     assert re.match(r"routing changed [01] of 1 graded answers \(\d wrong->right, \d right->wrong\); routed "
-                    r"\d+\.\d% of \d+ tokens in \d+ cloud calls \(0 failed, \d+ tokens from their spares\); cloud tokens in/out \d+/\d+, "
+                    r"\d+\.\d% of \d+ tokens in \d+ cloud calls \(0 failed, \d+ tokens from their spares\); "
+                    r"cloud tokens in/out \d+/\d+, "
                     r"against ~\d+/\d+ for cloud-only answers \(\+2 prewarm calls\); [\d.]+ s routed against "
                     r"[\d.]+ s local only", summary), summary
 
