@@ -48,6 +48,8 @@ def add_router_parser(sub) -> None:
                         "one chained after it); train: learn the value of N-token spans (default 1, the engine's: "
                         "with traces collected at 2 or more, the router also learns where to chain a second)")
     v.add_argument("--losses", default="weighted,regression,ranking", help="train: losses to cross-validate")
+    v.add_argument("--ensemble", type=int, default=5,
+                   help="train: networks trained from different seeds whose mean score is the router's (default 5)")
 
 
 def cmd_router(args: argparse.Namespace) -> int:
@@ -131,7 +133,7 @@ def _values(args: argparse.Namespace, lm, data, traces) -> int:
         out = Path(args.out) if args.out else traces.parent / f"router-{traces.name}"
         report = train_value_router(lm, traces, out, losses=tuple(args.losses.split(",")), hidden=args.hidden,
                                     epochs=args.epochs or 20, places=piece_places if fmt.name == "explain" else None,
-                                    span=args.span or 1)
+                                    span=args.span or 1, ensemble=args.ensemble)
         print(report.table())
         print(f"router written to {out} (use router=\"learned:{out}\")")
         return 0

@@ -17,6 +17,12 @@ The selection metric is what routing would do (``routed_gain``): a global thresh
 positions; per question the first routed position decides (its value, 0 if unknown). The loss with the best
 cross-validated gain at the smallest budget wins; the router is then trained on every question and saved with
 its score quantiles, so that a ``BudgetRouter`` starts calibrated.
+
+The labels are few (tens of positives per hundred questions), and one training run is not a stable thing: two
+seeds can rank the top 2% of positions differently. So every fit, in cross-validation and for the router that
+ships, is an ensemble of ``ensemble`` networks trained from different seeds, and its score is their mean logit.
+The members are saved as one wider network (``merge_members``: hidden layers side by side, output layer
+averaged), so a router file and the scorer that reads it do not change.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import RouterLoadError
+from ..errors import ConfigError, RouterLoadError
 from ..scoring import FEATURE_SETS, log_vocab, router_mlp, value_features
 from .train import save, split_groups
 from .value_traces import ValueTraces, load_value_traces, routed_gain
@@ -83,6 +89,26 @@ def _fit(x, v, w, loss: str, *, hidden=64, epochs=20, lr=1e-3, harm=2.0, seed=0,
             opt.update(model, grads)
             mx.eval(model.parameters(), opt.state)
     return model
+
+
+def merge_members(members: list):
+    """One router network whose logit is the mean of ``members``' logits (each ``router_mlp``: one hidden
+    layer, so the merge is exact): their hidden units side by side, their output weights averaged."""
+    import mlx.core as mx
+
+    first, last = [m.layers[0] for m in members], [m.layers[-1] for m in members]
+    merged = router_mlp(first[0].weight.shape[1], sum(f.weight.shape[0] for f in first))
+    merged.layers[0].weight = mx.concatenate([f.weight for f in first], axis=0)
+    merged.layers[0].bias = mx.concatenate([f.bias for f in first])
+    merged.layers[-1].weight = mx.concatenate([o.weight for o in last], axis=1) / len(members)
+    merged.layers[-1].bias = mx.mean(mx.stack([o.bias for o in last]), axis=0)
+    mx.eval(merged.parameters())
+    return merged
+
+
+def fit_ensemble(x, v, w, loss: str, *, ensemble: int = 5, seed: int = 0, **kw):
+    """``ensemble`` networks trained from seeds ``seed``, ``seed + 1``, ..., merged into one."""
+    return merge_members([_fit(x, v, w, loss, seed=seed + i, **kw) for i in range(ensemble)])
 
 
 def _score(model, x) -> np.ndarray:
@@ -167,8 +193,10 @@ def label_places(lm, t: ValueTraces, places) -> dict:
 
 
 def train_value_router(lm, traces: str | Path, out: str | Path, *, losses=LOSSES, folds: int = 5, hidden: int = 64,
-                       epochs: int = 20, seed: int = 0, places=None, span: int | None = None,
+                       epochs: int = 20, seed: int = 0, places=None, span: int | None = None, ensemble: int = 5,
                        log=print) -> ValueReport:
+    if ensemble < 1:
+        raise ConfigError(f"ensemble must be >= 1 network, not {ensemble!r}")
     t = load_value_traces(traces, span)
     if t.model != lm.fingerprint:
         raise RouterLoadError(f"traces in {traces} were collected with local model {t.model}, not {lm.fingerprint}")
@@ -189,15 +217,19 @@ def train_value_router(lm, traces: str | Path, out: str | Path, *, losses=LOSSES
         for f in range(folds):
             tr, val = split_groups(t.group, folds, f, seed)
             tr = tr[known[tr]]
-            model = _fit(x[tr], t.value[tr], t.weight[tr], loss, hidden=hidden, epochs=epochs, seed=seed)
+            model = fit_ensemble(x[tr], t.value[tr], t.weight[tr], loss, ensemble=ensemble, hidden=hidden,
+                                 epochs=epochs, seed=seed)
             oof[val] = _score(model, x[val])
         rep.cv[loss] = [routed_gain(oof, t, b) for b in BUDGETS]
         log(f"{loss}: " + ", ".join(f"{r['share']:.0%} {r['net_per_100']:+.2f}" for r in rep.cv[loss]))
     rep.chosen = max(rep.cv, key=lambda k: tuple(r["net_per_100"] for r in rep.cv[k]))
-    model = _fit(x[known], t.value[known], t.weight[known], rep.chosen, hidden=hidden, epochs=epochs, seed=seed)
+    model = fit_ensemble(x[known], t.value[known], t.weight[known], rep.chosen, ensemble=ensemble, hidden=hidden,
+                         epochs=epochs, seed=seed)
     quantiles = np.quantile(_score(model, x[~t.after]), np.linspace(0, 1, 1001))  # what a router meets
-    save(model, out, model_fingerprint=lm.fingerprint, model_name=lm.name, in_dim=x.shape[1], hidden=hidden,
+    save(model, out, model_fingerprint=lm.fingerprint, model_name=lm.name, in_dim=x.shape[1],
+         hidden=hidden * ensemble,
          metrics={"kind": "value", **rep.as_dict(), "trained": {"epochs": epochs, "seed": seed, "loss": rep.chosen,
-                                                             "label_span": span}},
+                                                             "label_span": span, "ensemble": ensemble,
+                                                             "member_hidden": hidden}},
          score_quantiles=[round(float(q), 6) for q in quantiles], feature_set=FEATURE_SETS[1])
     return rep

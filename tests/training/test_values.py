@@ -5,13 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from collab_core.errors import TraceError
+from collab_core.errors import ConfigError, TraceError
 from collab_core.local.decoder import StepDecoder, greedy_answer
 from collab_core.scoring import log_vocab, value_features
 from collab_core.training.traces import TraceTask
 from collab_core.training.value_router import (
     feature_matrix,
+    fit_ensemble,
     load_value_traces,
+    merge_members,
     routed_gain,
     train_value_router,
 )
@@ -126,7 +128,7 @@ def test_value_router_learns_where_a_token_pays(tiny_lm, tmp_path):
     (tmp_path / "t").mkdir()
     _synthetic(tmp_path / "t", lm=tiny_lm)
     rep = train_value_router(tiny_lm, tmp_path / "t", tmp_path / "r", losses=("weighted", "ranking"), folds=3,
-                             epochs=30, log=lambda *_: None)
+                             epochs=30, ensemble=3, log=lambda *_: None)
     # one paying position in 20: at a 7% budget the learned score routes it in (nearly) every question
     best = max(rows[1]["net_per_100"] for rows in rep.cv.values())
     assert best >= 80 and rep.chosen in ("weighted", "ranking")
@@ -136,6 +138,32 @@ def test_value_router_learns_where_a_token_pays(tiny_lm, tmp_path):
     scorer = LearnedScorer(tmp_path / "r")
     scorer.bind(tiny_lm)
     assert scorer.feature_set == "hidden+embed+topk+conf"
+    # three networks from three seeds, saved as one of three times the width
+    assert scorer.meta["hidden"] == 3 * 64 and scorer.meta["metrics"]["trained"]["ensemble"] == 3
+    with pytest.raises(ConfigError, match="ensemble"):
+        train_value_router(tiny_lm, tmp_path / "t", tmp_path / "r0", ensemble=0, log=lambda *_: None)
+
+
+def test_an_ensemble_scores_the_mean_logit_of_its_members():
+    import mlx.core as mx
+
+    from collab_core.scoring import router_mlp
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 10)).astype(np.float32)
+    v = np.where(x[:, 0] > 1.0, 1.0, 0.0)
+    members = []
+    for seed in range(3):
+        mx.random.seed(seed)
+        members.append(router_mlp(10, 8))
+    merged = merge_members(members)
+    want = np.mean([np.array(m(mx.array(x))) for m in members], axis=0)
+    assert merged.layers[0].weight.shape == (24, 10)
+    assert np.allclose(np.array(merged(mx.array(x))), want, atol=1e-5)
+    # members from different seeds differ, and fit_ensemble merges as many as it is asked for
+    assert not np.allclose(np.array(members[0](mx.array(x))), np.array(members[1](mx.array(x))))
+    fitted = fit_ensemble(x, v, np.ones(len(x)), "weighted", ensemble=2, hidden=8, epochs=2)
+    assert fitted.layers[0].weight.shape == (16, 10)
 
 
 def test_routed_gain_counts_the_first_routed_position():
