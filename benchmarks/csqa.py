@@ -263,8 +263,26 @@ def answer_one(mode: str, lm, q: dict, args, engine, client) -> dict:
     return row
 
 
+def answers_by_place(rows: list[dict], small: dict[str, dict]) -> dict:
+    """Where a routed mode spent its cloud tokens, answer by answer: answers whose final letter's slot was routed,
+    answers routed only elsewhere, and answers not routed; per group the cloud tokens spent and the answers that
+    went wrong -> right (up) and right -> wrong (down) against the local model alone on the same question."""
+    out = {g: {"answers": 0, "cloud_tokens": 0, "up": 0, "down": 0} for g in ("slot", "elsewhere only", "none")}
+    for r in rows:
+        places = r.get("routed_places") or {}
+        g = out["slot" if places.get("answer slot") else "elsewhere only" if r["cloud_tokens"] else "none"]
+        g["answers"] += 1
+        g["cloud_tokens"] += r["cloud_tokens"]
+        alone = small.get(r["id"])
+        if alone is not None:
+            g["up"] += int(r["correct"] and not alone["correct"])
+            g["down"] += int(alone["correct"] and not r["correct"])
+    return out
+
+
 def summarize(rows: list[dict], modes: list[str]) -> dict:
     out = {}
+    small = {r["id"]: r for r in rows if r["mode"] == "small"}
     for m in modes:
         rs = [r for r in rows if r["mode"] == m]
         if not rs:
@@ -288,6 +306,8 @@ def summarize(rows: list[dict], modes: list[str]) -> dict:
             "routed_places": {k: sum(r.get("routed_places", {}).get(k, 0) for r in rs)
                               for k in ("answer slot", "first sentence", "elsewhere")},
         }
+        if m not in ("small", "cloud"):
+            out[m]["answers_by_place"] = answers_by_place(rs, small)
     return out
 
 
@@ -329,6 +349,12 @@ def write_reports(summary: dict, out: Path, meta: dict) -> list[str]:
                      f"{s['median_answer_tokens']:g} | {s['routed_share']:.3f} | "
                      f"{s['cloud_calls']} ({s['cloud_failures']}) | "
                      f"{s['cloud_tokens_in']}/{s['cloud_tokens_out']} | {s['time_per_question_s']:.2f} |")
+    placed = {m: s["answers_by_place"] for m, s in summary.items() if "answers_by_place" in s}
+    if placed:
+        lines += ["", "| mode | answers: slot routed | elsewhere only | not routed |", "|---|---|---|---|"]
+        for m, g in placed.items():
+            lines.append(f"| {m} | " + " | ".join(f"{v['answers']} ({v['cloud_tokens']} tokens, +{v['up']}/-{v['down']})"
+                                                for v in g.values()) + " |")
     (out / "table.md").write_text("\n".join(lines) + "\n")
     (out / "summary.json").write_text(json.dumps({"meta": meta, "modes": summary}, indent=2))
     try:

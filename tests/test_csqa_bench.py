@@ -102,6 +102,27 @@ def test_summary_and_headline():
     assert abs(h["learned_minus_confidence_at_budget_0.07"] - 0.1) < 1e-12
 
 
+def test_answers_by_place_counts_each_answer_once_against_the_local_answer():
+    base = {"tokens": 50, "cloud_calls": 1, "cloud_failures": 0, "cloud_in": 0, "cloud_out": 0, "cost": 0.0,
+            "time_s": 1.0, "pred": "A"}
+    small = [{**base, "mode": "small", "id": str(i), "cloud_tokens": 0, "correct": ok}
+             for i, ok in enumerate([False, True, False, True, False])]
+    places = [{"answer slot": 1, "first sentence": 0, "elsewhere": 1},  # " (" and the letter: wrong -> right
+              {"answer slot": 1, "first sentence": 0, "elsewhere": 0},  # the letter alone: right -> wrong
+              {"answer slot": 0, "first sentence": 0, "elsewhere": 1},  # elsewhere only: no change
+              {"answer slot": 0, "first sentence": 0, "elsewhere": 0},  # not routed
+              {"answer slot": 0, "first sentence": 2, "elsewhere": 0}]  # elsewhere only: wrong -> right
+    routed = [{**base, "mode": "learned-budget:0.02", "id": str(i), "routed_places": p,
+               "cloud_tokens": sum(p.values()), "correct": ok}
+              for i, (p, ok) in enumerate(zip(places, [True, False, False, True, True]))]
+    s = csqa.summarize(small + routed, ["small", "learned-budget:0.02"])
+    assert "answers_by_place" not in s["small"]
+    assert s["learned-budget:0.02"]["answers_by_place"] == {
+        "slot": {"answers": 2, "cloud_tokens": 3, "up": 1, "down": 1},
+        "elsewhere only": {"answers": 2, "cloud_tokens": 3, "up": 1, "down": 0},
+        "none": {"answers": 1, "cloud_tokens": 0, "up": 0, "down": 0}}
+
+
 def test_median_answer_tokens_per_mode():
     rows = [{"mode": "small", "id": str(i), "tokens": t, "cloud_tokens": 0, "cloud_calls": 0, "cloud_failures": 0,
              "cloud_in": 0, "cloud_out": 0, "cost": 0.0, "time_s": 1.0, "pred": None, "correct": False}
