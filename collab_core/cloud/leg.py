@@ -150,12 +150,13 @@ class CloudLeg:
         pending.future.add_done_callback(pending._arrive)
         return pending
 
-    def wait(self, pending: Pending) -> CloudSpan | None:
-        """The span, or None when the call failed or the deadline passed (counted)."""
+    def wait(self, pending: Pending, since: float | None = None) -> CloudSpan | None:
+        """The span, or None when the call failed or the deadline passed (counted); ``since``: when the wait
+        began, if it was waited for elsewhere (the loop waits for the future, then asks here)."""
         if pending.span is not None:
             return pending.span
-        t = time.perf_counter()
-        timeout = None if self.deadline is None else max(0.0, self.deadline - t)
+        t = time.perf_counter() if since is None else since
+        timeout = None if self.deadline is None else max(0.0, self.deadline - time.perf_counter())
         try:
             span = pending.future.result(timeout=timeout)
         except cf.TimeoutError:

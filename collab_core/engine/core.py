@@ -1,22 +1,22 @@
 """``Engine``: token-level routing between a local MLX model and a cloud model reached through LiteLLM.
 
-The engine owns what outlives one request -- the local model's decoder (and with it the KV cache a next turn
-reuses), the router (and with it the budget's running share), the cloud client, the span cache and the
-executor cloud calls run on -- and hands them to a ``Run`` per request (``run.py``). Every entry point
-streams from ``Engine.stream``; ``generate`` collects, ``astream``/``agenerate`` decode in a worker thread so
-the event loop is never blocked.
+The engine owns what outlives one request -- its lanes (and with them the KV caches a next turn reuses), the
+router (and with it the budget's running share), the cloud client, the span cache and the executor cloud calls
+run on -- and hands them to a ``Run`` per request (``run.py``). Every generation runs on the local model's loop
+(``local/loop.py``: one thread runs every forward pass); ``stream`` and ``astream`` read its events from a queue,
+so no reader's thread touches the model and the event loop is never blocked. ``generate``/``agenerate`` collect.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
-import contextlib
 import dataclasses
+import queue
 import sys
 import threading
 import warnings
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from ..cloud.cache import SpanCache
@@ -24,15 +24,16 @@ from ..cloud.client import CloudClient, CloudConfig, SpanRequest
 from ..cloud.deployments import is_router
 from ..cloud.leg import SpendLimit
 from ..errors import ConfigError
-from ..local.batch import BatchScheduler, LaneDecoder, model_lock
+from ..local.batch import LaneDecoder
 from ..local.decoder import greedy
 from ..local.loading import LocalModel, load_local_model, model_fingerprint
+from ..local.loop import DONE, Failed, ModelLoop, Request, model_loop
 from ..prompts import Prompt, render_prompt
 from ..router import Router, default_router, make_router
 from ..settings import EngineSettings, GenerateOptions, GenerationConfig
-from ..text import common_prefix_len
 from ..threads import ParkedThreads
 from .events import Event, Generation
+from .lanes import LanePool
 from .pacing import Pacer
 from .run import Run
 
@@ -46,8 +47,7 @@ _D = EngineSettings()  # the settings' defaults, which the signature of Engine t
 _CLOUD_FIELDS = {"cloud_model": "model", "api_base": "api_base", "api_key": "api_key", "strategy": "strategy",
                  "span_tokens": "span_tokens", "spare_tokens": "spare_tokens", "timeout": "timeout_s",
                  "max_retries": "max_retries", "cloud_vocab": "vocab", "deployments": "deployments", "redact": "redact"}
-_DECODE_THREADS = ParkedThreads("collab-decode")  # async API: decoding threads that never exit (see there)
-_SCHED_GUARD = threading.Lock()
+_WAITING = ParkedThreads("collab-admit")  # async API: loading the model, waiting for a free lane (no decoding)
 
 
 def _one(name: str, given: Any, via_cloud: Any) -> Any:
@@ -149,9 +149,8 @@ class Engine:
         self.want_hidden = want_hidden
         self.spend = SpendLimit(max_spend_usd)
         self.max_batch = max_batch
-        self._lanes: list[LaneDecoder] = []  # idle lanes, least recently used first (their KV caches are kept)
-        self._busy: dict[LaneDecoder, int] = {}  # lane -> the thread whose generation holds it
-        self._scheduler: BatchScheduler | None = None
+        self._pool = LanePool(max_batch)
+        self._scheduler: ModelLoop | None = None  # the local model's loop, once a generation ran
         self._bound = False
         self._executor: cf.ThreadPoolExecutor | None = None
 
@@ -196,45 +195,46 @@ class Engine:
         if router is not self.router:
             router.bind(lm)  # a router for one call (binding a bound scorer again is cheap)
 
-    def _sched(self) -> BatchScheduler:
-        """The scheduler batching this engine's generations (made once, on the local model's lock)."""
-        lm = self.local_model
-        with _SCHED_GUARD:
-            if self._scheduler is None:
-                self._scheduler = BatchScheduler(model_lock(lm))
-        return self._scheduler
+    @property
+    def _lanes(self) -> list[LaneDecoder]:
+        return self._pool.idle
 
-    def _take_lane(self, prompt: Prompt, cfg: GenerationConfig, router: Router) -> LaneDecoder:
-        """A lane for one generation (called holding the model lock): an idle one -- the one whose KV cache
-        shares the longest prefix with this prompt, so a next turn reuses it -- or a new one; waits while
-        ``max_batch`` are busy."""
+    @property
+    def _busy(self) -> dict[LaneDecoder, object]:
+        return self._pool.busy
+
+    def _open(self, prompt: Prompt, router: Router | None, options: dict, owner: object,
+              sink: Callable[[object], None], *, block: bool = True) -> tuple[Request, Callable[[], None]] | None:
+        """Start a generation on the model's loop: a lane first (waiting while ``max_batch`` are busy; None at
+        once if not ``block``). Returns its ``Request`` and the function its reader calls when done with it."""
+        cfg = self.config.replace(**options)
+        router = self.router if router is None else router
         lm = self.local_model
-        self._bind(router)
-        me = threading.get_ident()
-        if len(self._busy) >= self.max_batch and all(t == me for t in self._busy.values()):
-            raise ConfigError(f"{len(self._busy)} streams of this engine are open in this thread, its max_batch: "
-                              "finish one first, or raise max_batch")
-        self._scheduler.cond.wait_for(lambda: len(self._busy) < self.max_batch)
+        loop = self._scheduler = model_loop(lm)
         hidden = self.want_hidden or router.needs_hidden
-        lane = None
-        if len(self._lanes) > 1:
-            ids = self.encode(prompt, cfg)
-            lane = max(reversed(self._lanes), key=lambda d: common_prefix_len(d.tokens, ids))
-        elif self._lanes:
-            lane = self._lanes[0]
-        if lane is not None:
-            self._lanes.remove(lane)
-        if lane is None or lane.want_hidden != hidden:
-            lane = LaneDecoder(lm, self._scheduler, want_hidden=hidden)
+        lane = self._pool.take(lambda: LaneDecoder(lm, loop, want_hidden=hidden), lambda: self.encode(prompt, cfg),
+                               hidden, owner, block=block)
+        if lane is None:
+            return None
         lane.sampler = make_sampler(cfg)
-        self._busy[lane] = me
-        return lane
+        release = self._pool.releaser(lane)
+        req = loop.submit_generation(lambda: self._generation(loop, lane, prompt, cfg, router), sink,
+                                     on_end=release)
+        return req, release
 
-    def _give_back(self, lane: LaneDecoder) -> None:
-        self._busy.pop(lane, None)
-        self._lanes.append(lane)
-        del self._lanes[: max(0, len(self._lanes) - self.max_batch)]
-        self._scheduler.cond.notify_all()
+    def _generation(self, loop: ModelLoop, lane: LaneDecoder, prompt: Prompt, cfg: GenerationConfig,
+                    router: Router):
+        """One generation, as the loop advances it (on its thread)."""
+        self._bind(router)
+        loop.join(lane)
+        try:
+            run = Run(self.local_model, lane, router, prompt, cfg, cloud=self.cloud, cache=self.cache,
+                      submit=self._submit, max_draft=self.max_draft, spend=self.spend, branches=self.branches,
+                      pacer=self.pacer)
+            yield from run.events()
+        finally:
+            loop.leave(lane)
+            lane.tokens  # noqa: B018 - ints from here on: an idle lane's tokens are read off the loop
 
     def _submit(self, fn, *args) -> cf.Future:
         if self._executor is None:
@@ -262,62 +262,49 @@ class Engine:
 
         Concurrent calls (threads, ``astream``) are decoded as one batch, up to ``max_batch``: each keeps its
         own stream, routing and stats."""
-        cfg = self.config.replace(**options)
-        lm = self.local_model
-        router = self.router if router is None else router
-        sched = self._sched()
-        with sched.entry():
-            lane = self._take_lane(prompt, cfg, router)
-            sched.join(lane)
-            try:
-                run = Run(lm, lane, router, prompt, cfg, cloud=self.cloud, cache=self.cache,
-                          submit=self._submit, max_draft=self.max_draft, spend=self.spend, branches=self.branches,
-                          pacer=self.pacer)
-                with contextlib.closing(run.events()) as events:
-                    for ev in events:
-                        with sched.stepped_out(lane):  # the caller reads it; the other lanes go on
-                            yield ev
-            finally:
-                sched.leave(lane)
-                self._give_back(lane)
+        q: queue.SimpleQueue = queue.SimpleQueue()
+        req, release = self._open(prompt, router, options, threading.get_ident(), q.put)
+        try:
+            yield from req.items(q)
+        finally:  # a stream closed early: the loop drops the generation at its next step, before this returns
+            req.cancel()
+            release()
 
     def generate(self, prompt: Prompt, *, router: Router | None = None,
                  **options: Unpack[GenerateOptions]) -> Generation:
         return Generation.from_events(list(self.stream(prompt, router=router, **options)), self.model_name)
 
-    # -- async: decoding runs in a worker thread, the event loop is never blocked ------------------------------
+    # -- async: the loop decodes, the event loop only reads ------------------------------------------------------
     async def astream(self, prompt: Prompt, *, router: Router | None = None,
                       **options: Unpack[GenerateOptions]) -> AsyncIterator[Event]:
-        """``stream`` on a worker thread. Closing this iterator (or cancelling the task awaiting it) stops the
-        generation at its next token and releases the local model for the next request."""
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
-        done = object()
-        cancelled = threading.Event()
+        """``stream`` for asyncio: events come from the model's loop through a queue. Closing this iterator (or
+        cancelling the task awaiting it) stops the generation at the loop's next step and frees its lane."""
+        aloop = asyncio.get_running_loop()
+        q: asyncio.Queue = asyncio.Queue()
 
-        def worker():
-            try:
-                with contextlib.closing(self.stream(prompt, router=router, **options)) as events:
-                    for ev in events:  # closed on cancel: the model lock is released at once
-                        if cancelled.is_set():
-                            break
-                        loop.call_soon_threadsafe(queue.put_nowait, ev)
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
-                loop.call_soon_threadsafe(queue.put_nowait, exc)
-            finally:
-                loop.call_soon_threadsafe(queue.put_nowait, done)
+        def sink(item) -> None:
+            aloop.call_soon_threadsafe(q.put_nowait, item)
 
-        _DECODE_THREADS.submit(worker)
+        owner = object()
+        if not self.loaded:  # loading takes seconds: not on the event loop
+            await asyncio.wrap_future(_WAITING.submit(lambda: self.local_model))
+        opened = self._open(prompt, router, options, owner, sink, block=False)
+        if opened is None:  # max_batch busy: wait for a lane off the event loop
+            opened = await asyncio.wrap_future(_WAITING.submit(
+                lambda: self._open(prompt, router, options, owner, sink)))
+        req, release = opened
         try:
             while True:
-                item = await queue.get()
-                if item is done:
+                item = await q.get()
+                req.took()
+                if item is DONE:
                     break
-                if isinstance(item, BaseException):
-                    raise item
+                if isinstance(item, Failed):
+                    raise item.exc
                 yield item
         finally:
-            cancelled.set()
+            req.cancel(wait=False)
+            release()
 
     async def agenerate(self, prompt: Prompt, *, router: Router | None = None,
                         **options: Unpack[GenerateOptions]) -> Generation:

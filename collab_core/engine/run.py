@@ -1,8 +1,10 @@
-"""One generation: the loop that decodes, scores, routes, settles cloud spans and emits tokens.
+"""One generation: the state machine that decodes, scores, routes, settles cloud spans and emits tokens.
 
-``Run`` is built by ``Engine.stream`` with everything it needs passed in (the local model, its decoder,
-the router, the cloud leg's client, cache and executor); it touches nothing else. ``events()`` is the
-algorithm:
+``Run`` is built by ``Engine`` with everything it needs passed in (the local model, its decoder, the router, the
+cloud leg's client, cache and executor); it touches nothing else. ``events()`` is the algorithm, a coroutine that
+the model's loop (``local/loop.py``) advances on its thread: it yields the events for the reader, and a ``Wait``
+wherever it needs a round to run its step, a span to come back or a pacing hold to pass (the other generations
+decode meanwhile):
 
 1. **decode** the next local token (queueing the following forward pass first, as mlx-lm does);
 2. while a cloud span is in flight, **draft**: keep the local token aside, emit nothing -- until the span
@@ -18,7 +20,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
+from typing import Any
 
 from ..cloud.cache import SpanCache
 from ..cloud.client import CloudClient, CloudSpan, SpanRequest
@@ -27,6 +30,7 @@ from ..errors import ContextOverflowError, GrammarError
 from ..local.decoder import Step, StepDecoder
 from ..local.grammar import GrammarState
 from ..local.loading import LocalModel
+from ..local.loop import Wait, ready, settled
 from ..prompts import Prompt, cloud_prompt, render_prompt
 from ..router import Router
 from ..scoring import Confidence, TokenSignal
@@ -34,31 +38,17 @@ from ..settings import GenerationConfig
 from ..stats import GenerationStats
 from ..text import TextStream, common_prefix_len
 from ..tools import constraint, structured_result
+from .branches import Branch, Branches
 from .events import Event, FinalEvent, TokenEvent
 from .pacing import Pacer
 from .reconcile import check_grammar, reconcile
 
 Drafted = tuple[int, Confidence, "float | None"]  # (token, its confidence, its routing score)
+Co = Generator[Any, None, Any]  # a coroutine of the loop: yields events and ``Wait``s
 
 
-@dataclasses.dataclass
-class Branch:
-    """A draft from one of the local model's other candidates at a routed position, on a forked decoder."""
-
-    dec: StepDecoder
-    draft: list[Drafted]  # its candidate first
-    end: Step  # the Step at its cache's end (its next token)
-    closed: bool = False
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self.dec.close()  # a step no round ran is dropped: the end is then the one before it
-            self.end = self.dec.rollback(0)
-
-
-class Run:
-    """The state of one generation. ``events()`` is the loop."""
+class Run(Branches):
+    """The state of one generation. ``events()`` is the coroutine that advances it."""
 
     def __init__(self, lm: LocalModel, decoder: StepDecoder, router: Router, prompt: Prompt, cfg: GenerationConfig,
                  *, cloud: CloudClient | None, cache: SpanCache | None, submit: Submit, max_draft: int,
@@ -101,18 +91,20 @@ class Run:
         self._accounted = (0, 0, 0)
 
     # -- the loop ------------------------------------------------------------------------------------------------
-    def events(self) -> Iterator[Event]:
+    def events(self) -> Co:
         import mlx.core as mx
 
         if self.cfg.seed is not None:
             mx.random.seed(self.cfg.seed)
         try:
             yield from self._loop()
-        finally:  # also when the caller stops early: no branch stays in the batch
+        finally:  # also when the reader leaves early: no branch stays in the batch, no span is awaited
             for b in self.branches:
                 b.close()
+            if self.pending is not None:
+                self.pending.cancel()
 
-    def _loop(self) -> Iterator[Event]:
+    def _loop(self) -> Co:
         step = self.dec.prefill(self.ids)
         while not (self.finish == "stop" or self.text.stopped):
             if self.pending is not None:
@@ -121,13 +113,13 @@ class Run:
                     continue
             elif len(self.answer) >= self.max_tokens:
                 break
-            tid, conf, nxt, last = self._decode(step)
+            tid, conf, nxt, last = yield from self._decode(step)
             if self.pending is not None:
                 if tid in self.eos or last or not self._would_route(tid, conf, step):
                     self._draft(tid, conf, None, closing=tid in self.eos or last)
                 else:  # the draft stops before it: once the span is settled, it is decoded again and routed
                     self._close_draft_before(tid)
-                self._advance_branches()
+                yield from self._advance_branches()
             elif tid in self.eos:  # the cache keeps the EOS: a next turn's template usually repeats it
                 self.finish = "stop"
                 break
@@ -137,7 +129,7 @@ class Run:
                     self._send(tid)
                     self._draft(tid, conf, score, closing=last)
                     if not last:
-                        self._fork_branches(conf, score, step)
+                        yield from self._fork_branches(conf, score, step)
                 else:
                     yield self._commit(tid, "local", conf, score)
                     if len(self.answer) % 16 == 0:
@@ -149,14 +141,15 @@ class Run:
         yield self._finish()
 
     # -- decode, score, route ------------------------------------------------------------------------------------
-    def _decode(self, step: Step) -> tuple[int, Confidence, Step | None, bool]:
+    def _decode(self, step: Step) -> Generator[Any, None, tuple[int, Confidence, Step | None, bool]]:
         """Read ``step``'s token, having queued the next forward pass; also whether it is the last (the token
         limit: none is queued). Under a grammar the token is sampled from the masked distribution, and the next
         mask is computed while the next forward pass runs.
 
         While a span is in flight the next pass is queued only once the token is read, and only if the span has
         not arrived by then: queued ahead, it would run on a sequence the cloud may have just replaced (a pass
-        wasted, and the span's own pass waiting behind it). It costs the draft a thread wake-up per token."""
+        wasted, and the span's own pass waiting behind it)."""
+        yield from ready(step)
         if self.grammar is not None:  # near the token limit, a forced structure is steered to its closing
             step = self.dec.constrain(step, self.grammar.allowed(self.max_tokens - len(self.answer) - len(self.draft)))
         last = len(self.answer) + len(self.draft) + 1 >= self.max_tokens
@@ -164,7 +157,7 @@ class Run:
         nxt = self.dec.step(step.token) if not (last or drafting) else None
         tid, conf = step.token_id, step.confidence
         if drafting and not last and not self.pending.ready:
-            self._pace()
+            yield from self._pace()
             if not self.pending.ready:
                 self._pass_from = time.perf_counter()
                 nxt = self.dec.step(tid)
@@ -175,7 +168,7 @@ class Run:
             self._first = False
         return tid, conf, nxt, last
 
-    def _pace(self) -> None:
+    def _pace(self) -> Co:
         """Time the last draft pass, and hold the next one back while the reply is about to land, where the
         ``Pacer`` finds the pass a likely loss (``pacing.py``); the hold counts as waiting for the cloud."""
         if self.pacer is None:
@@ -185,7 +178,8 @@ class Run:
             self.pacer.passed(now - self._pass_from)
         hold = self.pacer.hold(now - self.pending.submitted)
         if hold > 0:
-            self.dec.blocking(self.pending.wait_for, hold)  # other generations decode meanwhile
+            pending = self.pending  # other generations decode meanwhile
+            yield Wait(lambda: pending.ready, until=now + hold, future=pending.future)
             self.stats.draft_holds += 1
             self.stats.time_cloud_wait_s += time.perf_counter() - now
 
@@ -233,57 +227,12 @@ class Run:
             self.draft.append((tid, conf, score))
         self.draft_closed = self.draft_closed or closing
 
-    # -- branches: while a span is in flight, the routed position's other candidates are drafted too ------------------
-    def _fork_branches(self, conf: Confidence, score: float | None, at: Step) -> None:
-        """Fork a branch for each of the local model's next-best candidates at the routed position (the cache
-        holds the routed token: one back). They decode in the same batched rounds as the trunk's draft."""
-        if self.n_branches <= 1 or self.grammar is not None or not self.dec.can_fork or self.pending.future is None:
-            return  # (a span already here, from the cache or a spare, is settled next: no draft to race it)
-        for cand in conf.top_ids[1:self.n_branches]:
-            if cand in self.eos:
-                continue
-            dec = self.dec.fork(back=1, end=at)
-            self.branches.append(Branch(dec, [(cand, conf, score)], dec.step(cand)))
-
-    def _advance_branches(self) -> None:
-        """One token on every open branch, in step with the trunk's draft; a branch stops where the trunk's
-        draft stops, at EOS, or before a token the router would send (it leaves the batch, its cache kept)."""
-        for b in self.branches:
-            if b.closed:
-                continue
-            if self.draft_closed or len(b.draft) >= self.max_draft or \
-                    len(self.answer) + len(b.draft) >= self.max_tokens:
-                b.close()
-                continue
-            tid, conf = b.end.token_id, b.end.confidence
-            if tid in self.eos or self._would_route(tid, conf, b.end, at=len(b.draft)):
-                b.close()
-                continue
-            b.draft.append((tid, conf, None))
-            b.end = b.dec.step(tid)
-
-    def _pick_branch(self, span: CloudSpan | None, draft: list[Drafted]) -> tuple[list[Drafted], Step | None]:
-        """The draft to settle ``span`` against: the trunk's, or the branch whose first token is the cloud's first
-        (its sequence and KV cache then become the trunk's: returns the Step at its end, else None)."""
-        branches, self.branches = self.branches, []
-        if not branches or span is None or not draft:
-            return draft, None
-        r = reconcile(self.lm.tokenizer, self.answer, [], span.text, ends_answer=span.ends_answer,
-                      max_tokens=self.max_tokens, eos=self.eos, token_ids=span.token_ids)
-        if r.replace or not r.cloud or r.cloud[0] == draft[0][0]:
-            return draft, None
-        for b in branches:
-            if b.draft[0][0] == r.cloud[0]:
-                self.stats.branches_adopted += 1
-                return b.draft, self.dec.adopt(b.dec, b.end)
-        return draft, None
-
     # -- settle ------------------------------------------------------------------------------------------------------
     def _settle_due(self) -> bool:
         return (self.pending.ready or self.draft_closed or len(self.draft) >= self.max_draft
                 or len(self.answer) + len(self.draft) >= self.max_tokens)
 
-    def _settle(self, step: Step) -> Iterator[Event]:
+    def _settle(self, step: Step) -> Co:
         """Wait for the span, emit what it settles to, then bring the KV cache to it; returns the Step at the
         cache's end. Emitting first sends the span's text out one forward pass earlier (feeding costs one
         pass for all its tokens, less than decoding them)."""
@@ -292,7 +241,10 @@ class Run:
         self.draft_closed = False
         for b in self.branches:  # out of the batch while the trunk waits (their caches kept)
             b.close()
-        span = self.dec.blocking(self.leg.wait, pending)  # other generations decode meanwhile
+        since = time.perf_counter()
+        if not pending.ready:  # other generations decode meanwhile
+            yield Wait(lambda: pending.ready, until=self.leg.deadline, future=pending.future)
+        span = self.leg.wait(pending, since=since)
         self._pass_from = None
         if self.pacer is not None and span is not None and pending.arrived is not None:
             self.pacer.arrived(pending.arrived - pending.submitted)
@@ -307,6 +259,7 @@ class Run:
             self.spare = (len(self.answer), rest)
         self.stats.time_spans_s += time.perf_counter() - pending.submitted
         yield from events
+        yield from settled(self.dec)  # the cache holds the trunk's submitted step before it is brought to target
         step = self._sync_cache(target, step)
         self._account()
         return step

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ..local.batch import run_lanes
-from ..local.decoder import greedy_answer
+from ..local.loop import lane_greedy_answer, run_lanes
 from ..router import BudgetRouter
 from ..scoring import TokenSignal
 
@@ -22,8 +21,8 @@ def calibrate_on(router: BudgetRouter, lm, prompts: Iterable[str], *, max_tokens
     def answer(prompt):
         def job(dec):
             ids = lm.tokenizer.encode(prompt, add_special_tokens=False)
-            return [TokenSignal(step.confidence, i, tid, step.hidden)
-                    for i, (tid, step) in enumerate(greedy_answer(dec, ids, max_tokens=max_tokens, stop=stop))]
+            steps = yield from lane_greedy_answer(dec, ids, max_tokens=max_tokens, stop=stop)
+            return [TokenSignal(step.confidence, i, tid, step.hidden) for i, (tid, step) in enumerate(steps)]
         return job
 
     signals = run_lanes(lm, [answer(p) for p in prompts], max_batch=batch, want_hidden=router.needs_hidden)

@@ -36,8 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import TraceError
-from ..local.batch import run_lanes
-from ..local.decoder import greedy_answer
+from ..local.loop import lane_greedy_answer, run_lanes
 from .traces import TraceTask, _safe
 
 TRACE_VERSION = 3
@@ -88,7 +87,8 @@ class ValueCollector:
     def _answer_job(self, prompt_ids: list[int]):
         def job(dec):
             toks, hid, top, conf = [], [], [], []
-            for tid, step in greedy_answer(dec, prompt_ids, max_tokens=self.max_tokens, stop=self.stop):
+            steps = yield from lane_greedy_answer(dec, prompt_ids, max_tokens=self.max_tokens, stop=self.stop)
+            for tid, step in steps:
                 h, lp, c = self._features(step)
                 toks.append(tid)
                 hid.append(h)
@@ -153,8 +153,9 @@ class ValueCollector:
                         texts.append(self._text(answer[:k] + part[:-1]))
                     else:
                         cont = []
-                        for t, step in greedy_answer(dec, prompt_ids, answer[:k] + part, max_tokens=self.max_tokens,
-                                                     stop=self.stop):
+                        steps = yield from lane_greedy_answer(dec, prompt_ids, answer[:k] + part,
+                                                              max_tokens=self.max_tokens, stop=self.stop)
+                        for t, step in steps:
                             if s == 1 and not cont:  # the position a router sees right after a cloud token
                                 after = self._features(step)
                             cont.append(t)

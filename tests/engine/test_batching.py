@@ -53,29 +53,28 @@ def test_batched_prefill_equals_alone_with_reused_prefixes(tiny_lm):
     prompt (a previous turn) -- leave the same caches and next-token distributions as each read alone."""
     import mlx.core as mx
 
-    from collab_core.local.batch import BatchScheduler, LaneDecoder, model_lock
+    from collab_core.local.batch import LaneDecoder
     from collab_core.local.decoder import StepDecoder
+    from collab_core.local.loop import ModelLoop, ready, run_on_loop
 
     tok = tiny_lm.tokenizer
     prompts = [tok.encode(p * k) for k, p in zip((1, 3, 2, 5), PROMPTS)]
     earlier = {1: prompts[1][:9], 3: prompts[3][:4] + [7, 7]}  # a shared prefix, then tokens to drop
     alone = [StepDecoder(tiny_lm).prefill(ids) for ids in prompts]
-    sched = BatchScheduler(model_lock(tiny_lm))
+    sched = ModelLoop()
     lanes = [LaneDecoder(tiny_lm, sched) for _ in prompts]
-    with sched.entry():
+
+    def read():
         for i, ids in earlier.items():
-            lanes[i].prefill(ids).wait()
-    for lane in lanes:
-        sched.join(lane)  # every lane open: a round waits for all four prompts
+            yield from ready(lanes[i].prefill(ids))
+        for lane in lanes:
+            sched.join(lane)  # every lane open: the four prompts are read in one round
+        steps = [lane.prefill(ids) for lane, ids in zip(lanes, prompts)]
+        for step in steps:
+            yield from ready(step)  # waits for the round that runs the last token
+        return [step.resolved() for step in steps]
 
-    def read(i):
-        with sched.entry():
-            step = lanes[i].prefill(prompts[i])
-            step.token_id  # noqa: B018  (waits for the round that runs the last token)
-            return step
-
-    with cf.ThreadPoolExecutor(len(lanes)) as ex:
-        steps = list(ex.map(read, range(len(lanes))))
+    steps = run_on_loop(sched, read)
     assert sched.prefill_rounds == 1 and sched.prefill_rows == len(lanes)
     for lane, ids, a, b in zip(lanes, prompts, alone, steps):
         assert lane.tokens == ids and lane.cache[0].offset == len(ids)
