@@ -8,10 +8,10 @@ Where things live:
 * ``scoring`` -- per-token signals (``Confidence``, ``TokenSignal``) and the scorers (confidence, learned);
 * ``router`` -- routing policies on a score (threshold, budget, never, scheduled);
 * ``cloud/`` -- the cloud leg: LiteLLM client and strategies, the span cache, a generation's ``CloudLeg``;
-* ``engine/`` -- the generation loop every adapter streams from (``Engine``);
+* ``engine/`` -- the engine every adapter streams from (``Engine``), each generation a state machine on the model's loop;
 * ``settings`` -- engine settings and per-request options, declared once;
 * ``errors`` -- the one error tree; ``stats`` -- per-generation statistics; ``text`` -- streaming text;
-* ``children`` -- child processes that stop with their parent; ``threads`` -- worker threads for MLX;
+* ``children`` -- child processes that stop with their parent; ``threads`` -- parked worker threads for MLX;
 * ``integration`` -- what the LangChain and LlamaIndex adapters share;
 * ``training/`` -- offline: traces, router training, calibration (the runtime never imports it);
 * ``devtools/`` -- the stand-in cloud and a fake cloud on loopback.

@@ -1,57 +1,19 @@
-"""Worker threads for blocking MLX work called from async code.
+"""Parked worker threads for blocking MLX work called from async code (embeddings, the fake cloud's local replies,
+the engine's async admission: loading the model).
 
-Shared by the engine's async API and the embedding helpers.
+The engine's decoding needs none: it runs on the local model's loop (``local/loop.py``), a thread that never exits
+and parks at interpreter exit. That shape made the old exit workaround (an ``atexit`` wait for every finished
+thread that had run MLX work to end at the OS level, ``mark_mlx_thread``) unnecessary: no thread that runs MLX work
+ends while the interpreter lives.
 """
 
 from __future__ import annotations
 
 import atexit
 import concurrent.futures as cf
-import os
 import queue
 import threading
-import time
 from collections.abc import Callable
-
-_MLX_THREADS: dict[int, int] = {}  # ident -> native id of the threads other than main that ran MLX work
-_MLX_THREADS_GUARD = threading.Lock()
-
-
-def mark_mlx_thread() -> None:
-    """Record that this thread runs MLX work, so that the interpreter's exit waits for it to be gone.
-
-    Why: MLX frees a thread's ``mx.compile`` cache in a C++ thread-local destructor that takes the GIL. It runs
-    after the thread is finished for Python (``join`` has returned), when the OS thread ends. If the interpreter
-    is finalizing by then, taking the GIL ends the thread inside that destructor and the process aborts
-    ("terminate called without an active exception", exit code 134): measured 2 exits in 8 for a script that
-    ran ``Engine.generate`` on a ``ThreadPoolExecutor`` (as LangChain's ``batch`` does) and then returned."""
-    t = threading.current_thread()
-    if t is threading.main_thread():
-        return
-    with _MLX_THREADS_GUARD:
-        if not _MLX_THREADS:
-            atexit.register(wait_for_mlx_threads)
-        _MLX_THREADS[t.ident] = t.native_id
-
-
-def wait_for_mlx_threads(timeout_s: float = 5.0) -> None:
-    """Wait (at most ``timeout_s``) until every finished thread that ran MLX work has ended at the OS level, its
-    thread-local destructors run (see ``mark_mlx_thread``). An ``atexit`` hook: the GIL is free while it sleeps.
-    Where a thread's end cannot be seen (no ``/proc/self/task``), a short fixed wait."""
-    with _MLX_THREADS_GUARD:
-        alive = {t.ident for t in threading.enumerate()}
-        ended = {ident: nid for ident, nid in _MLX_THREADS.items() if ident not in alive}
-        for ident in ended:
-            del _MLX_THREADS[ident]
-    if not ended:
-        return
-    if not os.path.isdir("/proc/self/task"):
-        time.sleep(min(0.05, timeout_s))
-        return
-    deadline = time.monotonic() + timeout_s
-    for nid in ended.values():
-        while os.path.exists(f"/proc/self/task/{nid}") and time.monotonic() < deadline:
-            time.sleep(0.002)
 
 
 class ParkedThreads:

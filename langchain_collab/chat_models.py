@@ -248,7 +248,7 @@ class CollabLLM(BaseChatModel):
         events = list(engine.stream(_to_messages(messages), **self._options(stop, kwargs)))
         return self._result(engine, events)
 
-    # -- async: the engine decodes in a worker thread; the event loop is never blocked ----------------------
+    # -- async: the engine decodes on the model's loop thread; the event loop is never blocked --------------
     async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                        run_manager: AsyncCallbackManagerForLLMRun | None = None,
                        **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:

@@ -6,8 +6,8 @@ or cloud logic lives here.
 
 Every public call carries LlamaIndex's callback decorators (``llm_completion_callback`` /
 ``llm_chat_callback``), so the instrumentation dispatcher and ``CallbackManager`` handlers such as
-``TokenCountingHandler`` see it. The async methods stream from ``Engine.astream``, which decodes in a
-worker thread: the event loop is never blocked (``CustomLLM``'s async defaults would call the sync
+``TokenCountingHandler`` see it. The async methods stream from ``Engine.astream``, which decodes on the
+model's loop thread: the event loop is never blocked (``CustomLLM``'s async defaults would call the sync
 methods on the loop, so this class subclasses ``LLM`` directly).
 
 What a response carries:

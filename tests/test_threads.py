@@ -1,4 +1,5 @@
-"""A script that decoded on worker threads exits cleanly (``collab_core/threads.py``: ``mark_mlx_thread``).
+"""A script that decoded on worker threads exits cleanly (``collab_core/local/loop.py``: the model's loop thread, the
+only one that runs MLX work, never exits and parks at exit; the readers' threads never touch MLX).
 
 MLX frees a thread's compile cache in a C++ thread-local destructor that takes the GIL, after the thread is done
 for Python. A script that ran ``Engine.generate`` on a ``ThreadPoolExecutor`` (as LangChain's ``batch`` does)

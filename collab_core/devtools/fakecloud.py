@@ -40,7 +40,7 @@ FAULTS = ("401", "429", "500", "503", "timeout", "garbled", "empty", "cut", "noc
 class FakeCloud:
     def __init__(self, reply: Callable[[dict], str] | str = " the", latency_s: float = 0.0,
                  finish_reason: str = "length", timeout_sleep_s: float = 5.0, port: int = 0, jitter_s: float = 0.0,
-                 tokenizer=None):
+                 tokenizer=None, fault_of: Callable[[bytes], str | None] | None = None):
         self.port = port
         self.tokenizer = tokenizer  # given: a completion carries its token ids (as mlx_lm.server's logprobs do)
         self.reply = reply if callable(reply) else (lambda body, _r=reply: _r)
@@ -49,6 +49,7 @@ class FakeCloud:
         self.finish_reason = finish_reason
         self.timeout_sleep_s = timeout_sleep_s
         self.faults: deque[str] = deque()
+        self.fault_of = fault_of  # a fault decided by the request's bytes (after the queued ones): the same every time
         self.requests: list[dict] = []
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -93,7 +94,7 @@ class FakeCloud:
                 raw = self.rfile.read(length)
                 body = json.loads(raw or b"{}")
                 owner.requests.append({"path": self.path, "body": body, "raw": raw})  # raw: the bytes on the wire
-                fault = owner.faults.popleft() if owner.faults else None
+                fault = owner.faults.popleft() if owner.faults else owner.fault_of(raw) if owner.fault_of else None
                 t0 = time.perf_counter()
                 text = None if fault else owner.reply(body)  # its time counts inside the latency
                 if owner.latency_s:

@@ -217,9 +217,8 @@ class Run(Branches):
             self.stats.cloud_spare_tokens += sum(t not in self.eos for t in spare[1].token_ids[:self.span_tokens])
             self.pending = Pending(None, spare[1], None, len(self.answer), time.perf_counter())
             return
-        partial = self.lm.tokenizer.decode(self.answer) if self.answer else ""
-        word_start = self.lm.tokenizer.decode([tid])[:1].isspace()
-        req = dataclasses.replace(self.request, partial=partial, word_start=word_start)
+        req = dataclasses.replace(self.request, partial=self.lm.tokenizer.decode(self.answer) if self.answer else "",
+                                  word_start=self.lm.tokenizer.decode([tid])[:1].isspace())
         self.pending = self.leg.start(req, len(self.answer))
 
     def _draft(self, tid: int, conf: Confidence, score: float | None, *, closing: bool) -> None:

@@ -5,7 +5,8 @@
 * ``gguf`` -- GGUF -> mlx-lm folder conversion (weights, config, tokenizer);
 * ``blas`` -- OpenBLAS for MLX on a Linux CPU (loaded by ``collab_core`` before MLX is imported);
 * ``decoder`` -- ``StepDecoder``: one token at a time on mlx-lm's KV cache, with signals and rollback;
-* ``batch`` -- concurrent generations decoded as one batch (``LaneDecoder``, ``BatchScheduler``), the model lock;
+* ``batch`` -- concurrent generations decoded as one batch (``LaneDecoder``, ``BatchScheduler``'s rounds);
+* ``loop`` -- one thread per model runs every forward pass, advancing each generation a step at a time (``ModelLoop``);
 * ``grammar`` -- constrained decoding with llguidance;
 * ``embedding`` -- mean-pooled hidden-state embeddings (the LlamaIndex demo embedding).
 

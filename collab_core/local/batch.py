@@ -1,26 +1,20 @@
 """Batched local decoding: concurrent generations on one model share each forward pass.
 
-Decoding is memory-bound on a CPU and on Apple silicon: one step over 8 sequences reads the weights once, as a
-step over one does. ``BatchScheduler`` holds the single-token steps that open ``LaneDecoder``s (one per concurrent
-generation, and one per draft branch) have submitted, and ``run_round`` runs them as one forward pass over mlx-lm's
-``BatchKVCache`` (the lanes' caches merged, left-padded, then extracted back), so each generation keeps its own KV
-cache, routing, spans, rollback and stats, and a lane can join or leave between any two rounds.
+Decoding is memory-bound on a CPU and on Apple silicon: one step over 8 sequences reads the weights once, as one
+does. ``BatchScheduler`` holds the single-token steps that open ``LaneDecoder``s (one per generation, one per draft
+branch) have submitted; ``run_round`` runs them as one forward pass over a batched cache (the lanes' caches merged
+by the cache's own ``merge``, then ``extract``ed back), so each generation keeps its own KV cache, routing, spans,
+rollback and stats, and a lane can join or leave between any two rounds. Nothing here waits or locks: it all runs
+on the model's loop thread (``loop.py``); a submitted step is a ``LaneStep``, read once a round ran it, and a
+round's error is set on exactly the steps it carried.
 
-Nothing here waits or locks: every method is called on the model's loop thread (``loop.py``), which advances the
-generations until each has submitted a step or waits for something else (the cloud, its reader), then runs the
-round. A submitted step is a ``LaneStep``, read once a round has run it (``loop.ready`` suspends a generation until
-then); a round's error is set on every step it carried.
-
-A lane that is alone decodes exactly as ``StepDecoder`` does (its own cache, the next forward pass queued before
-the current token is read), so a single request pays nothing for batching. A prompt read beside other lanes goes
-into a **prefill round** with the other prompts submitted (the caches merged, the prompts right-padded, as mlx-lm's
-batched prompt processing does), its last token into the decode round that follows. Multi-token feeds (cloud spans)
-and rollback are per lane, on the lane's own cache.
-
-Where batching does not apply: a lane whose cache cannot merge (rotating windows, quantized or state-space caches:
-the cache is asked, ``_mergeable``) takes its own forward pass inside the round and reads its prompt alone; greedy
-answers are the same as alone up to float rounding in a batched matrix product or a padded prefill (tested on the
-bundled model, with routing on).
+A lane alone decodes exactly as ``StepDecoder`` does (the next forward pass queued before the current token is
+read): a single request pays nothing for batching. A prompt read beside other lanes goes into the rounds' prefill
+with the other prompts (right-padded, as mlx-lm's batched prompt processing does), ``prefill_chunk`` tokens a round
+so that a long prompt does not stall the others' streams; its last token goes into the round after its last chunk.
+Spans fed in and rollback are per lane. A lane whose cache cannot merge or trim (quantized, state-space: asked of
+the cache, ``_mergeable``) takes its own forward pass in the round. Greedy answers are the same as alone up to
+float rounding in a batched matrix product or a padded prefill (tested on the bundled model, with routing on).
 """
 
 from __future__ import annotations
@@ -66,34 +60,20 @@ class LaneStep:
         return self._step
 
     # the fields of ``Step``
-    @property
-    def token(self):
-        return self.resolved().token
-
-    @property
-    def token_id(self) -> int:
-        return self.resolved().token_id
-
-    @property
-    def confidence(self):
-        return self.resolved().confidence
-
-    @property
-    def logprobs(self):
-        return self.resolved().logprobs
-
-    @property
-    def hidden(self):
-        return self.resolved().hidden
+    token = property(lambda self: self.resolved().token)
+    token_id = property(lambda self: self.resolved().token_id)
+    confidence = property(lambda self: self.resolved().confidence)
+    logprobs = property(lambda self: self.resolved().logprobs)
+    hidden = property(lambda self: self.resolved().hidden)
 
 
 class LanePrefill:
-    """A prompt body submitted to a prefill round."""
+    """A prompt body submitted to the prefill rounds (``read``: how much of it the lane's cache holds)."""
 
-    __slots__ = ("body", "error", "lane")
+    __slots__ = ("body", "error", "lane", "read")
 
     def __init__(self, lane: LaneDecoder, body: list[int]):
-        self.lane, self.body = lane, body
+        self.lane, self.body, self.read = lane, body, 0
         self.error: BaseException | None = None
 
 
@@ -202,7 +182,8 @@ class LaneDecoder(StepDecoder):
 class BatchScheduler:
     """The lanes' submitted steps and prompts, and the rounds that run them (see the module docstring)."""
 
-    def __init__(self):
+    def __init__(self, *, prefill_chunk: int = 512):
+        self.prefill_chunk = prefill_chunk  # prompt tokens a lane reads per round beside others
         self.open: set[LaneDecoder] = set()
         self.pending: list[tuple[LaneDecoder, int, LaneStep]] = []
         self.prefills: list[LanePrefill] = []
@@ -238,26 +219,32 @@ class BatchScheduler:
 
     # -- rounds -------------------------------------------------------------------------------------------------
     def run_round(self) -> None:
-        """Every prompt submitted (one prefill round), then every step submitted (one decode round). An error
-        reaches exactly the steps of the round it happened in (set on them, not raised here)."""
+        """A chunk of every prompt submitted (one prefill round), then every step submitted whose prompt is read
+        (one decode round). An error reaches exactly the steps of the round it happened in (set on them, not raised
+        here)."""
         jobs, self.prefills = self.prefills, []
         batch, self.pending = self.pending, []
         if jobs:
             try:
-                self._prefill_round(jobs)
+                self.prefills = self._prefill_round(jobs)
             except Exception as exc:  # noqa: BLE001 - set on the prompts' steps, raised where they are read
                 failed = {j.lane for j in jobs}
                 self._fail([p for p in batch if p[0] in failed], exc)
                 batch = [p for p in batch if p[0] not in failed]
+            reading = {j.lane for j in self.prefills}  # a prompt's last token waits for its last chunk
+            self.pending = [p for p in batch if p[0] in reading]
+            batch = [p for p in batch if p[0] not in reading]
         if not batch:
             return
+        import mlx.core as mx
+
         try:
             together = [p for p in batch if p[0].batchable]
             alone = [p for p in batch if not p[0].batchable]
             if len(together) == 1:
                 alone, together = alone + together, []
             for lane, tid, ls in alone:
-                step = StepDecoder._forward(lane, _ids([tid]))
+                step = StepDecoder._forward(lane, mx.array([tid], dtype=mx.uint32))
                 step.wait()  # evaluated on the loop thread, where it was made
                 lane._round_done(ls, step)
             if together:
@@ -275,26 +262,28 @@ class BatchScheduler:
                 if lane._pending is ls:
                     lane._pending = None
 
-    def _prefill_round(self, jobs: list[LanePrefill]) -> None:
-        """Read every job's prompt body into its lane's cache: one batched forward pass per chunk (the lanes'
-        caches merged, the bodies right-padded, as mlx-lm's batched prompt processing does), or the lane's own
-        chunked prefill for a lone job."""
+    def _prefill_round(self, jobs: list[LanePrefill]) -> list[LanePrefill]:
+        """Read the next ``prefill_chunk`` tokens of every job's prompt body into its lane's cache: batched forward
+        passes (the lanes' caches merged, the chunks right-padded, as mlx-lm's batched prompt processing does), or
+        the lane's own chunked read for a lone job. Returns the jobs with tokens left."""
         import mlx.core as mx
 
         try:
             lanes = [j.lane for j in jobs]
             first = lanes[0]
+            pieces = [j.body[j.read:j.read + self.prefill_chunk] for j in jobs]
             with mx.stream(first._stream):
                 if len(jobs) == 1:
-                    first._read(jobs[0].body)
+                    first._read(pieces[0])
                 else:
-                    lengths = [len(j.body) for j in jobs]
+                    lengths = [len(p) for p in pieces]
                     width = max(lengths)
                     pad = [width - n for n in lengths]
-                    caches = [type(first.cache[i]).merge([lane.cache[i] for lane in lanes]) for i in range(len(first.cache))]
+                    caches = [type(first.cache[i]).merge([lane.cache[i] for lane in lanes])
+                              for i in range(len(first.cache))]
                     for c in caches:
                         c.prepare(lengths=lengths, right_padding=pad)
-                    tokens = mx.array([j.body + [0] * p for j, p in zip(jobs, pad)], dtype=mx.uint32)
+                    tokens = mx.array([p + [0] * k for p, k in zip(pieces, pad)], dtype=mx.uint32)
                     chunk = max(256, first.prefill_step_size // len(jobs))  # about as many tokens per pass as alone
                     for s in range(0, width, chunk):
                         first.model(tokens[:, s:s + chunk], cache=caches)
@@ -310,6 +299,9 @@ class BatchScheduler:
             for j in jobs:
                 j.error = exc
             raise
+        for j, p in zip(jobs, pieces):
+            j.read += len(p)
+        return [j for j in jobs if j.read < len(j.body)]
 
     def _forward_batch(self, batch: list[tuple[LaneDecoder, int, LaneStep]]) -> None:
         import mlx.core as mx
@@ -355,8 +347,3 @@ class BatchScheduler:
         if self._calls % 256 == 0:
             mx.clear_cache()
 
-
-def _ids(ids: list[int]):
-    import mlx.core as mx
-
-    return mx.array(ids, dtype=mx.uint32)

@@ -7,9 +7,9 @@
     POST /v1/chat/completions    chat, streamed by SSE or not
     POST /v1/completions         raw completion (no chat template), streamed by SSE or not
 
-Decoding runs on a worker thread (``Engine.astream``), so the event loop keeps serving while an answer is
-being written. Requests are queued behind the local model's lock, one at a time, each with its own router
-(``routing.py``): never mixed, and the same request gets the same answer however many run beside it.
+Decoding runs on the local model's loop thread (``Engine.astream`` reads its events from a queue), so the event
+loop keeps serving while an answer is being written. Concurrent requests are decoded as one batch, each with its own
+router (``routing.py``): never mixed, and the same request gets the same answer however many run beside it.
 
 Bad input is answered before any work starts: invalid JSON, an unknown field or an unsupported value (400), an
 oversized body (413), a wrong content type (415). A client that goes away mid-stream stops its generation at
