@@ -23,6 +23,7 @@ import time
 import collab_core  # noqa: F401  (first: loads OpenBLAS before mlx when available)
 from collab_core import Engine, load_local_model
 from collab_core.children import run_main
+from collab_core.local.loop import model_loop
 from collab_core.local import blas
 
 TOPICS = ["the sea", "a mountain", "bread", "a violin", "rain", "a library", "bees", "a bridge", "winter",
@@ -43,6 +44,8 @@ def sequential(lm, ps, tokens):
 def batched(lm, ps, tokens):
     eng = Engine(lm, max_batch=len(ps))
     barrier = threading.Barrier(len(ps) + 1)
+    s = model_loop(lm)  # the model's loop: its counters run across engines
+    before = (s.rows, s.rounds)
 
     def one(p):
         barrier.wait()
@@ -54,8 +57,8 @@ def batched(lm, ps, tokens):
         t0 = time.perf_counter()
         gens = [f.result() for f in futs]
         wall = time.perf_counter() - t0
-    s = eng._scheduler
-    return wall, gens, (s.rows / s.rounds if s and s.rounds else 1.0)
+    rows, rounds = s.rows - before[0], s.rounds - before[1]
+    return wall, gens, (rows / rounds if rounds else 1.0)
 
 
 def main() -> None:

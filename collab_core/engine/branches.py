@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Generator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..cloud.client import CloudSpan
 from ..local.decoder import Step, StepDecoder
@@ -18,8 +18,7 @@ from ..local.loop import ready, settled
 from ..scoring import Confidence
 from .reconcile import reconcile
 
-if TYPE_CHECKING:
-    from .run import Drafted
+Drafted = tuple[int, Confidence, "float | None"]  # (token, its confidence, its routing score)
 
 
 @dataclasses.dataclass

@@ -27,7 +27,7 @@ from ..errors import ConfigError
 from ..local.batch import LaneDecoder
 from ..local.decoder import greedy
 from ..local.loading import LocalModel, load_local_model, model_fingerprint
-from ..local.loop import DONE, Failed, ModelLoop, Request, model_loop
+from ..local.loop import ModelLoop, Request, model_loop
 from ..prompts import Prompt, render_prompt
 from ..router import Router, default_router, make_router
 from ..settings import EngineSettings, GenerateOptions, GenerationConfig
@@ -294,13 +294,7 @@ class Engine:
                 lambda: self._open(prompt, router, options, owner, sink)))
         req, release = opened
         try:
-            while True:
-                item = await q.get()
-                req.took()
-                if item is DONE:
-                    break
-                if isinstance(item, Failed):
-                    raise item.exc
+            while req.received(item := await q.get()):
                 yield item
         finally:
             req.cancel(wait=False)

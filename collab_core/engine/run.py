@@ -38,12 +38,11 @@ from ..settings import GenerationConfig
 from ..stats import GenerationStats
 from ..text import TextStream, common_prefix_len
 from ..tools import constraint, structured_result
-from .branches import Branch, Branches
+from .branches import Branch, Branches, Drafted
 from .events import Event, FinalEvent, TokenEvent
 from .pacing import Pacer
 from .reconcile import check_grammar, reconcile
 
-Drafted = tuple[int, Confidence, "float | None"]  # (token, its confidence, its routing score)
 Co = Generator[Any, None, Any]  # a coroutine of the loop: yields events and ``Wait``s
 
 

@@ -109,15 +109,16 @@ class Request:
         if wait and threading.get_ident() != self.loop.ident:
             self.finished.wait()
 
+    def received(self, item: Any) -> bool:
+        """The reader took ``item`` from the sink: whether it is an event (False: the end; the error raised)."""
+        self.took()
+        if isinstance(item, Failed):
+            raise item.exc
+        return item is not DONE
+
     def items(self, q: queue.SimpleQueue) -> Iterator[Any]:
         """What a sink that puts into ``q`` received, until the generation ended (its error raised)."""
-        while True:
-            item = q.get()
-            self.took()
-            if item is DONE:
-                return
-            if isinstance(item, Failed):
-                raise item.exc
+        while self.received(item := q.get()):
             yield item
 
 
