@@ -23,8 +23,8 @@ import time
 import collab_core  # noqa: F401  (first: loads OpenBLAS before mlx when available)
 from collab_core import Engine, load_local_model
 from collab_core.children import run_main
-from collab_core.local.loop import model_loop
 from collab_core.local import blas
+from collab_core.local.loop import model_loop
 
 TOPICS = ["the sea", "a mountain", "bread", "a violin", "rain", "a library", "bees", "a bridge", "winter",
           "a lighthouse", "chess", "a river", "tea", "a train", "the moon", "a garden"]
