@@ -68,7 +68,7 @@ def rss_mb(pid: int) -> float:
 def start_server(local_model: str | None, cloud_url: str, max_batch: int) -> tuple[subprocess.Popen, str]:
     cmd = [sys.executable, "-m", "collab_core.cli", "serve", "--port", "0", "--cloud-model",
            "text-completion-openai/fake", "--api-base", cloud_url, "--router", "threshold:0.6", "--pipeline", "sync",
-           "--timeout", "1", "--max-batch", str(max_batch)]
+           "--timeout", "3", "--max-batch", str(max_batch)]
     if local_model:
         cmd += ["--local-model", local_model]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
@@ -119,7 +119,7 @@ def soak(*, requests: int, concurrency: int, tokens: int, local_model: str | Non
     import httpx
 
     plans = [plan(i) for i in range(requests)]
-    with FakeCloud(reply=" and then", latency_s=0.03, timeout_sleep_s=1.5, fault_of=cloud_fault) as fc:
+    with FakeCloud(reply=" and then", latency_s=0.03, timeout_sleep_s=4.0, fault_of=cloud_fault) as fc:
         proc, url = start_server(local_model, fc.url, max_batch)
         try:
             with httpx.Client(timeout=stuck_s) as client:
