@@ -320,10 +320,6 @@ class StepDecoder:
     def close(self) -> None:
         """Done with this decoder (a branch): nothing to release here."""
 
-    def blocking(self, fn, *args):
-        """``fn(*args)``, a wait (e.g. for the cloud); a batched lane lets the others decode meanwhile."""
-        return fn(*args)
-
     def reset(self) -> None:
         self.cache = self._make_cache()
         self._tokens = []
