@@ -199,7 +199,9 @@ class BatchScheduler:
 
     def leave(self, lane: LaneDecoder) -> None:
         self.withdraw(lane)
-        self.prefills = [j for j in self.prefills if j.lane is not lane]
+        for j in [j for j in self.prefills if j.lane is lane]:  # a prompt half read: the tokens its cache holds
+            del lane._tokens[len(lane._tokens) - (len(j.body) - j.read):]
+            self.prefills.remove(j)
         self.open.discard(lane)
 
     def withdraw(self, lane: LaneDecoder) -> None:
@@ -220,8 +222,7 @@ class BatchScheduler:
     # -- rounds -------------------------------------------------------------------------------------------------
     def run_round(self) -> None:
         """A chunk of every prompt submitted (one prefill round), then every step submitted whose prompt is read
-        (one decode round). An error reaches exactly the steps of the round it happened in (set on them, not raised
-        here)."""
+        (one decode round). An error reaches exactly the steps of its round (set on them, not raised here)."""
         jobs, self.prefills = self.prefills, []
         batch, self.pending = self.pending, []
         if jobs:

@@ -153,6 +153,35 @@ def test_a_stream_left_early_frees_its_lane(tiny_lm):
     assert eng.generate(PROMPTS[1], max_tokens=8).text == Engine(tiny_lm).generate(PROMPTS[1], max_tokens=8).text
 
 
+def test_a_lane_left_while_its_prompt_is_read_keeps_only_what_its_cache_holds(tiny_lm):
+    """A generation dropped between two chunks of its prompt: the lane goes back idle holding the chunks read, and
+    a next prompt on it reuses exactly them (its tokens no longer claim the unread rest)."""
+    import mlx.core as mx
+
+    from collab_core.local.batch import LaneDecoder
+    from collab_core.local.decoder import StepDecoder
+    from collab_core.local.loop import ModelLoop, ready, run_on_loop
+
+    ids = tiny_lm.tokenizer.encode(PROMPTS[2] * 3)
+    sched = ModelLoop()
+    sched.prefill_chunk = 4
+    a, b = LaneDecoder(tiny_lm, sched), LaneDecoder(tiny_lm, sched)
+
+    def go():
+        sched.join(a)
+        sched.join(b)
+        first, other = a.prefill(ids), b.prefill(ids[:5])
+        yield from ready(other)  # one round: b's prompt read, a's first chunk only
+        assert not first.settled() and sched.prefills
+        sched.leave(a)  # a's generation ends here
+
+    run_on_loop(sched, go)
+    assert a.tokens == ids[:4] and a.cache[0].offset == 4
+    again, alone = a.prefill(ids), StepDecoder(tiny_lm).prefill(ids)
+    assert again.token_id == alone.token_id
+    assert mx.allclose(again.logprobs, alone.logprobs, atol=1e-5).item()
+
+
 def test_max_batch_is_checked(tiny_lm):
     with pytest.raises(ConfigError):
         Engine(tiny_lm, max_batch=0)
