@@ -185,8 +185,7 @@ class Run(Branches):
     def _score_and_route(self, tid: int, conf: Confidence, step: Step) -> tuple[float | None, bool]:
         if self.leg is None or not self.leg.usable():
             return None, False
-        sig = TokenSignal(conf, len(self.answer), tid, step.hidden,
-                          after_cloud=bool(self.sources) and self.sources[-1] == "cloud")
+        sig = TokenSignal(conf, len(self.answer), tid, step.hidden, after_cloud=self.sources[-1:] == ["cloud"])
         score = self.router.score(sig)
         self.router.observe(score, sig)
         return score, self.router.should_route(score, sig)
@@ -332,10 +331,8 @@ class Run(Branches):
 
     def _account(self) -> None:
         """Tell the router what was committed since the last time (a budget router tracks its share)."""
-        total, cloud = len(self.answer), self.sources.count("cloud")
-        calls = self.stats.cloud_calls + self.stats.cloud_cache_hits
-        t0, c0, k0 = self._accounted
-        src = self.sources
+        total, cloud, src = len(self.answer), self.sources.count("cloud"), self.sources
+        calls, (t0, c0, k0) = self.stats.cloud_calls + self.stats.cloud_cache_hits, self._accounted
         runs = sum(1 for i in range(t0, total) if src[i] == "cloud" and (i == 0 or src[i - 1] != "cloud"))
         self.router.account(total - t0, cloud - c0, calls - k0, runs)
         self._accounted = (total, cloud, calls)
