@@ -2,9 +2,10 @@
 
 Decoding is memory-bound on a CPU and on Apple silicon: one step over 8 sequences reads the weights once, as one
 does. ``BatchScheduler`` holds the single-token steps that open ``LaneDecoder``s (one per generation, one per draft
-branch) have submitted; ``run_round`` runs them as one forward pass over a batched cache (the lanes' caches merged
-by the cache's own ``merge``, then ``extract``ed back), so each generation keeps its own KV cache, routing, spans,
-rollback and stats, and a lane can join or leave between any two rounds. Nothing here waits or locks: it all runs
+branch) have submitted; ``run_round`` runs them as one forward pass over a batched cache that is kept from round to
+round (``rows.py``: rebuilt only where lanes join or leave it; a lane reads its row back for its own operations),
+so each generation keeps its own routing, spans, rollback and stats, and a lane can join or leave between any two
+rounds. Nothing here waits or locks: it all runs
 on the model's loop thread (``loop.py``); a submitted step is a ``LaneStep``, read once a round ran it, and a
 round's error is set on exactly the steps it carried.
 
@@ -21,9 +22,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..scoring import summary_graph
-from .decoder import Step, StepDecoder, greedy
+from .decoder import Step, StepDecoder
 from .loading import LocalModel
+from .rows import BatchRows, forward_rows
 
 
 def _mergeable(cache) -> bool:
@@ -81,13 +82,27 @@ class LaneDecoder(StepDecoder):
     """A ``StepDecoder`` whose single-token steps go through a ``BatchScheduler`` round (see the module)."""
 
     def __init__(self, lm: LocalModel, scheduler: BatchScheduler, **kwargs):
-        super().__init__(lm, **kwargs)
         self.scheduler = scheduler
+        self._own: list | None = None  # the lane's KV cache per layer; None while the batch holds its row
+        super().__init__(lm, **kwargs)
         self._pending: LaneStep | None = None
 
     @property
+    def cache(self) -> list:
+        """The lane's KV cache; read back from the batch first if it holds the lane's row (the row leaves it)."""
+        if self._own is None:
+            self.scheduler.batch.release(self)
+        return self._own
+
+    @cache.setter
+    def cache(self, caches: list) -> None:
+        if self._own is None:
+            self.scheduler.batch.drop(self)  # replaced: the row is not read back
+        self._own = caches
+
+    @property
     def batchable(self) -> bool:
-        return all(_mergeable(c) for c in self.cache)
+        return self._own is None or all(_mergeable(c) for c in self._own)
 
     @property
     def pending(self) -> LaneStep | None:
@@ -187,6 +202,7 @@ class BatchScheduler:
         self.open: set[LaneDecoder] = set()
         self.pending: list[tuple[LaneDecoder, int, LaneStep]] = []
         self.prefills: list[LanePrefill] = []
+        self.batch = BatchRows()  # the decode rounds' batched KV cache, kept across rounds
         self.rounds = 0  # batched forward passes run
         self.rows = 0  # steps they carried
         self.prefill_rounds = 0  # prefill rounds run
@@ -199,6 +215,7 @@ class BatchScheduler:
 
     def leave(self, lane: LaneDecoder) -> None:
         self.withdraw(lane)
+        self.batch.release(lane)  # its row read back now, on the loop (an idle lane's cache is its own)
         for j in [j for j in self.prefills if j.lane is lane]:  # a prompt half read: the tokens its cache holds
             del lane._tokens[len(lane._tokens) - (len(j.body) - j.read):]
             self.prefills.remove(j)
@@ -305,46 +322,24 @@ class BatchScheduler:
         return [j for j in jobs if j.read < len(j.body)]
 
     def _forward_batch(self, batch: list[tuple[LaneDecoder, int, LaneStep]]) -> None:
+        """One forward pass over the kept batch, its rows made those of ``batch``'s lanes (``BatchRows.arrange``).
+        Nothing is copied back: the rows stay in the batch for the next round."""
         import mlx.core as mx
 
-        lanes = [lane for lane, _, _ in batch]
-        first = lanes[0]
-        n_layers = len(first.cache)
-        with mx.stream(first._stream):
-            caches = [type(first.cache[i]).merge([lane.cache[i] for lane in lanes]) for i in range(n_layers)]
-            ids = mx.array([[tid] for _, tid, _ in batch], dtype=mx.uint32)
-            hidden = None
-            if any(lane.want_hidden for lane in lanes):
-                h = first.model.model(ids, cache=caches)[:, -1, :]
-                logits = first._head()(h)
-                hidden = h
-            else:
-                logits = first.model(ids, cache=caches)[:, -1, :]
-            logprobs = (logits - mx.logsumexp(logits, axis=-1, keepdims=True)).astype(mx.float32)
-            k = max(lane.top_k for lane in lanes)
-            packed, top = summary_graph(logprobs, k)  # one graph for every row
-            greedy_rows = mx.argmax(logprobs, axis=-1) if any(lane.sampler is greedy for lane in lanes) else None
-            # every array a generation reads is evaluated here, in the round
-            steps, outs = [], [logprobs]
-            for row, lane in enumerate(lanes):
-                lp = logprobs[row]
-                token = greedy_rows[row] if lane.sampler is greedy else lane.sampler(lp[None]).squeeze()
-                n = lane.top_k
-                if n == k:
-                    p_row, t_row = packed[row], top[row]
-                else:  # a lane that keeps fewer candidates: its own top-n (the k best are not ordered)
-                    t_row = mx.argpartition(-lp, kth=n - 1)[:n]
-                    p_row = mx.concatenate([packed[row, :1], lp[t_row]])
-                hid = hidden[row] if hidden is not None and lane.want_hidden else None
-                steps.append(Step(lp, token, p_row, t_row, hid))
-                outs += [lp, token, p_row, t_row] + ([hid] if hid is not None else [])
-            for row, lane in enumerate(lanes):
-                lane.cache = [c.extract(row) for c in caches]
-            mx.eval(*outs, *[c.state for lane in lanes for c in lane.cache])
-        for (lane, _, ls), step in zip(batch, steps):
+        submitted = {id(lane): (tid, ls) for lane, tid, ls in batch}
+        with mx.stream(batch[0][0]._stream):
+            try:
+                kv = self.batch.arrange([lane for lane, _, _ in batch])
+                lanes = list(self.batch.lanes)
+                steps, outs = forward_rows(lanes, [submitted[id(lane)][0] for lane in lanes], kv)
+                mx.eval(*outs, *[c.state for c in kv])
+            except BaseException:
+                self.batch.lost()  # the rows' caches are in an unknown state
+                raise
+            self.batch.after_round()
+        for lane, step in zip(lanes, steps):
             lane._calls += 1  # a pass over its sequence (``passes``), as ``_forward`` counts a lone one
-            lane._round_done(ls, step)
+            lane._round_done(submitted[id(lane)][1], step)
         self._calls += 1
         if self._calls % 256 == 0:
             mx.clear_cache()
-

@@ -250,6 +250,11 @@ class ModelLoop(BatchScheduler):
         if r in self.requests:
             self.requests.remove(r)
         r.wait = None
+        if not self.requests:  # the batch's rows read back on this thread: a lane left in it may be read off it
+            try:
+                self.batch.release_all()
+            except Exception:  # noqa: BLE001 - what the rows held is lost; the lanes start afresh
+                self.batch.lost()
         try:
             r.sink(last)
         except Exception:  # noqa: BLE001 - the reader is gone
