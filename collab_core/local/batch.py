@@ -283,7 +283,8 @@ class BatchScheduler:
     def _prefill_round(self, jobs: list[LanePrefill]) -> list[LanePrefill]:
         """Read the next ``prefill_chunk`` tokens of every job's prompt body into its lane's cache: batched forward
         passes (the lanes' caches merged, the chunks right-padded, as mlx-lm's batched prompt processing does), or
-        the lane's own chunked read for a lone job. Returns the jobs with tokens left."""
+        the lane's own chunked read for a lone job. Returns the jobs with tokens left; the lanes whose prompt is read
+        stay in the batch for the decode round that runs their last token (``BatchRows.add``)."""
         import mlx.core as mx
 
         try:
@@ -308,9 +309,9 @@ class BatchScheduler:
                         mx.eval([c.state for c in caches])
                     for c in caches:
                         c.finalize()
-                    for row, lane in enumerate(lanes):
-                        lane.cache = [c.extract(row) for c in caches]
-                    mx.eval([c.state for lane in lanes for c in lane.cache])
+                    mx.eval([c.state for c in caches])
+                    read = [r for r, (j, p) in enumerate(zip(jobs, pieces)) if j.read + len(p) == len(j.body)]
+                    self.batch.add(lanes, caches, read)  # prompts read: their rows join the kept batch as they are
             self.prefill_rounds += 1
             self.prefill_rows += len(jobs)
         except BaseException as exc:

@@ -7,7 +7,8 @@ rows it holds, in row order:
 
 - a round whose lanes are the last round's runs on it as it stands: no copy, no merge, no extract;
 - lanes that **leave** (no step in this round) get their row back (``extract``) and are ``filter``ed out;
-- lanes that **join** are ``merge``d into a batch of their own, which the kept one is ``extend``ed with.
+- lanes that **join** are ``merge``d into a batch of their own, which the kept one is ``extend``ed with; lanes
+  whose prompts a prefill round has just read join with their rows of its batch, as they are (``add``).
 
 While the batch holds a lane's row, the lane's own cache is empty; anything else that needs it (a prompt read, a
 span fed in, a rollback, a fork, a lone forward pass) reads it back first (``LaneDecoder.cache``), so every
@@ -72,6 +73,35 @@ class BatchRows:
         else:
             self.kept += 1
         return self.kv
+
+    def add(self, lanes: Sequence[Any], kv: list[Any], rows: Sequence[int]) -> None:
+        """A prefill round's batched cache ``kv`` (evaluated; a row per lane of ``lanes``): the lanes at ``rows``
+        (their prompts read, their next step a decode round's) join the kept batch with their rows as they are,
+        with no extract and merge; the others get their rows back (their prompts' next chunks come first)."""
+        import mlx.core as mx
+
+        rows = list(rows) if _lasting(kv) else []
+        for i, lane in enumerate(lanes):
+            if i not in rows:
+                lane.cache = [c.extract(i) for c in kv]
+        mx.eval([c.state for i, lane in enumerate(lanes) if i not in rows for c in lane.cache])
+        if not rows:
+            return
+        try:
+            if len(rows) < len(lanes):
+                for c in kv:
+                    c.filter(rows)
+            if self.kv is None:
+                self.kv = kv
+            else:
+                for kept, added in zip(self.kv, kv):
+                    kept.extend(added)
+        except BaseException:
+            self.lost()
+            raise
+        for i in rows:
+            lanes[i]._own = None
+            self.lanes.append(lanes[i])
 
     def after_round(self) -> None:
         """Keep the batch for the next round if its caches allow it, else give every row back."""
