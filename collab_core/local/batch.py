@@ -5,9 +5,8 @@ does. ``BatchScheduler`` holds the single-token steps that open ``LaneDecoder``s
 branch) have submitted; ``run_round`` runs them as one forward pass over a batched cache that is kept from round to
 round (``rows.py``: rebuilt only where lanes join or leave it; a lane reads its row back for its own operations),
 so each generation keeps its own routing, spans, rollback and stats, and a lane can join or leave between any two
-rounds. Nothing here waits or locks: it all runs
-on the model's loop thread (``loop.py``); a submitted step is a ``LaneStep``, read once a round ran it, and a
-round's error is set on exactly the steps it carried.
+rounds. Nothing here waits or locks: it all runs on the model's loop thread (``loop.py``); a submitted step is a
+``LaneStep``, read once a round ran it, and a round's error is set on exactly the steps it carried.
 
 A lane alone decodes exactly as ``StepDecoder`` does (the next forward pass queued before the current token is
 read): a single request pays nothing for batching. A prompt read beside other lanes goes into the rounds' prefill
