@@ -10,7 +10,8 @@ how many chunks) its client disconnects, and, for each cloud call (a hash of its
 fails with a 5xx, hangs past the engine's timeout or sends garbage. After the soak every completed request is sent
 again alone, one at a time, and its answer compared.
 
-Reports completed / cancelled / failed requests, p50 and p99 latency, the server's RSS after warm-up and at the
+Reports completed / cancelled / failed requests, p50 and p99 latency, the server's RSS after warm-up (``--warmup``
+requests of the same mix, twice the concurrency by default, run as the soak runs them and not counted) and at the
 end, whether any request was stuck (no answer within ``--stuck-s``), and whether every completed answer equals
 its solo run. Prints one JSON object, then the headline ``soak_identical=<0|1>``.
 """
@@ -115,16 +116,20 @@ def one(client, url: str, p: dict, tokens: int) -> dict:
 
 
 def soak(*, requests: int, concurrency: int, tokens: int, local_model: str | None = None, max_batch: int = 8,
-         stuck_s: float = 300.0, warmup: int = 8) -> dict:
+         stuck_s: float = 300.0, warmup: int | None = None) -> dict:
     import httpx
 
     plans = [plan(i) for i in range(requests)]
+    warmup = 2 * concurrency if warmup is None else warmup
     with FakeCloud(reply=" and then", latency_s=0.03, timeout_sleep_s=4.0, fault_of=cloud_fault) as fc:
         proc, url = start_server(local_model, fc.url, max_batch)
         try:
             with httpx.Client(timeout=stuck_s) as client:
-                for p in plans[:warmup]:  # warm-up: the model loaded, the loop started, first allocations made
-                    one(client, url, {**p, "stream": False, "leave_after": None}, tokens)
+                # warm-up: the soak's own mix, as many at once as it runs, on requests it does not count; so the
+                # loop is started and the batch's working set (the widest batched cache, MLX's buffer pool) is
+                # allocated before the first RSS reading, and growth after it is what the soak itself adds
+                with cf.ThreadPoolExecutor(concurrency) as ex:
+                    list(ex.map(lambda p: one(client, url, p, tokens), [plan(requests + k) for k in range(warmup)]))
                 rss_warm = rss_mb(proc.pid)
                 t0 = time.perf_counter()
                 with cf.ThreadPoolExecutor(concurrency) as ex:
@@ -141,7 +146,7 @@ def soak(*, requests: int, concurrency: int, tokens: int, local_model: str | Non
     stuck = [p["i"] for p, r in zip(plans, results) if "ReadTimeout" in str(r.get("error", ""))]
     count = {k: sum(r["outcome"] == k for r in results) for k in ("completed", "cancelled", "failed")}
     return {
-        "requests": requests, "concurrency": concurrency, "tokens": tokens, **count,
+        "requests": requests, "concurrency": concurrency, "tokens": tokens, "warmup": warmup, **count,
         "failures": [r for r in results if r["outcome"] == "failed"][:5],
         "p50_s": round(statistics.median(lat), 3) if lat else None,
         "p99_s": round(lat[min(len(lat) - 1, int(0.99 * len(lat)))], 3) if lat else None,
@@ -158,9 +163,10 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=24)
     ap.add_argument("--max-batch", type=int, default=8)
     ap.add_argument("--local-model", default=None)
+    ap.add_argument("--warmup", type=int, default=None, help="uncounted requests first (default: 2x concurrency)")
     args = ap.parse_args()
     out = soak(requests=args.requests, concurrency=args.concurrency, tokens=args.tokens,
-               local_model=args.local_model, max_batch=args.max_batch)
+               local_model=args.local_model, max_batch=args.max_batch, warmup=args.warmup)
     print(json.dumps(out, indent=1))
     print(f"soak_rss_growth={out['rss_growth']}")
     print(f"soak_identical={int(out['identical'] and not out['stuck'])}")
