@@ -288,6 +288,44 @@ def test_a_failed_round_fails_every_request_in_it(tiny_lm, monkeypatch):
     assert not eng._busy and not eng._scheduler.open  # every lane given back
 
 
+def test_a_failed_round_fails_exactly_its_generations(tiny_lm, monkeypatch):
+    """The first round of two lanes fails once: the two generations in it get its error, the one outside it (a
+    short answer, done or waiting) ends as it does alone, and the engine serves the next request as usual."""
+    from collab_core.local.batch import BatchScheduler
+
+    real = BatchScheduler._forward_batch
+    failed_round: list = []
+
+    def once(self, batch):
+        if len(batch) == 2 and not failed_round:
+            failed_round.extend(lane for lane, _, _ in batch)
+            raise RuntimeError("forward pass failed")
+        return real(self, batch)
+
+    monkeypatch.setattr(BatchScheduler, "_forward_batch", once)
+    eng = Engine(tiny_lm, max_batch=4)
+    lengths = {PROMPTS[0]: 16, PROMPTS[1]: 16, PROMPTS[2]: 3}  # the short one leaves: the rest go on as two
+    barrier = threading.Barrier(3)
+
+    def one(p):
+        barrier.wait()
+        try:
+            return eng.generate(p, max_tokens=lengths[p]).text
+        except RuntimeError as exc:
+            return exc
+
+    with cf.ThreadPoolExecutor(3) as ex:
+        outcomes = dict(zip(lengths, ex.map(one, lengths)))
+    assert len(failed_round) == 2
+    failed = [p for p, o in outcomes.items() if isinstance(o, RuntimeError)]
+    assert len(failed) == 2 and all(str(outcomes[p]) == "forward pass failed" for p in failed)
+    (finished,) = [p for p in outcomes if p not in failed]
+    alone = Engine(tiny_lm)
+    assert outcomes[finished] == alone.generate(finished, max_tokens=lengths[finished]).text
+    assert not eng._busy and not eng._scheduler.open
+    assert eng.generate(PROMPTS[3], max_tokens=8).text == alone.generate(PROMPTS[3], max_tokens=8).text
+
+
 def test_batched_calibration_gives_the_same_scores(tiny_lm):
     from collab_core.router import BudgetRouter
     from collab_core.training import calibrate_on
