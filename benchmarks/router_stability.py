@@ -42,11 +42,11 @@ def collection_order(folder: Path, data: Path, seed: int) -> list[Path]:
     return [f for f in files if f.exists()]
 
 
-def _linked(files: list[Path], into: Path):
+def _linked(files: list[Path], into: Path, span: int = 1):
     into.mkdir()
     for f in files:
         (into / f.name).symlink_to(f.resolve())
-    return load_value_traces(into)
+    return load_value_traces(into, span)
 
 
 def _logits(model, x) -> np.ndarray:
@@ -72,6 +72,9 @@ def main() -> None:
     ap.add_argument("--held-from", type=int, default=None, help="score the questions written after the Nth "
                                                                  "(default: --train)")
     ap.add_argument("--ensemble", type=int, default=5)
+    ap.add_argument("--span", type=int, default=1, help="the label: the value of SPAN-token cloud spans (default 1, "
+                                                         "with the chained after rows: what `collab router train` "
+                                                         "learns)")
     ap.add_argument("--local-model", default="qwen2.5-coder-0.5b")
     ap.add_argument("--router", action="append", default=[], help="a saved router to score too (repeatable)")
     args = ap.parse_args()
@@ -86,8 +89,8 @@ def main() -> None:
         raise SystemExit(f"{len(files)} traces: need more than {max(held_from, args.train)}")
     lm = load_local_model(args.local_model)
     with tempfile.TemporaryDirectory() as tmp:
-        t = _linked(files[: args.train], Path(tmp) / "train")
-        h = _linked(files[held_from:], Path(tmp) / "held")
+        t = _linked(files[: args.train], Path(tmp) / "train", args.span)
+        h = _linked(files[held_from:], Path(tmp) / "held", args.span)
     x, xh = feature_matrix(lm, t), feature_matrix(lm, h)
     known = ~np.isnan(t.value)
     traj = ~h.after
