@@ -304,7 +304,7 @@ def test_a_failed_round_fails_exactly_its_generations(tiny_lm, monkeypatch):
 
     monkeypatch.setattr(BatchScheduler, "_forward_batch", once)
     eng = Engine(tiny_lm, max_batch=4)
-    lengths = {PROMPTS[0]: 16, PROMPTS[1]: 16, PROMPTS[2]: 3}  # the short one leaves: the rest go on as two
+    lengths = {PROMPTS[0]: 40, PROMPTS[1]: 40, PROMPTS[2]: 3}  # the short one leaves: the rest go on as two
     barrier = threading.Barrier(3)
 
     def one(p):
