@@ -328,22 +328,3 @@ class StepDecoder:
     @property
     def context_window(self) -> int:
         return self.lm.context_window
-
-
-def greedy_answer(dec: StepDecoder, prompt_ids: Sequence[int], answer: Sequence[int] = (), *, max_tokens: int,
-                  stop: str | None = None) -> Iterator[tuple[int, Step]]:
-    """The local model's greedy answer after ``prompt_ids`` (+ an ``answer`` already begun): yields each new
-    token with the Step that proposed it, until EOS, ``stop`` in the text, or ``max_tokens`` answer tokens.
-    For offline work (calibration, traces); serving goes through the engine."""
-    lm = dec.lm
-    answer = list(answer)
-    step = dec.prefill(list(prompt_ids) + answer)
-    while len(answer) < max_tokens:
-        tid = step.token_id
-        if tid in lm.eos_token_ids:
-            return
-        yield tid, step
-        answer.append(tid)
-        if stop and stop in lm.tokenizer.decode(answer):
-            return
-        step = dec.step(tid)

@@ -326,8 +326,10 @@ def run_lanes(lm: LocalModel, jobs: Sequence[Callable[[LaneDecoder], Coroutine]]
 
 def lane_greedy_answer(dec: LaneDecoder, prompt_ids: Sequence[int], answer: Sequence[int] = (), *,
                        max_tokens: int, stop: str | None = None) -> Coroutine:
-    """``decoder.greedy_answer`` as a coroutine for the loop: returns the list of (token, Step) it yields there
-    (each Step evaluated)."""
+    """The local model's greedy answer after ``prompt_ids`` (+ an ``answer`` already begun), as a coroutine: returns
+    the list of (token, Step) for each new token (each Step evaluated), until EOS, ``stop`` in the text, or
+    ``max_tokens`` answer tokens. On a lane it waits for the loop's rounds; on a plain ``StepDecoder`` it never
+    waits, and ``drive`` runs it. For offline work (calibration, traces); serving goes through the engine."""
     lm = dec.lm
     answer = list(answer)
     out: list[tuple[int, Step]] = []
@@ -348,3 +350,13 @@ def lane_greedy_answer(dec: LaneDecoder, prompt_ids: Sequence[int], answer: Sequ
         step = dec.step(tid)
     yield from settled(dec)  # the lane's cache holds every step it was given (the next job may reuse it)
     return out
+
+
+def drive(coro: Coroutine) -> Any:
+    """Run a coroutine that never waits (one on a plain ``StepDecoder``) to its return value, on this thread."""
+    try:
+        wait = coro.send(None)
+    except StopIteration as done:
+        return done.value
+    coro.close()
+    raise RuntimeError(f"drive() got a coroutine that waits ({wait!r}): run it on the loop (run_lanes)")

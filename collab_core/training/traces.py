@@ -40,7 +40,8 @@ from ..cloud.cache import SpanCache
 from ..cloud.client import CloudClient, CloudSpan, SpanRequest
 from ..cloud.leg import CloudLeg
 from ..errors import CloudError, TraceError
-from ..local.decoder import StepDecoder, greedy_answer
+from ..local.decoder import StepDecoder
+from ..local.loop import drive, lane_greedy_answer
 from ..scoring import ConfidenceScorer, TokenSignal, features, log_vocab
 from ..stats import GenerationStats
 from ..text import splice
@@ -81,7 +82,8 @@ class TraceCollector:
     def _greedy(self, prompt_ids: list[int], answer: list[int], record: bool = False):
         """Continue ``answer`` greedily to EOS / stop / max_tokens; returns (answer, signals per new position)."""
         answer, sigs = list(answer), []
-        for tid, step in greedy_answer(self.dec, prompt_ids, answer, max_tokens=self.max_tokens, stop=self.stop):
+        for tid, step in drive(lane_greedy_answer(self.dec, prompt_ids, answer, max_tokens=self.max_tokens,
+                                                      stop=self.stop)):
             if record:
                 sigs.append(TokenSignal(step.confidence, len(answer), tid, np.array(step.hidden, dtype=np.float32)))
             answer.append(tid)

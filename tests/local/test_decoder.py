@@ -141,3 +141,26 @@ def test_greedy_along_is_teacher_forcing_and_leaves_the_sequence_cached(tiny_lm)
     assert dec.greedy_along(other, len(ids)) == ref[:2]
     with pytest.raises(Exception, match="start must be inside"):
         dec.greedy_along(seq, len(seq))
+
+
+def test_one_greedy_answer_on_a_plain_decoder_and_on_the_loop(tiny_lm):
+    """``lane_greedy_answer`` is the one greedy loop: driven on a plain decoder (traces) it never waits and gives the
+    tokens the loop's lanes give (calibration, rollouts), stopping at ``max_tokens``."""
+    from collab_core.local.loop import drive, lane_greedy_answer, run_lanes
+
+    ids = encode_prompt(tiny_lm, PROMPT)
+    plain = [t for t, _ in drive(lane_greedy_answer(StepDecoder(tiny_lm), ids, max_tokens=12))]
+    [lanes] = run_lanes(tiny_lm, [lambda d: lane_greedy_answer(d, ids, max_tokens=12)], max_batch=1)
+    assert plain == [t for t, _ in lanes] == _greedy_tokens(StepDecoder(tiny_lm), ids, 12)
+    assert len(plain) == 12  # capped by max_tokens: the tiny model writes no EOS this early
+
+
+def test_drive_refuses_a_coroutine_that_waits():
+    from collab_core.local.loop import Wait, drive
+
+    def waits():
+        yield Wait(lambda: True)
+        return 1
+
+    with pytest.raises(RuntimeError, match="waits"):
+        drive(waits())

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from collab_core.errors import ConfigError, TraceError
-from collab_core.local.decoder import StepDecoder, greedy_answer
+from collab_core.local.decoder import StepDecoder
+from collab_core.local.loop import drive, lane_greedy_answer
 from collab_core.scoring import log_vocab, value_features
 from collab_core.training.traces import TraceTask
 from collab_core.training.value_router import (
@@ -57,7 +58,7 @@ def test_pick_rollouts_keeps_the_tail_and_samples_the_rest():
 def _local_answer(lm, prompt, n):
     dec = StepDecoder(lm)
     ids = list(lm.tokenizer.encode(prompt, add_special_tokens=False))
-    return ids, [t for t, _ in greedy_answer(dec, ids, max_tokens=n)]
+    return ids, [t for t, _ in drive(lane_greedy_answer(dec, ids, max_tokens=n))]
 
 
 def test_value_labels_by_rollout(tiny_lm, tmp_path):
