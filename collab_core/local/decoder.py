@@ -13,7 +13,7 @@ sequence reuses the cache for that prefix.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 from ..errors import ConfigError, EmptyPromptError
 from ..scoring import Confidence, summary_graph, unpack_summary
